@@ -1,0 +1,55 @@
+"""The environment contract shared by LIBERO, Aloha, DROID (real) and the demo task.
+
+An env returns observation dicts. Two keys are reserved for the RL agent:
+  "pixels": uint8 (H, W, C) agent image(s), several cameras stacked on channels;
+  "state":  float32 (d,) low-dimensional proprioception.
+Every other key is for the base policy (full-resolution camera images, the prompt, ...).
+
+`step(action, render=...)` lets callers skip camera rendering on steps whose observation nobody
+reads (inside an action chunk): the returned observation then carries no fresh images (the
+previous ones may be repeated) and must not be given to a policy.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+Observation = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSpec:
+    """Static facts about an env, known before the first reset."""
+
+    name: str
+    # Agent observation layout: {"pixels": ((H, W, C), np.uint8), "state": ((d,), np.float32)}.
+    observation_spec: dict[str, tuple[tuple[int, ...], Any]]
+    action_dim: int
+    max_episode_steps: int
+    # Reward value that means success (1 for LIBERO, 4 for Aloha TransferCube).
+    max_reward: float = 1.0
+    prompt: str | None = None
+
+
+class Env(abc.ABC):
+    spec: EnvSpec
+
+    @abc.abstractmethod
+    def reset(self, seed: int | None = None) -> Observation:
+        """Start an episode. A given seed makes the episode's initial state reproducible."""
+
+    @abc.abstractmethod
+    def step(
+        self, action: np.ndarray, render: bool = True
+    ) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
+        """One env step: (observation, reward, terminated, truncated, info).
+
+        info["success"] is a bool. terminated means the task ended (success); truncated means the
+        episode hit max_episode_steps."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
