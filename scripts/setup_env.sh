@@ -23,11 +23,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 STAMP="$VENV/.dsrl-installed"
-WANT="$(cat "$ROOT/requirements.txt" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1)"
+WANT="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-nodeps.txt" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "[setup] installing requirements into $VENV (first run: a few minutes)" >&2
   "$VENV/bin/python" -m pip install -q -U pip >&2
   "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements.txt" >&2
+  "$VENV/bin/python" -m pip install -q --no-deps -r "$ROOT/requirements-nodeps.txt" >&2
   "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT" >&2
   echo "$WANT" > "$STAMP"
 fi
