@@ -1,0 +1,40 @@
+"""Env registry. Simulators are imported only when an env is built, never at package import.
+
+    env = make_env("libero", suite="libero_spatial", task_id=0)
+    env = make_env("aloha")
+    env = make_env("demo")
+
+`make_env` is picklable through functools.partial, which is how VectorEnv workers build envs:
+    VectorEnv([functools.partial(make_env, "libero", seed=i) for i in range(2)])
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from dsrl.envs.base import Env, EnvSpec, Observation
+
+# name -> (module, class); aliases share an entry.
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "demo": ("dsrl.envs.demo", "DemoEnv"),
+    "libero": ("dsrl.envs.libero", "LiberoEnv"),
+    "aloha": ("dsrl.envs.aloha", "AlohaEnv"),
+    "aloha_cube": ("dsrl.envs.aloha", "AlohaEnv"),
+}
+
+
+def env_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_env(name: str, **kwargs: Any) -> Env:
+    """Builds the env registered as `name` with the env class's keyword arguments."""
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown env {name!r}; choose one of {env_names()}.")
+    module_name, class_name = _REGISTRY[name]
+    env_cls = getattr(importlib.import_module(module_name), class_name)
+    return env_cls(**kwargs)
+
+
+__all__ = ["Env", "EnvSpec", "Observation", "env_names", "make_env"]
