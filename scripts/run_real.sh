@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# DSRL on a real Franka (DROID), Pi0-DROID served from a GPU box (reference: run_real.sh).
+#
+# On the GPU box first:
+#   DSRL_SERVER_API_KEY=<key> python scripts/serve_policy.py --policy pi0 --robot droid \
+#       --pi0_checkpoint gs://openpi-assets/checkpoints/pi0_droid --host 0.0.0.0 --port 8000
+# Then here (the robot computer), in an interactive terminal (ssh -t is fine):
+#   LEFT_CAMERA_ID=... RIGHT_CAMERA_ID=... WRIST_CAMERA_ID=... \
+#   POLICY_SERVER=gpu-box:8000 DSRL_SERVER_API_KEY=<key> scripts/run_real.sh [extra flags]
+# Resume a run:  scripts/run_real.sh --resume runs/dsrl_pi0_real_<date>_s0
+# Dry run without hardware (simulated robot): ROBOT=sim scripts/run_real.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+: "${POLICY_SERVER:?set POLICY_SERVER=host:port of scripts/serve_policy.py}"
+ROBOT="${ROBOT:-droid}"
+if [[ "$ROBOT" == "droid" ]]; then
+  : "${LEFT_CAMERA_ID:?set LEFT_CAMERA_ID (ZED serial of the left exterior camera)}"
+  : "${RIGHT_CAMERA_ID:?set RIGHT_CAMERA_ID (ZED serial of the right exterior camera)}"
+  : "${WRIST_CAMERA_ID:?set WRIST_CAMERA_ID (ZED serial of the wrist camera)}"
+fi
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+export EXP="${EXP:-./runs}"
+
+exec python examples/launch_train_real.py \
+  --robot "$ROBOT" \
+  --pi0_remote "$POLICY_SERVER" \
+  --left_camera_id "${LEFT_CAMERA_ID:-left0}" \
+  --right_camera_id "${RIGHT_CAMERA_ID:-right0}" \
+  --wrist_camera_id "${WRIST_CAMERA_ID:-wrist0}" \
+  --instruction "${INSTRUCTION:-put the spoon on the plate}" \
+  --logdir "$EXP" \
+  --prefix dsrl_pi0_real \
+  --wandb_project DSRL_pi0_FrankaDroid \
+  --batch_size 256 \
+  --discount 0.99 \
+  --seed 0 \
+  --max_steps 500000 \
+  --log_interval 100 \
+  --multi_grad_step 30 \
+  --resize_image 128 \
+  --action_magnitude 2.5 \
+  --query_freq 10 \
+  --hidden_dims 1024 \
+  --num_qs 2 \
+  "$@"

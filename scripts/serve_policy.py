@@ -1,0 +1,164 @@
+"""Serve a base policy over websockets (openpi wire protocol + steering noise).
+
+Examples:
+  # Pi0-DROID on a GPU box, reachable from the robot computer (bind all interfaces, require a key):
+  DSRL_SERVER_API_KEY=... python scripts/serve_policy.py --policy pi0 --robot droid \
+      --pi0_checkpoint gs://openpi-assets/checkpoints/pi0_droid --host 0.0.0.0 --port 8000
+  # The embedded demo's flow policy on loopback (tests, benchmarks):
+  python scripts/serve_policy.py --policy flow_demo --port 0
+  # Pi0's real pipeline at toy size (random Pi0Config.tiny(), throwaway tokenizer):
+  python scripts/serve_policy.py --policy pi0_tiny --robot droid --port 0
+  # A randomly initialised flow MLP (smoke tests, benchmarks; no asset needed, seeded):
+  python scripts/serve_policy.py --policy flow_random --seed 0 --port 0
+
+Clients: `dsrl.base_policies.remote.RemotePolicy(host, port)` (what `--pi0_remote host:port`
+uses) or the unmodified `openpi_client.websocket_client_policy.WebsocketClientPolicy`, with the
+noise as `obs["noise"]` (H, 32). The first line on stdout is `serving <policy> on ws://host:port`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def build_tiny_pi0(robot: str = "droid", seed: int = 0):
+    """A randomly initialised `Pi0Config.tiny()` policy with a throwaway SentencePiece tokenizer
+    and unit norm stats: the real Pi0 pipeline at toy size, for smoke tests and benchmarks."""
+    import io
+
+    import numpy as np
+    import sentencepiece as spm
+
+    from dsrl.base_policies.pi0 import Pi0Config, Pi0Policy
+    from dsrl.base_policies.pi0.model import Pi0
+    from dsrl.base_policies.pi0.normalize import NormStats
+    from dsrl.base_policies.pi0.tokenizer import PaligemmaTokenizer
+
+    corpus = ["put the spoon on the plate", "pick up the cream cheese", "transfer cube"] * 40
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_writer=buf,
+        vocab_size=48,
+        hard_vocab_limit=False,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        user_defined_symbols=["\n"],
+        minloglevel=2,
+    )
+    config = Pi0Config.tiny()
+    tokenizer = PaligemmaTokenizer(
+        spm.SentencePieceProcessor(model_proto=buf.getvalue()), max_len=config.max_token_len
+    )
+    unit = NormStats(mean=np.zeros(32), std=np.ones(32))
+    model = Pi0.create(config, params=None, seed=seed)
+    return Pi0Policy(model, tokenizer, {"state": unit, "actions": unit}, robot=robot)
+
+
+def build_policy(args: argparse.Namespace):
+    if args.policy == "flow_demo":
+        from dsrl.base_policies.flow_mlp import FlowMLPPolicy
+
+        return FlowMLPPolicy.load(args.flow_dir) if args.flow_dir else FlowMLPPolicy.load_demo()
+    if args.policy == "flow_random":
+        from dsrl.base_policies.flow_mlp import FlowMLPConfig, FlowMLPPolicy, init_params
+
+        config = FlowMLPConfig()
+        return FlowMLPPolicy(config, init_params(config, args.seed))
+    if args.policy == "pi0_tiny":
+        return build_tiny_pi0(args.robot, args.seed)
+    if args.policy == "pi0":
+        if not args.pi0_checkpoint:
+            sys.exit("--policy pi0 needs --pi0_checkpoint <dir or gs:// url>")
+        try:
+            from dsrl.base_policies.pi0 import Pi0Policy
+        except ImportError as e:
+            sys.exit(f"cannot import dsrl.base_policies.pi0.Pi0Policy: {e}")
+        return Pi0Policy.from_checkpoint(
+            args.pi0_checkpoint,
+            robot=args.robot,
+            variant=args.pi0_variant,
+            dtype=args.dtype,
+            tokenizer_path=args.tokenizer_path,
+        )
+    raise ValueError(f"unknown --policy {args.policy!r}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--policy", choices=["pi0", "pi0_tiny", "flow_demo", "flow_random"], default="pi0"
+    )
+    p.add_argument("--pi0_checkpoint", default=None, help="checkpoint dir or gs:// url")
+    p.add_argument("--pi0_variant", default="full", help="full | dummy | tiny (Pi0Config name)")
+    p.add_argument("--robot", choices=["libero", "aloha", "droid"], default="droid")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--tokenizer_path", default=None)
+    p.add_argument("--flow_dir", default=None, help="flow policy dir (default: shipped demo)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind; 0.0.0.0 exposes the server to the network (set an API key)",
+    )
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument(
+        "--api_key",
+        default=None,
+        help="require this key (default: $DSRL_SERVER_API_KEY; unset = no auth)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="inference threads")
+    p.add_argument("--max_request_mb", type=float, default=64.0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of flow_random's params and of the noise drawn when none is sent",
+    )
+    args = p.parse_args(argv)
+    if args.port < 0 or args.port > 65535:
+        p.error(f"--port {args.port} is not a TCP port (0-65535)")
+    if args.workers < 1 or args.max_request_mb <= 0:
+        p.error("--workers must be >= 1 and --max_request_mb > 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from dsrl.serving import API_KEY_ENV, PolicyServer
+
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        logging.warning(
+            "binding %s without an API key: anyone who can reach this port can query the policy "
+            "(set --api_key or $%s)",
+            args.host,
+            API_KEY_ENV,
+        )
+    policy = build_policy(args)
+    server = PolicyServer(
+        policy,
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+        num_workers=args.workers,
+        seed=args.seed,
+    )
+    server.start()
+    print(f"serving {type(policy).__name__} on ws://{args.host}:{server.port}", flush=True)
+    try:
+        server.wait()  # serve until interrupted
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
