@@ -233,6 +233,11 @@ class DemoEnv(Env):
         self._state = state
         return self._observation(render=render)
 
+    def render_current(self) -> Observation:
+        """The current observation with freshly drawn pixels (after steps taken with render=False,
+        e.g. when a chunk ends early on success: videos then show the final frame)."""
+        return self._observation(render=True)
+
     def render(self) -> np.ndarray:
         """uint8 (S, S, 3) of the current state."""
         s = self.state
