@@ -1,0 +1,84 @@
+"""Control evaluation: run episodes with a noise source and summarise them.
+
+The loop evaluates several noise sources on the SAME fixed set of seeded initial states, so their
+curves are comparable:
+  evaluation/*           the actor's sampled actions (what the reference logs),
+  evaluation_mode/*      the actor's distribution mode (deterministic),
+  evaluation_base_iid/*  the frozen base policy with i.i.d. N(0, I) noise over (H, D),
+  evaluation_base_warmup/*  the base policy under the warm-up family (e.g. horizon-repeated noise),
+which shows how much the noise parameterisation alone changes the base policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from dsrl.training.rollout import Episode, NoiseSource, Steering, Timer, run_episodes
+
+
+@dataclasses.dataclass
+class EvalResult:
+    metrics: dict[str, float]  # unprefixed: success_rate, avg_return, avg_episode_len, ...
+    videos: list[np.ndarray]  # uint8 (T, H, W, 3), one per recorded episode
+    episodes: list[Episode]
+
+
+def eval_seeds(seed: int, num_episodes: int) -> list[int]:
+    """A fixed set of reset seeds, disjoint in stream from training seeds (see loop.train_seed)."""
+    return [
+        int(np.random.SeedSequence([seed, 1, i]).generate_state(1)[0]) for i in range(num_episodes)
+    ]
+
+
+def summarize(episodes: Sequence[Episode], max_reward: float) -> dict[str, float]:
+    """Success rate, mean env return, mean length, and the reference's `Reward >= r` fractions."""
+    if not episodes:
+        raise ValueError("cannot summarise zero episodes")
+    metrics = {
+        "success_rate": float(np.mean([e.success for e in episodes])),
+        "avg_return": float(np.mean([e.env_return for e in episodes])),
+        "avg_episode_len": float(np.mean([e.length for e in episodes])),
+        "avg_num_queries": float(np.mean([e.num_queries for e in episodes])),
+    }
+    # The reference logs, for each integer reward level, the fraction of episodes reaching it
+    # (Aloha's staged 0..4 reward makes this a progress histogram).
+    for level in range(int(np.floor(max_reward)) + 1):
+        metrics[f"Reward >= {level}"] = float(np.mean([e.max_reward >= level for e in episodes]))
+    return metrics
+
+
+def evaluate(
+    vec_env: Any,
+    steering: Steering,
+    source: NoiseSource,
+    seeds: Sequence[int],
+    *,
+    num_video_episodes: int = 0,
+    timer: Timer | None = None,
+) -> EvalResult:
+    """Run `len(seeds)` episodes in rounds of `vec_env.num_envs`, recording videos of the first
+    `num_video_episodes` (agent-view frames, only in the first round)."""
+    num_envs = int(vec_env.num_envs)
+    episodes: list[Episode] = []
+    for start in range(0, len(seeds), num_envs):
+        round_seeds = list(seeds[start : start + num_envs])
+        episodes += run_episodes(
+            vec_env,
+            steering,
+            source,
+            round_seeds,
+            discount=1.0,
+            store_transitions=False,
+            record_frames=start == 0 and num_video_episodes > 0,
+            timer=timer,
+        )
+    videos = [e.frames for e in episodes[:num_video_episodes] if e.frames is not None]
+    return EvalResult(
+        metrics=summarize(episodes, float(vec_env.spec.max_reward)),
+        videos=videos,
+        episodes=episodes,
+    )

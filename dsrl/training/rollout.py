@@ -1,0 +1,276 @@
+"""Steered rollouts: agent action -> noise -> base-policy chunk -> env chunk -> one transition.
+
+One *query* is one decision of the RL agent. For `num_envs` parallel envs it costs:
+
+  1. one batched agent call (`select` below) on the agent observations ("pixels", "state");
+  2. one batched `base_policy.sample_actions(observation, noise)` for all envs;
+  3. one `VectorEnv.step_chunk` executing the first `query_freq` actions of every chunk (each
+     worker runs its chunk locally, rendering only at its end).
+
+Each env contributes ONE transition per query (DSRL's decision-level MDP):
+  reward -1 per query, 0 on the query in which the task succeeded (mask 0: a true terminal);
+  a timeout keeps mask 1 (the critic still bootstraps); a termination without success (not
+  produced by our envs, but allowed by the Env contract) gets reward -1 and mask 0;
+  discount = gamma ** steps_executed, the true length of a final partial chunk.
+
+Nothing here knows about a specific simulator or robot: the training loop, evaluation and the
+real-robot launcher all go through `run_episodes`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from dsrl.base_policies.base import BasePolicy
+
+Observation = dict[str, Any]
+AgentObservation = dict[str, np.ndarray]
+AGENT_KEYS = ("pixels", "state")
+
+
+class Timer(Protocol):
+    """Accumulates wall time per category ("env", "base_policy", "agent", ...)."""
+
+    def section(self, name: str) -> contextlib.AbstractContextManager: ...
+
+
+class NullTimer:
+    """A Timer that measures nothing."""
+
+    @contextlib.contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        yield
+
+
+class NoiseParamLike(Protocol):
+    """What rollouts need from `dsrl.envs.steering.NoiseParam`."""
+
+    action_dim: int
+
+    def to_noise(self, actions: np.ndarray) -> np.ndarray: ...
+
+    def sample_warmup(self, rng: np.random.Generator, batch: int) -> np.ndarray: ...
+
+    def sample_iid_noise(self, rng: np.random.Generator, batch: int) -> np.ndarray: ...
+
+
+# (agent observations with leading N) -> (agent actions (N, A) or None, noise (N, H, D)).
+NoiseSource = Callable[[AgentObservation], tuple[np.ndarray | None, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Steering:
+    """The frozen half of DSRL: how an agent action becomes an executed action chunk."""
+
+    base_policy: BasePolicy
+    noise_param: NoiseParamLike
+    query_freq: int
+
+    def __post_init__(self):
+        horizon = int(self.base_policy.noise_shape[0])
+        if not 1 <= self.query_freq <= horizon:
+            raise ValueError(
+                f"query_freq={self.query_freq} must be in [1, {horizon}] (the base policy's action "
+                f"horizon, noise_shape={tuple(self.base_policy.noise_shape)}); set --query_freq "
+                "to at most the chunk length."
+            )
+
+    # Noise sources -----------------------------------------------------------------------------
+    def agent_source(self, act: Callable[[AgentObservation], np.ndarray]) -> NoiseSource:
+        """Noise from an agent: `act(obs) -> (N, A)` actions in [-am, am]."""
+
+        def source(obs: AgentObservation) -> tuple[np.ndarray, np.ndarray]:
+            actions = np.asarray(act(obs), dtype=np.float32)
+            return actions, self.noise_param.to_noise(actions)
+
+        return source
+
+    def warmup_source(self, rng: np.random.Generator) -> NoiseSource:
+        """Random agent actions from the training family, already clipped to ±action_magnitude."""
+
+        def source(obs: AgentObservation) -> tuple[np.ndarray, np.ndarray]:
+            actions = self.noise_param.sample_warmup(rng, _batch_size(obs))
+            actions = np.asarray(actions, dtype=np.float32)
+            return actions, self.noise_param.to_noise(actions)
+
+        return source
+
+    def iid_source(self, rng: np.random.Generator) -> NoiseSource:
+        """The untouched base policy: i.i.d. N(0, I) noise over the whole (H, D) noise shape."""
+
+        def source(obs: AgentObservation) -> tuple[None, np.ndarray]:
+            return None, self.noise_param.sample_iid_noise(rng, _batch_size(obs))
+
+        return source
+
+
+@dataclasses.dataclass
+class Episode:
+    """One finished episode of one env."""
+
+    transitions: list[dict[str, Any]]  # one per query, empty when not stored
+    env_return: float  # sum of the env's own rewards
+    max_reward: float
+    success: bool
+    length: int  # env steps executed
+    num_queries: int
+    frames: np.ndarray | None = None  # uint8 (T, H, W, 3) agent-view frames when recorded
+
+
+def agent_observation(obs: Observation) -> AgentObservation:
+    """The RL agent's view of one env observation."""
+    missing = [k for k in AGENT_KEYS if k not in obs]
+    if missing:
+        raise KeyError(
+            f"env observation lacks agent key(s) {missing}; an Env must return 'pixels' (uint8 "
+            f"H,W,C) and 'state' (float32 (d,)). Got keys {sorted(obs)}."
+        )
+    return {k: obs[k] for k in AGENT_KEYS}
+
+
+def stack_observations(observations: Sequence[Observation]) -> Observation:
+    """Batch a list of observation dicts along a new leading axis (strings become lists)."""
+    first = observations[0]
+    out: Observation = {}
+    for key, value in first.items():
+        column = [o[key] for o in observations]
+        if isinstance(value, dict):
+            out[key] = stack_observations(column)
+        elif isinstance(value, str | bytes):
+            out[key] = list(column)
+        else:
+            out[key] = np.stack([np.asarray(v) for v in column])
+    return out
+
+
+def _batch_size(obs: AgentObservation) -> int:
+    return int(np.shape(obs["state"])[0])
+
+
+def _frames_to_rgb(frames: Any) -> np.ndarray | None:
+    if frames is None:
+        return None
+    frames = np.asarray(frames)
+    if frames.ndim == 3:  # a single frame
+        frames = frames[None]
+    if frames.size == 0:
+        return None
+    return np.ascontiguousarray(frames[..., :3]).astype(np.uint8, copy=False)
+
+
+def run_episodes(
+    vec_env: Any,
+    steering: Steering,
+    source: NoiseSource,
+    seeds: Sequence[int | None],
+    *,
+    discount: float,
+    store_transitions: bool = True,
+    store_chunks: bool = False,
+    policy_observation_keys: Sequence[str] = (),
+    record_frames: bool = False,
+    timer: Timer | None = None,
+) -> list[Episode]:
+    """Run one episode in each of the first `len(seeds)` envs of `vec_env`, in lock-step.
+
+    Every query is ONE batched agent call, ONE batched base-policy call over all `num_envs`
+    envs (finished envs are padded with their last observation so that jitted policies see one
+    batch shape), and ONE `step_chunk`. Returns the episodes in the order of `seeds`.
+
+    `store_chunks` adds "action_chunks" (query_freq, action_dim) and "noise" (H, D) to each
+    transition (DSRL-NA's action-space critic needs them); `policy_observation_keys` adds those
+    base-policy observation keys to the stored "observations" / "next_observations" (DSRL-NA runs
+    the base policy on stored observations inside its update).
+    """
+    timer = timer or NullTimer()
+    num_envs = int(vec_env.num_envs)
+    n = len(seeds)
+    if not 1 <= n <= num_envs:
+        raise ValueError(f"got {n} seeds for a vector env with {num_envs} envs")
+    max_steps = int(vec_env.spec.max_episode_steps)
+    all_seeds = list(seeds) + [None] * (num_envs - n)
+    with timer.section("env"):
+        obs_list = list(vec_env.reset(all_seeds))
+    active = np.zeros(num_envs, dtype=bool)
+    active[:n] = True
+    transitions: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    returns = np.zeros(n)
+    max_rewards = np.full(n, -np.inf)
+    successes = np.zeros(n, dtype=bool)
+    lengths = np.zeros(n, dtype=np.int64)
+    queries = np.zeros(n, dtype=np.int64)
+    frames: list[list[np.ndarray]] = [[] for _ in range(n)]
+    if record_frames:
+        for i in range(n):
+            frames[i].append(np.asarray(obs_list[i]["pixels"])[..., :3])
+
+    while active.any():
+        agent_obs = stack_observations([agent_observation(o) for o in obs_list])
+        with timer.section("agent"):
+            actions, noise = source(agent_obs)
+        noise = np.asarray(noise, dtype=np.float32)
+        if store_transitions and actions is None:
+            raise ValueError("store_transitions=True needs a noise source that returns actions")
+        with timer.section("base_policy"):
+            chunks = steering.base_policy.sample_actions(stack_observations(obs_list), noise)
+        executed = np.asarray(chunks, dtype=np.float32)[:, : steering.query_freq]
+        with timer.section("env"):
+            results = vec_env.step_chunk(
+                executed, active=active.copy(), record_frames=record_frames
+            )
+        for i in np.flatnonzero(active[:n]):
+            res = results[i]
+            steps = int(res.steps_executed)
+            env_rewards = np.asarray(res.rewards, dtype=np.float64).reshape(-1)
+            success = bool(res.success)
+            lengths[i] += steps
+            queries[i] += 1
+            returns[i] += float(env_rewards.sum())
+            if env_rewards.size:
+                max_rewards[i] = max(max_rewards[i], float(env_rewards.max()))
+            terminated = bool(res.terminated) or success
+            # A worker that never reports truncation still cannot run past the spec's limit.
+            truncated = bool(res.truncated) or lengths[i] >= max_steps
+            done = terminated or truncated
+            successes[i] |= success
+            if store_transitions:
+                transition = {
+                    "observations": agent_observation(obs_list[i]),
+                    "actions": actions[i],
+                    "rewards": np.float32(0.0 if success else -1.0),
+                    "masks": np.float32(0.0 if terminated else 1.0),
+                    "discounts": np.float32(discount**steps),
+                    "next_observations": agent_observation(res.obs),
+                }
+                for key in policy_observation_keys:
+                    transition["observations"][key] = obs_list[i][key]
+                    transition["next_observations"][key] = res.obs[key]
+                if store_chunks:
+                    transition["action_chunks"] = executed[i]
+                    transition["noise"] = noise[i]
+                transitions[i].append(transition)
+            if record_frames:
+                chunk_frames = _frames_to_rgb(res.frames)
+                if chunk_frames is not None:
+                    frames[i].extend(chunk_frames)
+            obs_list[i] = res.obs
+            if done:
+                active[i] = False
+
+    return [
+        Episode(
+            transitions=transitions[i],
+            env_return=float(returns[i]),
+            max_reward=float(max_rewards[i]) if np.isfinite(max_rewards[i]) else 0.0,
+            success=bool(successes[i]),
+            length=int(lengths[i]),
+            num_queries=int(queries[i]),
+            frames=np.stack(frames[i]).astype(np.uint8) if record_frames and frames[i] else None,
+        )
+        for i in range(n)
+    ]
