@@ -132,7 +132,9 @@ class PolicyServer:
     `policy` is either a BasePolicy (`noise_shape`, `action_dim`, batched `sample_actions`) or a
     Pi0Policy-like object that also has `infer(obs, noise) -> {"actions": (H, A), ...}` for one
     unbatched openpi-style observation (used for plain requests) and optionally
-    `prefix_feature(obs) -> (B, width)` (batched) for `get_prefix_feature`.
+    `prefix_feature(obs) -> (B, width)` (batched) for `get_prefix_feature`, and
+    `sample_actions_and_prefix_feature(obs, noise) -> ((B, H, A), (B, width))` (batched), used
+    for infer requests that also ask for the feature so the prefix is encoded only once.
 
     Use `serve_forever()` from a script, or `with server.running():` (a background thread) in
     tests and benchmarks; `server.port` is the bound port (pass port=0 for an ephemeral one).
@@ -303,6 +305,13 @@ class PolicyServer:
             if noise is None:
                 raise RequestError("missing_key", "infer_batch needs 'noise' (B, H, D)")
             noise = self._check_noise(noise, batch)
+            combined = self._combined(want_feature)
+            if combined is not None:
+                actions, feature = combined(obs, noise)
+                return {
+                    "actions": np.asarray(actions, np.float32),
+                    "prefix_feature": np.asarray(feature, np.float32),
+                }
             out["actions"] = np.asarray(policy.sample_actions(obs, noise), np.float32)
             if want_feature:
                 out["prefix_feature"] = self._prefix_feature(obs, batched=True)
@@ -312,6 +321,14 @@ class PolicyServer:
         if method == "get_prefix_feature":
             return {"prefix_feature": self._prefix_feature(obs, batched=False)}
         noise = self._check_noise(noise, None) if noise is not None else None
+        combined = self._combined(want_feature)
+        if combined is not None:
+            actions, feature = combined(
+                _add_batch_axis(obs), noise if noise is not None else self._default_noise(1)
+            )
+            out["actions"] = np.asarray(actions, np.float32)[0]
+            out["prefix_feature"] = np.asarray(feature, np.float32)[0]
+            return out
         if _is_pi0_style(policy):
             result = policy.infer(obs, noise)
             out.update({k: v for k, v in dict(result).items() if k != "server_timing"})
@@ -323,6 +340,12 @@ class PolicyServer:
         if want_feature:
             out["prefix_feature"] = self._prefix_feature(obs, batched=False)
         return out
+
+    def _combined(self, want_feature: bool) -> Callable | None:
+        """The policy's one-prefix-pass actions+feature call, when a feature is wanted."""
+        if not want_feature:
+            return None
+        return getattr(self.policy, "sample_actions_and_prefix_feature", None)
 
     def _prefix_feature(self, obs: dict, *, batched: bool) -> np.ndarray:
         fn: Callable | None = getattr(self.policy, "prefix_feature", None)

@@ -233,11 +233,15 @@ def prefix_forward(
     mask: jnp.ndarray,
     positions: jnp.ndarray,
     dtype,
-) -> tuple[jnp.ndarray, jnp.ndarray]:
+    *,
+    return_hidden: bool = False,
+) -> tuple[jnp.ndarray, ...]:
     """Expert 0 over the prefix; returns its KV cache (k, v), each (L, B, P, Kv, H), after RoPE.
 
-    x: (B, P, D0); mask: bool (B, P, P) query-by-key; positions: int (B, P). The last layer's
-    attention output and MLP are skipped: nothing downstream reads the prefix hidden states.
+    x: (B, P, D0); mask: bool (B, P, P) query-by-key; positions: int (B, P). By default the last
+    layer's attention output and MLP are skipped: the action path never reads the prefix hidden
+    states. With `return_hidden` every layer runs in full and the final-normed hidden states
+    (B, P, D0) (activation dtype) come third: (k, v, hidden).
     """
     layers = _expert_layers(params["layers"], 0)
     x = x.astype(dtype)[:, None]  # (B, 1, P, D): the K axis of the shared layer code
@@ -257,6 +261,11 @@ def prefix_forward(
         # Index into the full stacks instead of scanning over `w[:-1]`: slicing would copy all
         # but one layer of the weights on every call (3.7 GB for gemma_2b in bf16).
         return layer(x, jax.tree.map(lambda w: w[index], layers))
+
+    if return_hidden:
+        x, (k_cache, v_cache) = jax.lax.scan(indexed_layer, x, jnp.arange(cfg.depth))
+        hidden, _ = rms_norm(x[:, 0], params["final_norm"], None)
+        return k_cache, v_cache, hidden
 
     x, (k_cache, v_cache) = jax.lax.scan(indexed_layer, x, jnp.arange(cfg.depth - 1))
     last = jax.tree.map(lambda w: w[-1], layers)

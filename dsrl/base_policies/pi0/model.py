@@ -65,12 +65,15 @@ class PrefixCache:
       tokens (activation dtype). Cameras masked for the whole batch are not in P at all.
     mask: bool (B, P), True for valid prefix tokens (masked cameras and prompt padding False).
     state: float32 (B, action_dim), needed by Pi0's state token.
+    feature: float32 (B, D0) or None: the prefix feature (see `prefix_feature`), present only
+      when asked for, since it needs the last Gemma layer's MLP that the action path skips.
     """
 
     k: jax.Array
     v: jax.Array
     mask: jax.Array
     state: jax.Array
+    feature: jax.Array | None = None
 
     @property
     def batch_size(self) -> int:
@@ -212,15 +215,36 @@ def suffix_attention(config: Pi0Config) -> np.ndarray:
     return block[None, :] <= block[:, None]
 
 
+def masked_mean(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean over valid tokens: hidden (B, P, D), mask bool (B, P) -> float32 (B, D).
+
+    Invalid tokens are selected away (not multiplied by 0, so no value there can leak in); a row
+    with no valid token gives zeros.
+    """
+    hidden = jnp.where(mask[..., None], hidden.astype(jnp.float32), 0.0)
+    count = jnp.maximum(jnp.sum(mask, axis=1, dtype=jnp.float32), 1.0)
+    return jnp.sum(hidden, axis=1) / count[:, None]
+
+
 def encode_prefix(
-    config: Pi0Config, params: Params, obs: Observation, encoded: tuple[str, ...]
+    config: Pi0Config,
+    params: Params,
+    obs: Observation,
+    encoded: tuple[str, ...],
+    with_feature: bool = False,
 ) -> PrefixCache:
+    """The prefix KV cache; with `with_feature` also the prefix feature, from the same pass."""
     tokens, mask = _embed_prefix(config, params, obs, encoded)
     attn, positions = prefix_attention(mask)
-    k, v = gemma.prefix_forward(
-        params["PaliGemma"]["llm"], config.paligemma, tokens, attn, positions, config.dtype
+    llm, dtype = params["PaliGemma"]["llm"], config.dtype
+    state = jnp.asarray(obs.state, jnp.float32)
+    if not with_feature:
+        k, v = gemma.prefix_forward(llm, config.paligemma, tokens, attn, positions, dtype)
+        return PrefixCache(k=k, v=v, mask=mask, state=state)
+    k, v, hidden = gemma.prefix_forward(
+        llm, config.paligemma, tokens, attn, positions, dtype, return_hidden=True
     )
-    return PrefixCache(k=k, v=v, mask=mask, state=jnp.asarray(obs.state, jnp.float32))
+    return PrefixCache(k=k, v=v, mask=mask, state=state, feature=masked_mean(hidden, mask))
 
 
 def denoise(
@@ -281,9 +305,15 @@ def _denoise_any(config, params, cache, noise, num_steps):
     return denoise(config, params, cache, noise, num_steps)
 
 
+@functools.partial(jax.jit, static_argnames=("config", "encoded", "with_feature"))
+def _encode_prefix_jit(params, obs, *, config, encoded, with_feature):
+    return encode_prefix(config, params, obs, encoded, with_feature)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "encoded"))
-def _encode_prefix_jit(params, obs, *, config, encoded):
-    return encode_prefix(config, params, obs, encoded)
+def _prefix_feature_jit(params, obs, *, config, encoded):
+    # Only the feature is returned, so XLA drops the stacked KV cache outputs.
+    return encode_prefix(config, params, obs, encoded, with_feature=True).feature
 
 
 @functools.partial(jax.jit, static_argnames=("config", "num_steps"))
@@ -295,6 +325,12 @@ def _denoise_jit(params, cache, noise, *, config, num_steps):
 def _sample_jit(params, obs, noise, *, config, num_steps, encoded):
     cache = encode_prefix(config, params, obs, encoded)
     return _denoise_any(config, params, cache, noise, num_steps)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_steps", "encoded"))
+def _sample_with_feature_jit(params, obs, noise, *, config, num_steps, encoded):
+    cache = encode_prefix(config, params, obs, encoded, with_feature=True)
+    return _denoise_any(config, params, cache, noise, num_steps), cache.feature
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,9 +440,37 @@ class Pi0(struct.PyTreeNode):
     def noise_shape(self) -> tuple[int, int]:
         return (self.config.action_horizon, self.config.action_dim)
 
-    def encode_prefix(self, observation: Observation | Mapping[str, Any]) -> PrefixCache:
+    def encode_prefix(
+        self, observation: Observation | Mapping[str, Any], *, return_feature: bool = False
+    ) -> PrefixCache:
+        """The per-observation KV cache; `return_feature` also fills `PrefixCache.feature` from
+        the same pass (it runs the last Gemma layer in full, which the plain cache skips)."""
         obs, encoded = prepare_observation(self.config, observation)
-        return _encode_prefix_jit(self.params, obs, config=self.config, encoded=encoded)
+        return _encode_prefix_jit(
+            self.params, obs, config=self.config, encoded=encoded, with_feature=return_feature
+        )
+
+    def prefix_feature(self, observation: Observation | Mapping[str, Any]) -> jax.Array:
+        """float32 (B, paligemma width): PaliGemma's final-normed prefix hidden states averaged
+        over the VALID prefix tokens (image tokens of unmasked cameras, non-padding prompt
+        tokens). It depends on nothing else: padding slots and masked cameras are invisible.
+
+        (The DSRL reference took the last prefix position instead, almost always a padding slot
+        whose fully masked attention row makes it a uniform average of all values.)
+        """
+        obs, encoded = prepare_observation(self.config, observation)
+        return _prefix_feature_jit(self.params, obs, config=self.config, encoded=encoded)
+
+    def sample_actions_and_feature(
+        self, observation: Observation | Mapping[str, Any], noise: jax.Array, num_steps: int = 10
+    ) -> tuple[jax.Array, jax.Array]:
+        """Actions and `prefix_feature` from ONE prefix pass: noise (B, H, A) or (B, K, H, A) ->
+        (float32 actions of noise's shape, float32 feature (B, width))."""
+        obs, encoded = prepare_observation(self.config, observation)
+        _check_noise(self.config, noise, obs.state.shape[0], None)
+        return _sample_with_feature_jit(
+            self.params, obs, noise, config=self.config, num_steps=num_steps, encoded=encoded
+        )
 
     def denoise(self, prefix: PrefixCache, noise: jax.Array, num_steps: int = 10) -> jax.Array:
         """noise (B, H, A) or (B, K, H, A), B = prefix.batch_size -> float32 actions, same shape."""

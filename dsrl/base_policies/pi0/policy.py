@@ -230,9 +230,43 @@ class Pi0Policy:
         actions = self.model.sample_actions_multi(obs, noise, num_steps=self.num_steps)
         return self.postprocess(np.asarray(actions), state)
 
-    def infer(self, observation: Mapping[str, Any], noise: np.ndarray | None = None) -> dict:
+    # ---------------------------------------------------------------------------------------
+    # Prefix feature (the real-robot agent's Pi0 embedding)
+
+    @property
+    def prefix_feature_dim(self) -> int:
+        """Width of `prefix_feature` (PaliGemma's width: 2048 for the full model)."""
+        return self.config.paligemma.width
+
+    def prefix_feature(self, observation: Mapping[str, Any]) -> np.ndarray:
+        """Batched robot observation (as `sample_actions`) -> float32 (B, prefix_feature_dim):
+        the final-normed PaliGemma prefix hidden states averaged over the valid prefix tokens
+        (images of unmasked cameras, non-padding prompt tokens); see `Pi0.prefix_feature`."""
+        obs, _ = self.prepare(observation)
+        return np.asarray(self.model.prefix_feature(obs), np.float32)
+
+    def sample_actions_and_prefix_feature(
+        self, observation: Mapping[str, Any], noise: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`sample_actions` and `prefix_feature` from one prefix pass: noise (B, H, 32) ->
+        (float32 (B, H, action_dim), float32 (B, prefix_feature_dim))."""
+        obs, state = self.prepare(observation)
+        noise = self._check_noise(noise, state.shape[0], multi=False)
+        actions, feature = self.model.sample_actions_and_feature(
+            obs, noise, num_steps=self.num_steps
+        )
+        return self.postprocess(np.asarray(actions), state), np.asarray(feature, np.float32)
+
+    def infer(
+        self,
+        observation: Mapping[str, Any],
+        noise: np.ndarray | None = None,
+        *,
+        return_prefix_feature: bool = False,
+    ) -> dict:
         """openpi's `Policy.infer`: ONE unbatched observation, noise (H, 32) or (1, H, 32) or None
-        (then drawn from the policy's own key) -> {"actions": (H, action_dim), "policy_timing"}."""
+        (then drawn from the policy's own key) -> {"actions": (H, action_dim), "policy_timing"}
+        (+ "prefix_feature" (prefix_feature_dim,) from the same prefix pass when asked)."""
 
         def add_batch(x):
             if isinstance(x, Mapping):
@@ -249,11 +283,15 @@ class Pi0Policy:
         noise = np.asarray(noise, dtype=np.float32)
         if noise.ndim == 2:
             noise = noise[None]
-        actions = self.sample_actions(batched, noise)[0]
-        return {
-            "actions": actions,
-            "policy_timing": {"infer_ms": 1000 * (time.monotonic() - start)},
-        }
+        out: dict[str, Any] = {}
+        if return_prefix_feature:
+            actions, feature = self.sample_actions_and_prefix_feature(batched, noise)
+            out["prefix_feature"] = feature[0]
+        else:
+            actions = self.sample_actions(batched, noise)
+        out["actions"] = actions[0]
+        out["policy_timing"] = {"infer_ms": 1000 * (time.monotonic() - start)}
+        return out
 
     @property
     def metadata(self) -> dict:
@@ -262,4 +300,5 @@ class Pi0Policy:
             "noise_shape": list(self.noise_shape),
             "action_dim": self.action_dim,
             "action_horizon": self.config.action_horizon,
+            "prefix_feature_dim": self.prefix_feature_dim,
         }
