@@ -1,0 +1,151 @@
+"""Benchmark the PixelSACLearner update at the reference's LIBERO preset; prints ONE JSON line.
+
+Preset (as in /work/shared/reference/perf_baseline.md): pixels 64x64x3 uint8 + 8-d state, action
+32-d, batch 256, conv encoder 4 x 32 (3x3, strides 2,1,1,1, VALID) -> Dense(50) -> LayerNorm ->
+tanh, actor MLP 128x3, 10 critic heads 128x3 with LayerNorm, separate encoders, crop + jitter on
+obs and next obs. Speed is reported against XLA's own fp32 2048^3 matmul measured in the same
+process (`ratio`), because the machines are shared and noisy.
+
+    JAX_PLATFORMS=cpu python scripts/bench_learner.py [--encoder_sharing shared] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dsrl.agents import PixelSACLearner  # noqa: E402
+from dsrl.agents.pixel_sac import learner as learner_lib  # noqa: E402
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.dot)
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def make_batches(rng: np.random.Generator, k: int, b: int, hw: int, d: int, a: int) -> dict:
+    def obs():
+        return {
+            "pixels": rng.integers(0, 256, (k, b, hw, hw, 3), dtype=np.uint8),
+            "state": rng.normal(size=(k, b, d)).astype(np.float32),
+        }
+
+    return {
+        "observations": obs(),
+        "next_observations": obs(),
+        "actions": rng.uniform(-1, 1, (k, b, a)).astype(np.float32),
+        "rewards": -np.ones((k, b), np.float32),
+        "masks": np.ones((k, b), np.float32),
+        "discounts": np.full((k, b), 0.999**20, np.float32),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--encoder_sharing", default="separate", choices=["separate", "shared"])
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=10, help="timed gradient steps (one update)")
+    parser.add_argument("--update_mode", default="auto", choices=["auto", "scan", "loop"])
+    parser.add_argument("--image_size", type=int, default=64)
+    args = parser.parse_args()
+
+    compile_times: list[float] = []
+
+    def on_event(event: str, duration: float, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compile_times.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+
+    state_dim, action_dim = 8, 32
+    spec = {
+        "pixels": ((args.image_size, args.image_size, 3), np.uint8),
+        "state": ((state_dim,), np.float32),
+    }
+    config = PixelSACLearner.default_config()
+    config.encoder_sharing = args.encoder_sharing
+    config.update_mode = args.update_mode
+    learner = PixelSACLearner.create(0, spec, action_dim, config)
+    rng = np.random.default_rng(0)
+    hw, bsz = args.image_size, args.batch_size
+
+    # Warm-up: the first update traces and compiles (the compile we report).
+    compile_times.clear()
+    t0 = time.perf_counter()
+    learner, _ = learner.update(make_batches(rng, 1, bsz, hw, state_dim, action_dim))
+    first_call_s = time.perf_counter() - t0
+    compile_s = max(compile_times) if compile_times else float("nan")
+
+    batches = make_batches(rng, args.steps, bsz, hw, state_dim, action_dim)
+    t0 = time.perf_counter()
+    learner, metrics = learner.update(batches)
+    elapsed = time.perf_counter() - t0
+    updates_per_s = args.steps / elapsed
+    if learner.update_mode() == "loop":
+        num_compiles = learner_lib._update_step_jit._cache_size()
+    else:
+        num_compiles = learner_lib._update_scan_jit._cache_size()
+
+    # FLOPs of one gradient step from XLA's cost analysis of the compiled step.
+    one = learner._prepare_batches(make_batches(rng, 1, bsz, hw, state_dim, action_dim))
+    one = jax.tree.map(lambda x: x[0], one)
+    cost = learner_lib._update_step_jit.lower(learner, one).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    update_gflop = float(cost["flops"]) / 1e9
+
+    obs = {
+        "pixels": rng.integers(0, 256, (1, hw, hw, 3), dtype=np.uint8),
+        "state": np.zeros((1, state_dim), np.float32),
+    }
+    _, learner = learner.sample_actions(obs)
+    times = []
+    for _ in range(50):
+        t = time.perf_counter()
+        _, learner = learner.sample_actions(obs)
+        times.append(time.perf_counter() - t)
+
+    mm = matmul_gflops()
+    achieved = update_gflop * updates_per_s
+    print(
+        json.dumps(
+            {
+                "encoder_sharing": args.encoder_sharing,
+                "update_mode": learner.update_mode(),
+                "backend": jax.default_backend(),
+                "batch_size": bsz,
+                "steps": args.steps,
+                "updates_per_s": round(updates_per_s, 4),
+                "update_gflop": round(update_gflop, 2),
+                "achieved_gflops": round(achieved, 2),
+                "matmul_gflops": round(mm, 2),
+                "ratio": round(achieved / mm, 4),
+                "num_compiles": int(num_compiles),
+                "compile_s": round(compile_s, 2),
+                "first_call_s": round(first_call_s, 2),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "sample_actions_ms": round(1000 * float(np.median(times)), 3),
+                "critic_loss_finite": bool(np.isfinite(metrics["critic_loss"])),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
