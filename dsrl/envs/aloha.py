@@ -133,6 +133,7 @@ class AlohaEnv(Env):
             max_episode_steps=int(max_episode_steps),
             max_reward=MAX_REWARD,
             prompt=PROMPT,
+            video_key=self.video_key,
         )
         self._elapsed = 0
         self._episode_over = True

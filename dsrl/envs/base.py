@@ -33,6 +33,8 @@ class EnvSpec:
     # Reward value that means success (1 for LIBERO, 4 for Aloha TransferCube).
     max_reward: float = 1.0
     prompt: str | None = None
+    # Observation key of the image recorded in videos (a full-size camera where the env has one).
+    video_key: str = "pixels"
 
 
 class Env(abc.ABC):

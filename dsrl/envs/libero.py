@@ -184,6 +184,7 @@ class LiberoEnv(Env):
             max_episode_steps=int(max_episode_steps or SUITE_MAX_STEPS[suite]),
             max_reward=1.0,
             prompt=task.language,
+            video_key=self.video_key,
         )
         self._elapsed = 0
         self._episode_over = True

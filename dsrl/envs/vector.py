@@ -57,11 +57,15 @@ class ChunkResult:
     frames: np.ndarray | None = None
 
 
-def _video_frame(env: Env, obs: Observation) -> np.ndarray:
-    """The image used for videos: the env's `video_key` if it names one, else the agent pixels."""
-    key = getattr(env, "video_key", "pixels")
-    frame = np.asarray(obs[key] if key in obs else obs["pixels"])
+def video_frame(obs: Observation, video_key: str = "pixels") -> np.ndarray:
+    """The RGB image recorded in videos: obs[video_key] (EnvSpec.video_key), else the agent
+    pixels. Reset frames and chunk frames must both come through here so a video stacks."""
+    frame = np.asarray(obs[video_key] if video_key in obs else obs["pixels"])
     return frame[..., :3]
+
+
+def _video_frame(env: Env, obs: Observation) -> np.ndarray:
+    return video_frame(obs, getattr(env.spec, "video_key", "pixels"))
 
 
 def run_chunk(

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dsrl.base_policies.base import BasePolicy
+from dsrl.envs.vector import video_frame
 
 Observation = dict[str, Any]
 AgentObservation = dict[str, np.ndarray]
@@ -207,7 +208,7 @@ def run_episodes(
     frames: list[list[np.ndarray]] = [[] for _ in range(n)]
     if record_frames:
         for i in range(n):
-            frames[i].append(np.asarray(obs_list[i]["pixels"])[..., :3])
+            frames[i].append(video_frame(obs_list[i], vec_env.spec.video_key))
 
     while active.any():
         agent_obs = stack_observations([agent_observation(o) for o in obs_list])
