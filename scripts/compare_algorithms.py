@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "--algorithms", nargs="+", choices=sorted(ALGORITHMS), default=["sac", "na"]
     )
     parser.add_argument("--max_env_steps", type=int, default=12_000)
-    parser.add_argument("--eval_interval", type=int, default=250, help="in gradient steps")
+    parser.add_argument("--eval_interval", type=int, default=100, help="in gradient steps")
     parser.add_argument("--eval_episodes", type=int, default=32)
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument(

@@ -193,6 +193,36 @@ def test_distillation_fits_the_online_action_critic(distill_target):
     assert err < 0.5 * np.abs(qw - other).mean()
 
 
+@pytest.mark.parametrize("encoder", ["separate", "shared"])
+def test_distillation_with_several_noises_per_state_pairs_each_state_with_its_noises(encoder):
+    """distill_noises_per_state=M regresses Q^W on B states x M fresh noises: the step's loss is
+    the hand-computed mean over all B * M (state, noise) pairs, each state tiled M times."""
+    m, b = 4, 6
+    learner = make_learner(distill_noises_per_state=m, noise_critic_encoder=encoder)
+    batch = make_batch(np.random.default_rng(2), (1, b))
+    obs = jax.tree.map(lambda x: x[0], learner._prepare_batches(batch)["observations"])
+    _, _, k_w = jax.random.split(learner.rng, 3)  # the step's own key split
+    w = jax.random.normal(k_w, (b * m, learner.action_dim), jnp.float32)
+    tiled = {k: np.repeat(v, m, axis=0) for k, v in obs.items()}
+    agent_obs = {"pixels": tiled["pixels"].astype(np.float32) / 255.0, "state": tiled["state"]}
+    chunks = na_learner._chunks_from_noise(
+        learner, learner.base_policy.params, {"policy_state": tiled["policy_state"]}, w
+    )
+    qa_params = learner.action_critic.params
+    qa = learner.action_critic_def.apply({"params": qa_params}, agent_obs, chunks)
+    qw = na_learner._noise_qs(learner, learner.noise_critic.params, qa_params, agent_obs, w)
+    assert qa.shape == qw.shape == (learner.config.num_qs, b * m)
+    want = float(np.mean((np.asarray(qw) - np.asarray(qa)) ** 2))
+
+    new, metrics = na_learner._distill_step_jit(learner, obs, learner.base_policy.params)
+    np.testing.assert_allclose(float(metrics["noise_critic_loss"]), want, rtol=1e-4)
+    assert not np.array_equal(  # Q^W did take a step
+        jax.tree.leaves(new.noise_critic.params)[0], jax.tree.leaves(learner.noise_critic.params)[0]
+    )
+    with pytest.raises(ValueError, match="distill_noises_per_state must be >= 1"):
+        small_config(distill_noises_per_state=0)
+
+
 # ----------------------------------------------------------------------------- learner
 
 

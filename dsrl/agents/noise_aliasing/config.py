@@ -47,6 +47,11 @@ class NoiseAliasingConfig(PixelSACConfig):
     # "separate": Q^W has its own encoder, trained by the distillation loss (official: separate
     # networks). "shared": Q^W reads Q^A's encoder features under stop_gradient (cheaper).
     noise_critic_encoder: str = "separate"
+    # Fresh noises per buffer state in one distillation step: the step regresses Q^W on
+    # B states x M noises (the encoders run once per state, the base policy and the critic heads
+    # on all B * M pairs). M = 1 is the official code. More noises per state cover the noise
+    # space around each state in one step, which is what Q^W is distilled for.
+    distill_noises_per_state: int = 1
 
     def __post_init__(self):
         super().__post_init__()
@@ -63,6 +68,10 @@ class NoiseAliasingConfig(PixelSACConfig):
         need(
             int(self.noise_critic_grad_steps) >= 1,
             f"noise_critic_grad_steps must be >= 1, got {self.noise_critic_grad_steps}",
+        )
+        need(
+            int(self.distill_noises_per_state) >= 1,
+            f"distill_noises_per_state must be >= 1, got {self.distill_noises_per_state}",
         )
         need(
             self.distill_target in DISTILL_TARGETS,
@@ -90,7 +99,7 @@ class NoiseAliasingConfig(PixelSACConfig):
             raise ValueError(
                 f"NoiseAliasingConfig: unknown config keys {unknown}; valid keys are {sorted(known)}"
             )
-        for name in ("utd", "noise_critic_grad_steps"):
+        for name in ("utd", "noise_critic_grad_steps", "distill_noises_per_state"):
             if name in values:
                 values[name] = int(values[name])
         return super().from_config_dict(values)

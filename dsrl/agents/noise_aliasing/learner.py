@@ -603,23 +603,37 @@ def _critic_actor_step(learner: NoiseAliasingLearner, batch: dict[str, Any], bp_
 
 
 def _distill_step(learner: NoiseAliasingLearner, observations: dict[str, Any], bp_params):
-    """One Q^W step: w ~ N(0, I), Q^W(s, w) <- online Q^A(s, pi_dp(s, noise(w)))."""
+    """One Q^W step on B states x M fresh noises (M = `distill_noises_per_state`):
+    w ~ N(0, I), Q^W(s, w) <- online Q^A(s, pi_dp(s, noise(w))). Each encoder runs once per
+    state; the base policy and the critic heads run on the B * M (state, noise) pairs."""
     TRACE_COUNTS["distill_step"] += 1
     cfg = learner.config
     rng, k_aug, k_w = jax.random.split(learner.rng, 3)
     obs = _augment(learner, k_aug, observations, True)
     batch_size = observations[STATE].shape[0]
-    w = jax.random.normal(k_w, (batch_size, learner.action_dim), jnp.float32)
+    m = int(cfg.distill_noises_per_state)
+
+    def per_pair(x):  # (B, ...) -> (B * M, ...), each state's M copies adjacent
+        return jnp.repeat(x, m, axis=0)
+
+    w = jax.random.normal(k_w, (batch_size * m, learner.action_dim), jnp.float32)
     if cfg.distill_noise_clip:
         w = jnp.clip(w, -cfg.action_magnitude, cfg.action_magnitude)
-    chunks = _chunks_from_noise(learner, bp_params, _policy_obs(learner, observations), w)
-    action_qs = learner.action_critic_def.apply(
-        {"params": learner.action_critic.params}, obs, chunks
-    )
+    policy_obs = jax.tree.map(per_pair, _policy_obs(learner, observations))
+    chunks = _chunks_from_noise(learner, bp_params, policy_obs, w)
+    qa_def, qa_params = learner.action_critic_def, learner.action_critic.params
+    qa_features = per_pair(_encode(qa_def, qa_params, obs))
+    action_qs = qa_def.apply({"params": qa_params}, qa_features, chunks, method="head")
     targets = losses.distillation_targets(action_qs, cfg.distill_target, cfg.num_qs)
 
     def loss_fn(params):
-        noise_qs = _noise_qs(learner, params, learner.action_critic.params, obs, w)
+        if cfg.noise_critic_encoder == "separate":
+            feats = learner.noise_critic_def.apply({"params": params}, obs, method="encode")
+            noise_qs = learner.noise_critic_def.apply(
+                {"params": params}, per_pair(feats), w, method="head"
+            )
+        else:  # Q^A's features, no gradient into Q^A
+            noise_qs = learner.noise_critic_def.apply({"params": params}, qa_features, w)
         return losses.noise_critic_loss(noise_qs, targets), noise_qs
 
     (loss, noise_qs), grads = jax.value_and_grad(loss_fn, has_aux=True)(learner.noise_critic.params)
