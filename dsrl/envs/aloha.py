@@ -178,15 +178,7 @@ class AlohaEnv(Env):
     def step(
         self, action: np.ndarray, render: bool = True
     ) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
-        if self._episode_over:
-            raise RuntimeError(
-                f"{self.spec.name}: step() called after the episode ended; call reset() first."
-            )
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (14,):
-            raise ValueError(
-                f"{self.spec.name}: expected an action of shape (14,), got {action.shape}."
-            )
+        action = self._checked_action(action, self._episode_over)
         self._task.render_enabled = render
         timestep = self._env.step(action)
         self._elapsed += 1

@@ -55,3 +55,17 @@ class Env(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
+
+    def _checked_action(self, action: np.ndarray, episode_over: bool) -> np.ndarray:
+        """float64 (action_dim,) action, or a clear error for a finished episode / wrong shape."""
+        if episode_over:
+            raise RuntimeError(
+                f"{self.spec.name}: step() called after the episode ended; call reset() first."
+            )
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (self.spec.action_dim,):
+            raise ValueError(
+                f"{self.spec.name}: expected an action of shape ({self.spec.action_dim},), "
+                f"got {action.shape}."
+            )
+        return action

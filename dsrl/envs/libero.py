@@ -286,15 +286,7 @@ class LiberoEnv(Env):
     def step(
         self, action: np.ndarray, render: bool = True
     ) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
-        if self._episode_over:
-            raise RuntimeError(
-                f"{self.spec.name}: step() called after the episode ended; call reset() first."
-            )
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (7,):
-            raise ValueError(
-                f"{self.spec.name}: expected an action of shape (7,), got {action.shape}."
-            )
+        action = self._checked_action(action, self._episode_over)
         raw, reward, done = self._sim_step(action, render)
         self._elapsed += 1
         # LIBERO's step returns done = the task's own success predicate (reward is 1.0 then).

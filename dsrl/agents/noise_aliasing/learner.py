@@ -36,9 +36,19 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
+from dsrl.agents.common import (
+    PIXELS,
+    STATE,
+    batched_agent_observations,
+    jitter_config,
+    policy_metrics,
+    resolve_update_mode,
+    select_observations,
+    temperature_step,
+    validate_observation_spec,
+)
 from dsrl.agents.noise_aliasing import losses
 from dsrl.agents.noise_aliasing.config import NoiseAliasingConfig, default_config
-from dsrl.agents.pixel_sac.learner import _jitter_config, _validate_observation_spec
 from dsrl.data.augmentations import augment_pixels
 from dsrl.networks import (
     PixelMultiplexer,
@@ -49,7 +59,10 @@ from dsrl.networks import (
     reduce_ensemble,
 )
 
-PIXELS, STATE = "pixels", "state"
+# DSRL-NA also reads the base policy's observation keys from the buffer.
+_STORE_HINT = (
+    " (the base policy's keys are stored by the loop with LoopConfig.policy_observation_keys)"
+)
 BATCH_KEYS = ("observations", "action_chunks", "rewards", "masks", "discounts", "next_observations")
 
 # How many times each jitted function has been traced (a trace precedes every compilation).
@@ -189,7 +202,7 @@ class NoiseAliasingLearner(flax.struct.PyTreeNode):
                 f"noise_fn maps actions (B, {action_dim}) to noise {tuple(noise_out.shape)}, but "
                 f"the base policy expects (B, *{tuple(jax_policy.noise_shape)})"
             )
-        spec = _validate_observation_spec(observation_spec)
+        spec = validate_observation_spec(observation_spec)
         if cfg.color_jitter and spec[PIXELS][2] % 3:
             raise ValueError(
                 f"color_jitter needs RGB cameras stacked on channels (C % 3 == 0), got "
@@ -206,6 +219,7 @@ class NoiseAliasingLearner(flax.struct.PyTreeNode):
             padding=cfg.cnn_padding,
             pooling=cfg.encoder_pooling,
             softmax_temperature=cfg.softmax_temperature,
+            conv_impl=cfg.cnn_conv_impl,
         )
 
         def ensemble():
@@ -317,25 +331,13 @@ class NoiseAliasingLearner(flax.struct.PyTreeNode):
         return actions[0] if unbatched else actions
 
     def _prepare_observations(self, observations: Mapping[str, Any]):
-        obs = _select(observations, {}, "observations")
-        spec = dict(self.observation_spec)
-        unbatched = obs[PIXELS].ndim == 3
-        if unbatched:
-            obs = {k: v[None] for k, v in obs.items()}
-        if obs[PIXELS].shape[1:] != spec[PIXELS] or obs[STATE].shape[1:] != spec[STATE]:
-            raise ValueError(
-                f"observation shapes pixels {obs[PIXELS].shape}, state {obs[STATE].shape} do not "
-                f"match the learner's spec {spec} (with a leading batch axis)"
-            )
-        return obs, unbatched
+        return batched_agent_observations(observations, self.observation_spec)
 
     # ---------------------------------------------------------------- learning
     def update_mode(self) -> str:
         """The resolved execution mode of `update` on the current backend (as PixelSACLearner:
         a Python loop over jitted steps on XLA:CPU, one scanned call elsewhere)."""
-        if self.config.update_mode != "auto":
-            return self.config.update_mode
-        return "loop" if jax.default_backend() == "cpu" else "scan"
+        return resolve_update_mode(self.config.update_mode)
 
     def update(self, batches: Mapping[str, Any]) -> tuple[NoiseAliasingLearner, dict[str, float]]:
         """K critic/actor steps, then `config.num_distill_steps(K)` distillation steps.
@@ -389,11 +391,14 @@ class NoiseAliasingLearner(flax.struct.PyTreeNode):
             )
         policy_spec = self.policy_observation_spec
         out = {
-            "observations": _select(
-                batches["observations"], policy_spec, "batches['observations']"
+            "observations": select_observations(
+                batches["observations"], "batches['observations']", policy_spec, _STORE_HINT
             ),
-            "next_observations": _select(
-                batches["next_observations"], policy_spec, "batches['next_observations']"
+            "next_observations": select_observations(
+                batches["next_observations"],
+                "batches['next_observations']",
+                policy_spec,
+                _STORE_HINT,
             ),
             "action_chunks": np.asarray(batches["action_chunks"], np.float32),
         }
@@ -421,26 +426,6 @@ class NoiseAliasingLearner(flax.struct.PyTreeNode):
         return out
 
 
-def _select(
-    observations: Mapping[str, Any], policy_spec: Mapping[str, Any], where: str
-) -> dict[str, np.ndarray]:
-    """The agent's two keys plus the base policy's keys, with canonical dtypes."""
-    missing = [k for k in (PIXELS, STATE, *policy_spec) if k not in observations]
-    if missing:
-        raise ValueError(
-            f"{where} lacks {missing}; DSRL-NA reads 'pixels' (uint8), 'state' and the base "
-            f"policy's observation keys {sorted(policy_spec)} (stored by the loop with "
-            "LoopConfig.policy_observation_keys)"
-        )
-    out = {
-        PIXELS: np.asarray(observations[PIXELS], dtype=np.uint8),
-        STATE: np.asarray(observations[STATE], dtype=np.float32),
-    }
-    for key, (_, dtype) in policy_spec.items():
-        out[key] = np.asarray(observations[key], dtype=dtype)
-    return out
-
-
 # ----------------------------------------------------------------------- jitted pieces
 def _agent_obs(obs: Mapping[str, Any]) -> dict[str, Any]:
     return {PIXELS: obs[PIXELS], STATE: obs[STATE]}
@@ -453,7 +438,7 @@ def _policy_obs(learner: NoiseAliasingLearner, obs: Mapping[str, Any]) -> dict[s
 def _augment(learner: NoiseAliasingLearner, key: jax.Array, obs: Mapping[str, Any], aug: bool):
     cfg = learner.config
     if aug:
-        pixels = augment_pixels(key, obs[PIXELS], cfg.crop_padding, _jitter_config(cfg))
+        pixels = augment_pixels(key, obs[PIXELS], cfg.crop_padding, jitter_config(cfg))
     else:
         pixels = pixels_to_float(obs[PIXELS])
     return {PIXELS: pixels, STATE: obs[STATE]}
@@ -568,13 +553,7 @@ def _critic_actor_step(learner: NoiseAliasingLearner, batch: dict[str, Any], bp_
     actor = learner.actor.apply_gradients(grads=actor_grads)
 
     # ---- temperature
-    entropy = -log_probs.mean()
-
-    def temp_loss_fn(params):
-        return losses.temperature_loss(jnp.exp(params["log_temp"]), entropy, learner.target_entropy)
-
-    temp_loss, temp_grads = jax.value_and_grad(temp_loss_fn)(learner.temp.params)
-    temp = learner.temp.apply_gradients(grads=temp_grads)
+    temp, entropy, temp_loss = temperature_step(learner.temp, log_probs, learner.target_entropy)
 
     metrics = {
         "critic_loss": critic_loss,
@@ -587,8 +566,7 @@ def _critic_actor_step(learner: NoiseAliasingLearner, batch: dict[str, Any], bp_
         "entropy": entropy,
         "q_pi_in_actor": q_pi.mean(),
         "actions_abs_max": jnp.abs(w_pi).max(),
-        "mean_pi_norm": jnp.linalg.norm(dist.loc, axis=-1).mean(),
-        "std_pi_avg": dist.scale.mean(),
+        **policy_metrics(dist),
         "temperature": temperature,
         "temperature_loss": temp_loss,
     }

@@ -32,9 +32,20 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
+from dsrl.agents.common import (
+    PIXELS,
+    STATE,
+    batched_agent_observations,
+    jitter_config,
+    policy_metrics,
+    resolve_update_mode,
+    select_observations,
+    temperature_step,
+    validate_observation_spec,
+)
 from dsrl.agents.pixel_sac import losses
 from dsrl.agents.pixel_sac.config import PixelSACConfig, default_config
-from dsrl.data.augmentations import ColorJitterConfig, augment_pixels
+from dsrl.data.augmentations import augment_pixels
 from dsrl.networks import (
     PixelMultiplexer,
     StateActionEnsemble,
@@ -44,49 +55,10 @@ from dsrl.networks import (
     reduce_ensemble,
 )
 
-PIXELS, STATE = "pixels", "state"
 BATCH_KEYS = ("observations", "actions", "rewards", "masks", "discounts", "next_observations")
 
 # How many times each jitted function has been traced (a trace precedes every compilation).
 TRACE_COUNTS: collections.Counter[str] = collections.Counter()
-
-
-def _validate_observation_spec(observation_spec: Mapping[str, Any]) -> dict[str, Any]:
-    fix = (
-        'observation_spec must map "pixels" -> ((H, W, C), np.uint8) and "state" -> ((d,), '
-        "np.float32), e.g. EnvSpec.observation_spec"
-    )
-    for key in (PIXELS, STATE):
-        if key not in observation_spec:
-            raise ValueError(
-                f"observation_spec has no {key!r} key (got {sorted(observation_spec)}); {fix}"
-            )
-    pix_shape, pix_dtype = observation_spec[PIXELS]
-    state_shape, _ = observation_spec[STATE]
-    if len(pix_shape) != 3 or any(int(s) <= 0 for s in pix_shape):
-        raise ValueError(
-            f"observation_spec['pixels'] shape must be (H, W, C) > 0, got {pix_shape}; {fix}"
-        )
-    if np.dtype(pix_dtype) != np.uint8:
-        raise ValueError(
-            f"observation_spec['pixels'] dtype must be uint8, got {np.dtype(pix_dtype)}; {fix}"
-        )
-    if len(state_shape) != 1 or int(state_shape[0]) <= 0:
-        raise ValueError(
-            f"observation_spec['state'] shape must be (d,) with d > 0, got {state_shape}; {fix}"
-        )
-    return {PIXELS: tuple(int(s) for s in pix_shape), STATE: (int(state_shape[0]),)}
-
-
-def _select_observations(observations: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Keep the agent's two keys (others belong to the base policy) with canonical dtypes."""
-    missing = [k for k in (PIXELS, STATE) if k not in observations]
-    if missing:
-        raise ValueError(f"{where} lacks {missing}; the agent reads 'pixels' (uint8) and 'state'")
-    return {
-        PIXELS: np.asarray(observations[PIXELS], dtype=np.uint8),
-        STATE: np.asarray(observations[STATE], dtype=np.float32),
-    }
 
 
 def _check_conv_output_size(hw: tuple[int, int], cfg: PixelSACConfig) -> None:
@@ -149,7 +121,7 @@ class PixelSACLearner(flax.struct.PyTreeNode):
         if int(action_dim) <= 0:
             raise ValueError(f"action_dim must be a positive int, got {action_dim}")
         action_dim = int(action_dim)
-        spec = _validate_observation_spec(observation_spec)
+        spec = validate_observation_spec(observation_spec)
         if cfg.color_jitter and spec[PIXELS][2] % 3:
             raise ValueError(
                 f"color_jitter needs RGB cameras stacked on channels (C % 3 == 0), got "
@@ -165,6 +137,7 @@ class PixelSACLearner(flax.struct.PyTreeNode):
             padding=cfg.cnn_padding,
             pooling=cfg.encoder_pooling,
             softmax_temperature=cfg.softmax_temperature,
+            conv_impl=cfg.cnn_conv_impl,
         )
         critic_def = PixelMultiplexer(
             encoder=encoder,
@@ -250,26 +223,13 @@ class PixelSACLearner(flax.struct.PyTreeNode):
         return actions[0] if unbatched else actions
 
     def _prepare_observations(self, observations: Mapping[str, Any]):
-        obs = _select_observations(observations, "observations")
-        spec = dict(self.observation_spec)
-        unbatched = obs[PIXELS].ndim == 3
-        if unbatched:
-            obs = {k: v[None] for k, v in obs.items()}
-        if obs[PIXELS].shape[1:] != spec[PIXELS] or obs[STATE].shape[1:] != spec[STATE]:
-            raise ValueError(
-                f"observation shapes pixels {obs[PIXELS].shape}, state {obs[STATE].shape} do not "
-                f"match the learner's spec {spec} (with a leading batch axis)"
-            )
-        return obs, unbatched
+        return batched_agent_observations(observations, self.observation_spec)
 
     # ---------------------------------------------------------------- learning
     def update_mode(self) -> str:
-        """The resolved execution mode of `update` on the current backend."""
-        if self.config.update_mode != "auto":
-            return self.config.update_mode
-        # Measured: on XLA:CPU convs inside a scan body run 30-80x slower (JAX #12868), and an
-        # unrolled scan compiles ~3x longer than one step for the same speed.
-        return "loop" if jax.default_backend() == "cpu" else "scan"
+        """The resolved execution mode of `update` on the current backend ("loop" on XLA:CPU,
+        "scan" elsewhere, unless the config forces one)."""
+        return resolve_update_mode(self.config.update_mode)
 
     def update(self, batches: Mapping[str, Any]) -> tuple[PixelSACLearner, dict[str, float]]:
         """Run K gradient steps; every leaf of `batches` has leading axes (K, B).
@@ -314,10 +274,8 @@ class PixelSACLearner(flax.struct.PyTreeNode):
                 "(K, B) axes (ReplayBuffer.sample(batch_size, num_batches=K))"
             )
         out = {
-            "observations": _select_observations(
-                batches["observations"], "batches['observations']"
-            ),
-            "next_observations": _select_observations(
+            "observations": select_observations(batches["observations"], "batches['observations']"),
+            "next_observations": select_observations(
                 batches["next_observations"], "batches['next_observations']"
             ),
             "actions": np.asarray(batches["actions"], np.float32),
@@ -351,18 +309,6 @@ class PixelSACLearner(flax.struct.PyTreeNode):
 
 
 # ----------------------------------------------------------------------- jitted pieces
-def _jitter_config(cfg: PixelSACConfig) -> ColorJitterConfig | None:
-    if not cfg.color_jitter:
-        return None
-    return ColorJitterConfig(
-        brightness=cfg.jitter_brightness,
-        contrast=cfg.jitter_contrast,
-        saturation=cfg.jitter_saturation,
-        hue=cfg.jitter_hue,
-        apply_prob=cfg.jitter_prob,
-    )
-
-
 def _actor_distribution(learner: PixelSACLearner, actor_params, observations, critic_features):
     """The actor's TanhGaussian: from its own encoder ("separate") or from the given critic
     features, which the caller has stopped gradients through ("shared")."""
@@ -380,7 +326,7 @@ def _update_step(learner: PixelSACLearner, batch: dict[str, Any]):
     TRACE_COUNTS["update_step"] += 1
     cfg = learner.config
     rng, k_aug, k_aug_next, k_next, k_redq, k_pi, k_drop = jax.random.split(learner.rng, 7)
-    jitter = _jitter_config(cfg)
+    jitter = jitter_config(cfg)
     obs_in, next_in = batch["observations"], batch["next_observations"]
     obs = {
         PIXELS: augment_pixels(k_aug, obs_in[PIXELS], cfg.crop_padding, jitter),
@@ -444,15 +390,8 @@ def _update_step(learner: PixelSACLearner, batch: dict[str, Any]):
     actor = learner.actor.apply_gradients(grads=actor_grads)
 
     # ---- temperature
-    entropy = -log_probs.mean()
+    temp, entropy, temp_loss = temperature_step(learner.temp, log_probs, learner.target_entropy)
 
-    def temp_loss_fn(params):
-        return losses.temperature_loss(jnp.exp(params["log_temp"]), entropy, learner.target_entropy)
-
-    temp_loss, temp_grads = jax.value_and_grad(temp_loss_fn)(learner.temp.params)
-    temp = learner.temp.apply_gradients(grads=temp_grads)
-
-    loc, scale = dist.loc, dist.scale
     metrics = {
         # critic (reference names)
         "critic_loss": critic_loss,
@@ -470,14 +409,7 @@ def _update_step(learner: PixelSACLearner, batch: dict[str, Any]):
         "actor_loss": actor_loss,
         "entropy": entropy,
         "q_pi_in_actor": q_pi.mean(),
-        "mean_pi_norm": jnp.linalg.norm(loc, axis=-1).mean(),
-        "std_pi_norm": jnp.linalg.norm(scale, axis=-1).mean(),
-        "mean_pi_avg": loc.mean(),
-        "mean_pi_max": loc.max(),
-        "mean_pi_min": loc.min(),
-        "std_pi_avg": scale.mean(),
-        "std_pi_max": scale.max(),
-        "std_pi_min": scale.min(),
+        **policy_metrics(dist),
         # temperature
         "temperature": temperature,
         "temperature_loss": temp_loss,
