@@ -412,29 +412,43 @@ def _jsonable(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json())
 
 
-def build_run(config: ml_collections.ConfigDict, resume_dir: str | None = None) -> Run:
-    """Create (or reload) every component of a run."""
-    from dsrl.data.replay_buffer import ReplayBuffer
-    from dsrl.envs.steering import make_noise_param
-    from dsrl.training import loop
-    from dsrl.training.rollout import Steering
-    from dsrl.utils.checkpoints import RunCheckpointer
-    from dsrl.utils.logging import RunLogger, make_run_dir
+def open_run_dir(config: ml_collections.ConfigDict, resume_dir: str | None = None) -> Path:
+    """The run directory (`resume_dir`, or a new one under config.logdir) with the resolved
+    config written into it as config.json (what --resume reloads)."""
+    from dsrl.utils.logging import make_run_dir
 
     if resume_dir:
         run_dir = Path(resume_dir)
     else:
         run_dir = Path(make_run_dir(config.logdir, config.prefix, int(config.seed)))
     (run_dir / "config.json").write_text(json.dumps(_jsonable(config), indent=2))
+    return run_dir
 
-    base_policy = make_base_policy(config)
+
+def make_steering(config: ml_collections.ConfigDict, base_policy: Any):
+    """(noise parameterisation, Steering) for the configured noise mode and query frequency."""
+    from dsrl.envs.steering import make_noise_param
+    from dsrl.training.rollout import Steering
+
     noise_param = make_noise_param(
         config.noise_mode,
         tuple(base_policy.noise_shape),
         float(config.action_magnitude),
         **config.noise_kwargs.to_dict(),
     )
-    steering = Steering(base_policy, noise_param, int(config.query_freq))
+    return noise_param, Steering(base_policy, noise_param, int(config.query_freq))
+
+
+def build_run(config: ml_collections.ConfigDict, resume_dir: str | None = None) -> Run:
+    """Create (or reload) every component of a run."""
+    from dsrl.data.replay_buffer import ReplayBuffer
+    from dsrl.training import loop
+    from dsrl.utils.checkpoints import RunCheckpointer
+    from dsrl.utils.logging import RunLogger
+
+    run_dir = open_run_dir(config, resume_dir)
+    base_policy = make_base_policy(config)
+    noise_param, steering = make_steering(config, base_policy)
     vec_env = make_vector_env(config)
     spec = vec_env.spec
     agent = make_agent(

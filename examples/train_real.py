@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
 import sys
 from pathlib import Path
@@ -84,30 +83,17 @@ def run(
     RobotEnv (or the simulated one when config.robot == "sim"). Returns the loop's TrainResult."""
     from dsrl.data.replay_buffer import ReplayBuffer
     from dsrl.envs.keyboard import TerminalKeyboard
-    from dsrl.envs.steering import make_noise_param
     from dsrl.envs.vector import VectorEnv
     from dsrl.training import loop
-    from dsrl.training.rollout import Steering
     from dsrl.utils.checkpoints import RunCheckpointer
-    from dsrl.utils.logging import RunLogger, make_run_dir
+    from dsrl.utils.logging import RunLogger
 
     launcher = _sim_launcher()
-    if resume_dir:
-        run_dir = Path(resume_dir)
-    else:
-        run_dir = Path(make_run_dir(config.logdir, config.prefix, int(config.seed)))
-    config_json = json.loads(config.to_json())
-    (run_dir / "config.json").write_text(json.dumps(config_json, indent=2))
+    run_dir = launcher.open_run_dir(config, resume_dir)
     print(f"[dsrl] run dir: {run_dir}", flush=True)
 
     base_policy = make_base_policy(config)
-    noise_param = make_noise_param(
-        config.noise_mode,
-        tuple(base_policy.noise_shape),
-        float(config.action_magnitude),
-        **config.noise_kwargs.to_dict(),
-    )
-    steering = Steering(base_policy, noise_param, int(config.query_freq))
+    noise_param, steering = launcher.make_steering(config, base_policy)
     keyboard = keyboard if keyboard is not None else TerminalKeyboard()
     logger = None
     env = None
@@ -135,7 +121,10 @@ def run(
                     flush=True,
                 )
         logger = RunLogger(
-            run_dir, config_json, project=config.wandb_project, wandb_mode=config.wandb_mode
+            run_dir,
+            launcher._jsonable(config),
+            project=config.wandb_project,
+            wandb_mode=config.wandb_mode,
         )
         loop_cfg = dataclasses.replace(loop.LoopConfig.from_config(config), progress=progress)
         return loop.train(
