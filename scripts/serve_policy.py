@@ -27,7 +27,6 @@ import sys
 def build_tiny_pi0(robot: str = "droid", seed: int = 0):
     """A randomly initialised `Pi0Config.tiny()` policy with a throwaway SentencePiece tokenizer
     and unit norm stats: the real Pi0 pipeline at toy size, for smoke tests and benchmarks."""
-    import io
 
     import numpy as np
     import sentencepiece as spm
@@ -35,25 +34,13 @@ def build_tiny_pi0(robot: str = "droid", seed: int = 0):
     from dsrl.base_policies.pi0 import Pi0Config, Pi0Policy
     from dsrl.base_policies.pi0.model import Pi0
     from dsrl.base_policies.pi0.normalize import NormStats
-    from dsrl.base_policies.pi0.tokenizer import PaligemmaTokenizer
+    from dsrl.base_policies.pi0.tokenizer import PaligemmaTokenizer, train_sentencepiece_model
 
     corpus = ["put the spoon on the plate", "pick up the cream cheese", "transfer cube"] * 40
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus),
-        model_writer=buf,
-        vocab_size=48,
-        hard_vocab_limit=False,
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        user_defined_symbols=["\n"],
-        minloglevel=2,
-    )
+    model_proto = train_sentencepiece_model(corpus, vocab_size=48)
     config = Pi0Config.tiny()
     tokenizer = PaligemmaTokenizer(
-        spm.SentencePieceProcessor(model_proto=buf.getvalue()), max_len=config.max_token_len
+        spm.SentencePieceProcessor(model_proto=model_proto), max_len=config.max_token_len
     )
     unit = NormStats(mean=np.zeros(32), std=np.ones(32))
     model = Pi0.create(config, params=None, seed=seed)

@@ -9,7 +9,6 @@ so the executed actions really came from the steered base policy."""
 from __future__ import annotations
 
 import importlib.util
-import io
 import os
 import sys
 from pathlib import Path
@@ -19,12 +18,12 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import sentencepiece as spm  # noqa: E402
 
 from dsrl.base_policies.pi0 import Pi0Policy, save_openpi_checkpoint  # noqa: E402
 from dsrl.base_policies.pi0 import model as model_lib  # noqa: E402
 from dsrl.base_policies.pi0 import normalize as nl  # noqa: E402
 from dsrl.base_policies.pi0.config import Pi0Config  # noqa: E402
+from dsrl.base_policies.pi0.tokenizer import train_sentencepiece_model  # noqa: E402
 from dsrl.envs import make_env  # noqa: E402
 from dsrl.training import loop  # noqa: E402
 from dsrl.utils.checkpoints import RunCheckpointer  # noqa: E402
@@ -48,13 +47,8 @@ SEED = 5
 
 
 def _write_tokenizer(path: Path) -> Path:
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([PROMPT, "pick up the bowl", "place it on the plate"] * 50),
-        model_writer=buf, vocab_size=40, hard_vocab_limit=False, pad_id=0, eos_id=1, bos_id=2,
-        unk_id=3, user_defined_symbols=["\n"], minloglevel=2,
-    )  # fmt: skip
-    path.write_bytes(buf.getvalue())
+    corpus = [PROMPT, "pick up the bowl", "place it on the plate"] * 50
+    path.write_bytes(train_sentencepiece_model(corpus, vocab_size=40))
     return path
 
 

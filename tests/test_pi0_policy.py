@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
-import io
 
 import jax
 import numpy as np
 import pytest
-import sentencepiece as spm
 
 from dsrl.base_policies.base import BasePolicy
 from dsrl.base_policies.pi0 import Pi0Policy, save_openpi_checkpoint
 from dsrl.base_policies.pi0 import model as model_lib
 from dsrl.base_policies.pi0 import normalize as nl
 from dsrl.base_policies.pi0.config import Pi0Config
-from dsrl.base_policies.pi0.tokenizer import PaligemmaTokenizer
+from dsrl.base_policies.pi0.tokenizer import PaligemmaTokenizer, train_sentencepiece_model
 
 CFG = Pi0Config.tiny()
 H = CFG.action_horizon
@@ -23,13 +21,8 @@ PROMPT = "pick up the cream cheese and put it in the tray"
 
 
 def _tokenizer_file(path):
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([PROMPT, "Transfer cube", "pick up the bowl"] * 50),
-        model_writer=buf, vocab_size=40, hard_vocab_limit=False, pad_id=0, eos_id=1, bos_id=2,
-        unk_id=3, user_defined_symbols=["\n"], minloglevel=2,
-    )  # fmt: skip
-    path.write_bytes(buf.getvalue())
+    corpus = [PROMPT, "Transfer cube", "pick up the bowl"] * 50
+    path.write_bytes(train_sentencepiece_model(corpus, vocab_size=40))
     return path
 
 

@@ -9,19 +9,17 @@ camera-skipping path in `gemma.prefix_forward`.
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import sentencepiece as spm
 
 from dsrl.base_policies.pi0 import Pi0Policy, gemma
 from dsrl.base_policies.pi0 import model as pi0_model
 from dsrl.base_policies.pi0 import normalize as nl
 from dsrl.base_policies.pi0.config import Pi0Config
-from dsrl.base_policies.pi0.tokenizer import PaligemmaTokenizer
+from dsrl.base_policies.pi0.tokenizer import PaligemmaTokenizer, train_sentencepiece_model
 from dsrl.base_policies.remote import RemotePolicy
 from dsrl.serving import PolicyServer
 
@@ -193,14 +191,9 @@ def test_actions_and_feature_from_one_call(pi0):
 
 @pytest.fixture(scope="module")
 def droid(pi0, tmp_path_factory) -> Pi0Policy:
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([PROMPT, "put the cup in the sink", "open the drawer"] * 50),
-        model_writer=buf, vocab_size=40, hard_vocab_limit=False, pad_id=0, eos_id=1, bos_id=2,
-        unk_id=3, user_defined_symbols=["\n"], minloglevel=2,
-    )  # fmt: skip
+    corpus = [PROMPT, "put the cup in the sink", "open the drawer"] * 50
     path = tmp_path_factory.mktemp("tok") / "tok.model"
-    path.write_bytes(buf.getvalue())
+    path.write_bytes(train_sentencepiece_model(corpus, vocab_size=40))
     tokenizer = PaligemmaTokenizer(path, max_len=pi0.config.max_token_len)
     rng = np.random.default_rng(1)
     stats = {

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import logging
 
 import numpy as np
 import pytest
 import sentencepiece as spm
 
-from dsrl.base_policies.pi0.tokenizer import PaligemmaTokenizer, clean_prompt, discretize_state
+from dsrl.base_policies.pi0.tokenizer import (
+    PaligemmaTokenizer,
+    clean_prompt,
+    discretize_state,
+    train_sentencepiece_model,
+)
 
 CORPUS = [
     "pick up the cream cheese and put it in the tray",
@@ -21,23 +25,14 @@ CORPUS = [
 
 def train_sentencepiece() -> spm.SentencePieceProcessor:
     """A tiny model with Gemma's special ids (pad 0, eos 1, bos 2, unk 3) and a "\\n" piece."""
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS * 50),
-        model_writer=buf,
+    model_proto = train_sentencepiece_model(
+        CORPUS * 50,
         vocab_size=64,
-        hard_vocab_limit=False,
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        user_defined_symbols=["\n"],
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
         add_dummy_prefix=False,
-        minloglevel=2,
     )
-    return spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    return spm.SentencePieceProcessor(model_proto=model_proto)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,11 @@ SentencePiece model can be injected (tests train a throwaway one).
 
 from __future__ import annotations
 
+import io
 import logging
 import pathlib
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import sentencepiece
@@ -21,6 +24,28 @@ import sentencepiece
 logger = logging.getLogger(__name__)
 
 _NUM_STATE_BINS = 256
+
+
+def train_sentencepiece_model(sentences: Iterable[str], vocab_size: int, **options: Any) -> bytes:
+    """A serialized SentencePiece model trained in-process on `sentences`, with Gemma's special
+    ids (pad 0, eos 1, bos 2, unk 3) and a "\n" piece like the PaliGemma tokenizer. For tests and
+    offline smoke runs: the real PaliGemma model cannot be made, only downloaded. `options` go to
+    the trainer (e.g. normalization_rule_name)."""
+    buf = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        user_defined_symbols=["\n"],
+        minloglevel=2,
+        **options,
+    )
+    return buf.getvalue()
 
 
 def clean_prompt(prompt: str) -> str:
