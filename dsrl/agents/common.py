@@ -7,13 +7,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax.training.train_state import TrainState
 
 from dsrl.agents.pixel_sac import losses
 from dsrl.data.augmentations import ColorJitterConfig
+from dsrl.networks import PixelMultiplexer, StateActionEnsemble, TanhGaussianPolicy, make_encoder
 
 PIXELS, STATE = "pixels", "state"
 
@@ -137,3 +140,84 @@ def policy_metrics(dist: Any) -> dict[str, jax.Array]:
         "std_pi_max": scale.max(),
         "std_pi_min": scale.min(),
     }
+
+
+# ------------------------------------------------------------------------- network building
+def check_pixel_config(cfg: Any, spec: Mapping[str, Any]) -> None:
+    """Fail early, with the sizes, on image settings the encoder or the jitter cannot handle."""
+    h, w, c = spec[PIXELS]
+    if cfg.color_jitter and c % 3:
+        raise ValueError(
+            f"color_jitter needs RGB cameras stacked on channels (C % 3 == 0), got "
+            f"C={c}; set config.color_jitter=False for other images"
+        )
+    if cfg.encoder != "small":
+        return
+    sizes = [(h, w)]
+    for stride in cfg.cnn_strides:
+        a, b = sizes[-1]
+        if cfg.cnn_padding == "VALID":
+            sizes.append(((a - 3) // stride + 1, (b - 3) // stride + 1))
+        else:
+            sizes.append((-(-a // stride), -(-b // stride)))
+        if min(sizes[-1]) <= 0:
+            raise ValueError(
+                f"cannot build the 'small' encoder for {h}x{w} images: with cnn_strides "
+                f"{cfg.cnn_strides} and {cfg.cnn_padding} padding the feature map shrinks "
+                f"{' -> '.join(f'{x}x{y}' for x, y in sizes)}; use fewer/smaller strides, "
+                "'SAME' padding or larger images"
+            )
+
+
+def make_pixel_encoder(cfg: Any) -> nn.Module:
+    return make_encoder(
+        cfg.encoder,
+        features=cfg.cnn_features,
+        strides=cfg.cnn_strides,
+        padding=cfg.cnn_padding,
+        pooling=cfg.encoder_pooling,
+        softmax_temperature=cfg.softmax_temperature,
+        conv_impl=cfg.cnn_conv_impl,
+    )
+
+
+def make_critic_ensemble(cfg: Any) -> StateActionEnsemble:
+    return StateActionEnsemble(
+        cfg.hidden_dims,
+        num_qs=cfg.num_qs,
+        use_layer_norm=cfg.critic_layer_norm,
+        dropout_rate=cfg.dropout_rate or None,
+    )
+
+
+def make_actor(cfg: Any, encoder: nn.Module, action_dim: int) -> nn.Module:
+    """The tanh-Gaussian actor: with its own encoder ("separate") or on critic features
+    ("shared", then it takes (B, latent_dim + d) features instead of observations)."""
+    policy = TanhGaussianPolicy(
+        cfg.hidden_dims,
+        action_dim,
+        action_magnitude=float(cfg.action_magnitude),
+        use_layer_norm=cfg.actor_layer_norm,
+    )
+    if cfg.encoder_sharing == "separate":
+        return PixelMultiplexer(encoder=encoder, network=policy, latent_dim=cfg.latent_dim)
+    return policy
+
+
+def init_pixel_module(module: nn.Module, key: jax.Array, cfg: Any, spec, *inputs) -> Any:
+    """module.init(...)["params"], turning a failure to build the encoder into a clear error."""
+    try:
+        return module.init(key, *inputs)["params"]
+    except (TypeError, ValueError, ZeroDivisionError) as e:  # e.g. an empty feature map
+        h, w, c = spec[PIXELS]
+        raise ValueError(
+            f"cannot build the {cfg.encoder!r} encoder for {h}x{w}x{c} images with features "
+            f"{cfg.cnn_features}, strides {cfg.cnn_strides}, padding {cfg.cnn_padding}: {e}"
+        ) from e
+
+
+def make_train_state(apply_fn: Any, params: Any, lr: float) -> TrainState:
+    # A strongly typed step counter: a Python int 0 would make the first update a different jit
+    # cache entry from all later ones (two compilations).
+    state = TrainState.create(apply_fn=apply_fn, params=params, tx=optax.adam(lr))
+    return state.replace(step=jnp.zeros((), jnp.int32))

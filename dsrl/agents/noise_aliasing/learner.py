@@ -40,7 +40,13 @@ from dsrl.agents.common import (
     PIXELS,
     STATE,
     batched_agent_observations,
+    check_pixel_config,
+    init_pixel_module,
     jitter_config,
+    make_actor,
+    make_critic_ensemble,
+    make_pixel_encoder,
+    make_train_state,
     policy_metrics,
     resolve_update_mode,
     select_observations,
@@ -52,9 +58,6 @@ from dsrl.agents.noise_aliasing.config import NoiseAliasingConfig, default_confi
 from dsrl.data.augmentations import augment_pixels
 from dsrl.networks import (
     PixelMultiplexer,
-    StateActionEnsemble,
-    TanhGaussianPolicy,
-    make_encoder,
     pixels_to_float,
     reduce_ensemble,
 )
@@ -203,54 +206,22 @@ class NoiseAliasingLearner(flax.struct.PyTreeNode):
                 f"the base policy expects (B, *{tuple(jax_policy.noise_shape)})"
             )
         spec = validate_observation_spec(observation_spec)
-        if cfg.color_jitter and spec[PIXELS][2] % 3:
-            raise ValueError(
-                f"color_jitter needs RGB cameras stacked on channels (C % 3 == 0), got "
-                f"C={spec[PIXELS][2]}; set config.color_jitter=False for other images"
-            )
+        check_pixel_config(cfg, spec)
         clash = sorted(set(jax_policy.observation_spec) & {PIXELS, STATE})
         if clash:
             raise ValueError(f"base-policy observation keys {clash} clash with the agent's keys")
 
-        encoder = make_encoder(
-            cfg.encoder,
-            features=cfg.cnn_features,
-            strides=cfg.cnn_strides,
-            padding=cfg.cnn_padding,
-            pooling=cfg.encoder_pooling,
-            softmax_temperature=cfg.softmax_temperature,
-            conv_impl=cfg.cnn_conv_impl,
-        )
-
-        def ensemble():
-            return StateActionEnsemble(
-                cfg.hidden_dims,
-                num_qs=cfg.num_qs,
-                use_layer_norm=cfg.critic_layer_norm,
-                dropout_rate=cfg.dropout_rate or None,
-            )
-
+        encoder = make_pixel_encoder(cfg)
         action_critic_def = PixelMultiplexer(
-            encoder=encoder, network=ensemble(), latent_dim=cfg.latent_dim
+            encoder=encoder, network=make_critic_ensemble(cfg), latent_dim=cfg.latent_dim
         )
         if cfg.noise_critic_encoder == "separate":
             noise_critic_def: nn.Module = PixelMultiplexer(
-                encoder=encoder, network=ensemble(), latent_dim=cfg.latent_dim
+                encoder=encoder, network=make_critic_ensemble(cfg), latent_dim=cfg.latent_dim
             )
         else:
-            noise_critic_def = ensemble()
-        policy_def = TanhGaussianPolicy(
-            cfg.hidden_dims,
-            action_dim,
-            action_magnitude=float(cfg.action_magnitude),
-            use_layer_norm=cfg.actor_layer_norm,
-        )
-        if cfg.encoder_sharing == "separate":
-            actor_def: nn.Module = PixelMultiplexer(
-                encoder=encoder, network=policy_def, latent_dim=cfg.latent_dim
-            )
-        else:
-            actor_def = policy_def
+            noise_critic_def = make_critic_ensemble(cfg)
+        actor_def = make_actor(cfg, encoder, action_dim)
 
         h, w, c = spec[PIXELS]
         obs = {PIXELS: jnp.zeros((1, h, w, c), jnp.uint8), STATE: jnp.zeros((1, *spec[STATE]))}
@@ -259,13 +230,9 @@ class NoiseAliasingLearner(flax.struct.PyTreeNode):
         noise_actions = jnp.zeros((1, action_dim), jnp.float32)
         rng = jax.random.PRNGKey(seed)
         rng, k_qa, k_qw, k_actor = jax.random.split(rng, 4)
-        try:
-            qa_params = action_critic_def.init(k_qa, obs, jnp.zeros((1, chunk_dim)))["params"]
-        except (TypeError, ValueError) as e:  # e.g. a VALID conv stack that outgrows the image
-            raise ValueError(
-                f"cannot build the {cfg.encoder!r} encoder for {h}x{w}x{c} images with features "
-                f"{cfg.cnn_features}, strides {cfg.cnn_strides}, padding {cfg.cnn_padding}: {e}"
-            ) from e
+        qa_params = init_pixel_module(
+            action_critic_def, k_qa, cfg, spec, obs, jnp.zeros((1, chunk_dim))
+        )
         if cfg.noise_critic_encoder == "separate":
             qw_params = noise_critic_def.init(k_qw, obs, noise_actions)["params"]
         else:
@@ -275,19 +242,16 @@ class NoiseAliasingLearner(flax.struct.PyTreeNode):
         else:
             actor_params = actor_def.init(k_actor, features)["params"]
 
-        def train_state(module, params, lr):
-            return TrainState.create(apply_fn=module.apply, params=params, tx=optax.adam(lr))
-
         log_temp = {"log_temp": jnp.asarray(math.log(cfg.init_temperature), jnp.float32)}
         full_spec = dict(spec)
         for key, (shape, _) in jax_policy.observation_spec.items():
             full_spec[key] = tuple(int(s) for s in shape)
         return cls(
-            actor=train_state(actor_def, actor_params, cfg.actor_lr),
-            action_critic=train_state(action_critic_def, qa_params, cfg.critic_lr),
+            actor=make_train_state(actor_def.apply, actor_params, cfg.actor_lr),
+            action_critic=make_train_state(action_critic_def.apply, qa_params, cfg.critic_lr),
             target_action_critic_params=jax.tree.map(jnp.array, qa_params),
-            noise_critic=train_state(noise_critic_def, qw_params, cfg.noise_critic_lr),
-            temp=TrainState.create(apply_fn=None, params=log_temp, tx=optax.adam(cfg.temp_lr)),
+            noise_critic=make_train_state(noise_critic_def.apply, qw_params, cfg.noise_critic_lr),
+            temp=make_train_state(None, log_temp, cfg.temp_lr),
             rng=rng,
             config=cfg,
             action_dim=action_dim,

@@ -36,7 +36,13 @@ from dsrl.agents.common import (
     PIXELS,
     STATE,
     batched_agent_observations,
+    check_pixel_config,
+    init_pixel_module,
     jitter_config,
+    make_actor,
+    make_critic_ensemble,
+    make_pixel_encoder,
+    make_train_state,
     policy_metrics,
     resolve_update_mode,
     select_observations,
@@ -48,9 +54,6 @@ from dsrl.agents.pixel_sac.config import PixelSACConfig, default_config
 from dsrl.data.augmentations import augment_pixels
 from dsrl.networks import (
     PixelMultiplexer,
-    StateActionEnsemble,
-    TanhGaussianPolicy,
-    make_encoder,
     pixels_to_float,
     reduce_ensemble,
 )
@@ -59,24 +62,6 @@ BATCH_KEYS = ("observations", "actions", "rewards", "masks", "discounts", "next_
 
 # How many times each jitted function has been traced (a trace precedes every compilation).
 TRACE_COUNTS: collections.Counter[str] = collections.Counter()
-
-
-def _check_conv_output_size(hw: tuple[int, int], cfg: PixelSACConfig) -> None:
-    """The small encoder's feature map must stay non-empty: fail early with the sizes."""
-    sizes = [hw]
-    for stride in cfg.cnn_strides:
-        h, w = sizes[-1]
-        if cfg.cnn_padding == "VALID":
-            sizes.append(((h - 3) // stride + 1, (w - 3) // stride + 1))
-        else:
-            sizes.append((-(-h // stride), -(-w // stride)))
-        if min(sizes[-1]) <= 0:
-            raise ValueError(
-                f"cannot build the 'small' encoder for {hw[0]}x{hw[1]} images: with cnn_strides "
-                f"{cfg.cnn_strides} and {cfg.cnn_padding} padding the feature map shrinks "
-                f"{' -> '.join(f'{a}x{b}' for a, b in sizes)}; use fewer/smaller strides, "
-                "'SAME' padding or larger images"
-            )
 
 
 class PixelSACLearner(flax.struct.PyTreeNode):
@@ -122,77 +107,29 @@ class PixelSACLearner(flax.struct.PyTreeNode):
             raise ValueError(f"action_dim must be a positive int, got {action_dim}")
         action_dim = int(action_dim)
         spec = validate_observation_spec(observation_spec)
-        if cfg.color_jitter and spec[PIXELS][2] % 3:
-            raise ValueError(
-                f"color_jitter needs RGB cameras stacked on channels (C % 3 == 0), got "
-                f"C={spec[PIXELS][2]}; set config.color_jitter=False for other images"
-            )
-
-        if cfg.encoder == "small":
-            _check_conv_output_size((spec[PIXELS][0], spec[PIXELS][1]), cfg)
-        encoder = make_encoder(
-            cfg.encoder,
-            features=cfg.cnn_features,
-            strides=cfg.cnn_strides,
-            padding=cfg.cnn_padding,
-            pooling=cfg.encoder_pooling,
-            softmax_temperature=cfg.softmax_temperature,
-            conv_impl=cfg.cnn_conv_impl,
-        )
+        check_pixel_config(cfg, spec)
+        encoder = make_pixel_encoder(cfg)
         critic_def = PixelMultiplexer(
-            encoder=encoder,
-            network=StateActionEnsemble(
-                cfg.hidden_dims,
-                num_qs=cfg.num_qs,
-                use_layer_norm=cfg.critic_layer_norm,
-                dropout_rate=cfg.dropout_rate or None,
-            ),
-            latent_dim=cfg.latent_dim,
+            encoder=encoder, network=make_critic_ensemble(cfg), latent_dim=cfg.latent_dim
         )
-        policy_def = TanhGaussianPolicy(
-            cfg.hidden_dims,
-            action_dim,
-            action_magnitude=float(cfg.action_magnitude),
-            use_layer_norm=cfg.actor_layer_norm,
-        )
-        if cfg.encoder_sharing == "separate":
-            actor_def: nn.Module = PixelMultiplexer(
-                encoder=encoder, network=policy_def, latent_dim=cfg.latent_dim
-            )
-        else:
-            actor_def = policy_def
+        actor_def = make_actor(cfg, encoder, action_dim)
 
         h, w, c = spec[PIXELS]
         obs = {PIXELS: jnp.zeros((1, h, w, c), jnp.uint8), STATE: jnp.zeros((1, *spec[STATE]))}
         actions = jnp.zeros((1, action_dim), jnp.float32)
         rng = jax.random.PRNGKey(seed)
         rng, k_critic, k_actor = jax.random.split(rng, 3)
-        try:
-            critic_params = critic_def.init(k_critic, obs, actions)["params"]
-        except (TypeError, ValueError, ZeroDivisionError) as e:  # e.g. an empty feature map
-            raise ValueError(
-                f"cannot build the {cfg.encoder!r} encoder for {h}x{w}x{c} images with features "
-                f"{cfg.cnn_features}, strides {cfg.cnn_strides}, padding {cfg.cnn_padding}: {e}"
-            ) from e
+        critic_params = init_pixel_module(critic_def, k_critic, cfg, spec, obs, actions)
         if cfg.encoder_sharing == "separate":
             actor_params = actor_def.init(k_actor, obs)["params"]
         else:
             feature_dim = cfg.latent_dim + spec[STATE][0]
             actor_params = actor_def.init(k_actor, jnp.zeros((1, feature_dim)))["params"]
 
-        critic = TrainState.create(
-            apply_fn=critic_def.apply, params=critic_params, tx=optax.adam(cfg.critic_lr)
-        )
-        actor = TrainState.create(
-            apply_fn=actor_def.apply, params=actor_params, tx=optax.adam(cfg.actor_lr)
-        )
+        critic = make_train_state(critic_def.apply, critic_params, cfg.critic_lr)
+        actor = make_train_state(actor_def.apply, actor_params, cfg.actor_lr)
         log_temp = {"log_temp": jnp.asarray(math.log(cfg.init_temperature), jnp.float32)}
-        temp = TrainState.create(apply_fn=None, params=log_temp, tx=optax.adam(cfg.temp_lr))
-        # Strongly typed step counters: a Python int 0 here would make the first update a
-        # different jit cache entry from all later ones.
-        actor, critic, temp = (
-            ts.replace(step=jnp.zeros((), jnp.int32)) for ts in (actor, critic, temp)
-        )
+        temp = make_train_state(None, log_temp, cfg.temp_lr)
         return cls(
             actor=actor,
             critic=critic,
