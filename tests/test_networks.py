@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import distrax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,46 +184,3 @@ def test_augmentations_keep_shape_and_range():
 
     ident = color_jitter(KEY, pix, ColorJitterConfig(0.0, 0.0, 0.0, 0.0, 1.0))
     np.testing.assert_allclose(ident, pix / 255.0, atol=1e-5)
-
-
-@pytest.mark.parametrize("padding", ["VALID", "SAME"])
-@pytest.mark.parametrize("stride", [1, 2, 3])
-def test_patch_conv_matches_xla_conv_values_and_gradients(padding, stride):
-    """The CPU fast path computes the same function, with the same parameters, as nn.Conv."""
-    from dsrl.networks.encoders import PatchConv
-
-    x = jax.random.normal(jax.random.PRNGKey(0), (3, 11, 9, 5))
-    ref = nn.Conv(7, (3, 3), strides=(stride, stride), padding=padding)
-    params = ref.init(jax.random.PRNGKey(1), x)["params"]
-    params = {**params, "bias": jax.random.normal(jax.random.PRNGKey(2), (7,))}
-    fast = PatchConv(7, 3, stride, padding)
-    assert jax.tree.map(jnp.shape, fast.init(jax.random.PRNGKey(1), x)["params"]) == jax.tree.map(
-        jnp.shape, params
-    )
-
-    def loss(module, p, inp):
-        return jnp.sum(jnp.tanh(module.apply({"params": p}, inp)) ** 2)
-
-    np.testing.assert_allclose(
-        fast.apply({"params": params}, x), ref.apply({"params": params}, x), rtol=1e-5, atol=1e-5
-    )
-    g_fast = jax.grad(loss, argnums=(1, 2))(fast, params, x)
-    g_ref = jax.grad(loss, argnums=(1, 2))(ref, params, x)
-    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-
-
-def test_small_encoder_conv_impls_share_parameters_and_outputs():
-    """A checkpoint trained with one conv implementation loads and runs in the other."""
-    pixels = jax.random.randint(jax.random.PRNGKey(0), (2, 20, 20, 3), 0, 256).astype(jnp.uint8)
-    xla = make_encoder("small", features=(8, 8), strides=(2, 1), conv_impl="xla")
-    patches = make_encoder("small", features=(8, 8), strides=(2, 1), conv_impl="patches")
-    params = xla.init(jax.random.PRNGKey(3), pixels)
-    assert jax.tree.structure(params) == jax.tree.structure(
-        patches.init(jax.random.PRNGKey(3), pixels)
-    )
-    np.testing.assert_allclose(
-        patches.apply(params, pixels), xla.apply(params, pixels), rtol=1e-5, atol=1e-5
-    )
-    with pytest.raises(ValueError, match="conv_impl"):
-        make_encoder("small", conv_impl="winograd")

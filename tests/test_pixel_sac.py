@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -108,6 +109,22 @@ def test_update_returns_reference_metrics_and_compiles_once(learner):
     assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
     assert int(new.critic.step) == 10 and int(learner.critic.step) == 0  # old learner untouched
     assert metrics["temperature"] < 1.0  # entropy > target: temperature decreased
+
+
+def test_compiled_update_keeps_xla_convolutions_on_cpu(learner):
+    """jax 0.10.2 would hand the encoder's convolutions to YNNPACK on CPU (about 10x slower here);
+    the learner's jitted functions are compiled with that off."""
+    rng = np.random.default_rng(0)
+    batch = learner._prepare_batches(random_batches(rng, 1))
+    batch = jax.tree.map(lambda x: x[0], batch)
+    hlo = learner_lib._update_step_jit.lower(learner, batch).compile().as_text()
+    assert "convolution(" in hlo
+    assert "ynn_fusion" not in hlo
+    obs = {"pixels": np.zeros((1, HW, HW, 3), np.uint8), "state": np.zeros((1, D), np.float32)}
+    obs, _ = learner._prepare_observations(obs)
+    assert (
+        "ynn_fusion" not in learner_lib._sample_actions_jit.lower(learner, obs).compile().as_text()
+    )
 
 
 def fast_config():

@@ -177,7 +177,6 @@ def make_pixel_encoder(cfg: Any) -> nn.Module:
         padding=cfg.cnn_padding,
         pooling=cfg.encoder_pooling,
         softmax_temperature=cfg.softmax_temperature,
-        conv_impl=cfg.cnn_conv_impl,
     )
 
 

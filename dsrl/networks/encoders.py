@@ -8,7 +8,6 @@ coordinates per channel) or "avg" (global average).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -66,78 +65,6 @@ def pool_features(feature_map: jax.Array, pooling: str, softmax_temperature: flo
     raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
 
 
-CONV_IMPLS = ("auto", "xla", "patches")
-
-
-def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """XLA's SAME padding (low, high) for one spatial axis."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-class PatchConv(nn.Module):
-    """A 2-D convolution computed as one matmul over gathered patches.
-
-    Same parameters as `nn.Conv` ("kernel" (k, k, C, F), "bias" (F,)) and the same result, so a
-    checkpoint does not depend on which implementation trained it. Why: on XLA:CPU the
-    reference encoder's conv layers (3x3, 32 channels, batch 256) run at about 24 GFLOP/s; the
-    k*k shifted, strided slices concatenated on channels and one (N, k*k*C) @ (k*k*C, F) matmul
-    run forward and backward about 2x faster there (measured on the 2-core box). GPUs keep
-    XLA's native convolution (`conv_impl="auto"`)."""
-
-    features: int
-    kernel_size: int = 3
-    stride: int = 1
-    padding: str = "VALID"
-    kernel_init: nn.initializers.Initializer = default_init(jnp.sqrt(2.0))
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        k, s = self.kernel_size, self.stride
-        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        if self.padding == "SAME":
-            pads = [_same_padding(x.shape[a], k, s) for a in (1, 2)]
-            x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-        elif self.padding != "VALID":
-            raise ValueError(f"padding must be 'VALID' or 'SAME', got {self.padding!r}")
-        b, h, w, c = x.shape
-        out_h, out_w = (h - k) // s + 1, (w - k) // s + 1
-        if out_h <= 0 or out_w <= 0:
-            raise ValueError(f"a {k}x{k} conv does not fit a {h}x{w} feature map")
-        return _patch_matmul(x, kernel, s, out_h, out_w) + bias
-
-
-# Rematerialised: the backward pass rebuilds the (k*k)x larger patch tensor from the input (a
-# few copies) instead of reading it back from the forward pass: measured 1.23x faster per update
-# at the reference's batch of 256. Peak memory is higher than with XLA's convolution either way
-# (about 3.3 GB vs 2.1 GB for the LIBERO preset on CPU): set cnn_conv_impl="xla" to trade speed
-# for memory.
-@functools.partial(jax.checkpoint, static_argnums=(2, 3, 4))
-def _patch_matmul(x: jax.Array, kernel: jax.Array, s: int, out_h: int, out_w: int) -> jax.Array:
-    k, _, c, features = kernel.shape
-    # Channel index (i * k + j) * C + c matches kernel.reshape(k * k * C, F).
-    patches = jnp.concatenate(
-        [
-            x[:, i : i + s * (out_h - 1) + 1 : s, j : j + s * (out_w - 1) + 1 : s, :]
-            for i in range(k)
-            for j in range(k)
-        ],
-        axis=-1,
-    )
-    y = patches.reshape(-1, k * k * c) @ kernel.reshape(k * k * c, features)
-    return y.reshape(x.shape[0], out_h, out_w, features)
-
-
-def resolve_conv_impl(conv_impl: str) -> str:
-    if conv_impl not in CONV_IMPLS:
-        raise ValueError(f"unknown conv_impl {conv_impl!r}; choose one of {CONV_IMPLS}")
-    if conv_impl == "auto":
-        return "patches" if jax.default_backend() == "cpu" else "xla"
-    return conv_impl
-
-
 class SmallEncoder(nn.Module):
     """The reference 'small' encoder: per layer Conv(features[i], k x k, strides[i], padding)
     -> ReLU, orthogonal(sqrt 2) kernels. At 64x64 with the defaults: 31 -> 29 -> 27 -> 25,
@@ -149,8 +76,6 @@ class SmallEncoder(nn.Module):
     padding: str = "VALID"
     pooling: str = "flatten"
     softmax_temperature: float = 1.0
-    # "auto": PatchConv on XLA:CPU, XLA's convolution elsewhere (same parameters either way).
-    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, pixels: jax.Array) -> jax.Array:
@@ -160,19 +85,15 @@ class SmallEncoder(nn.Module):
                 "must have the same length"
             )
         x = pixels_to_float(pixels)
-        use_patches = resolve_conv_impl(self.conv_impl) == "patches"
         for i, (feat, stride) in enumerate(zip(self.features, self.strides, strict=True)):
-            if use_patches:
-                conv = PatchConv(feat, self.kernel_size, stride, self.padding, name=f"Conv_{i}")
-            else:
-                conv = nn.Conv(
-                    feat,
-                    (self.kernel_size, self.kernel_size),
-                    strides=(stride, stride),
-                    padding=self.padding,
-                    kernel_init=default_init(jnp.sqrt(2.0)),
-                    name=f"Conv_{i}",
-                )
+            conv = nn.Conv(
+                feat,
+                (self.kernel_size, self.kernel_size),
+                strides=(stride, stride),
+                padding=self.padding,
+                kernel_init=default_init(jnp.sqrt(2.0)),
+                name=f"Conv_{i}",
+            )
             x = nn.relu(conv(x))
         return pool_features(x, self.pooling, self.softmax_temperature)
 
@@ -255,7 +176,6 @@ def make_encoder(
     padding: str = "VALID",
     pooling: str = "flatten",
     softmax_temperature: float = 1.0,
-    conv_impl: str = "auto",
 ) -> nn.Module:
     """Build an encoder by name ("small" | "impala" | "resnet"). `features` are the per-layer
     channels for "small" and the per-stage channels for "impala" / "resnet"; `strides` and
@@ -280,7 +200,6 @@ def make_encoder(
             padding=padding,
             pooling=pooling,
             softmax_temperature=softmax_temperature,
-            conv_impl=resolve_conv_impl(conv_impl),
         )
     if name == "impala":
         return ImpalaEncoder(

@@ -61,6 +61,7 @@ from dsrl.networks import (
     pixels_to_float,
     reduce_ensemble,
 )
+from dsrl.utils.jit import jit
 
 # DSRL-NA also reads the base policy's observation keys from the buffer.
 _STORE_HINT = (
@@ -464,7 +465,7 @@ def _action_critic_target(learner, batch, next_obs, bp_params, k_next, k_redq, t
     return target_q, (next_qs, next_log_probs, next_chunks)
 
 
-@jax.jit
+@jit
 def _td_targets_jit(learner: NoiseAliasingLearner, batch: dict[str, Any], bp_params):
     _, k_next, k_redq = jax.random.split(learner.rng, 3)
     next_obs = _augment(learner, k_next, batch["next_observations"], False)
@@ -588,8 +589,8 @@ def _distill_step(learner: NoiseAliasingLearner, observations: dict[str, Any], b
     return learner.replace(noise_critic=noise_critic, rng=rng), metrics
 
 
-_critic_actor_step_jit = jax.jit(_critic_actor_step)
-_distill_step_jit = jax.jit(_distill_step)
+_critic_actor_step_jit = jit(_critic_actor_step)
+_distill_step_jit = jit(_distill_step)
 
 
 def _update_block(learner: NoiseAliasingLearner, batches, bp_params, num_distill: int):
@@ -611,10 +612,10 @@ def _update_block(learner: NoiseAliasingLearner, batches, bp_params, num_distill
     return learner, last
 
 
-_update_block_jit = jax.jit(_update_block, static_argnums=3)
+_update_block_jit = jit(_update_block, static_argnums=3)
 
 
-@jax.jit
+@jit
 def _sample_actions_jit(learner: NoiseAliasingLearner, observations):
     TRACE_COUNTS["sample_actions"] += 1
     rng, key = jax.random.split(learner.rng)
@@ -624,7 +625,7 @@ def _sample_actions_jit(learner: NoiseAliasingLearner, observations):
     return dist.sample(key), rng
 
 
-@jax.jit
+@jit
 def _eval_actions_jit(learner: NoiseAliasingLearner, observations):
     dist = _actor_distribution(
         learner, learner.actor.params, _augment_free(observations), learner.action_critic.params

@@ -7,7 +7,7 @@ from typing import Any
 
 import ml_collections
 
-from dsrl.networks.encoders import CONV_IMPLS, ENCODERS, POOLINGS
+from dsrl.networks.encoders import ENCODERS, POOLINGS
 
 ENCODER_SHARING = ("separate", "shared")
 UPDATE_MODES = ("auto", "scan", "loop")
@@ -38,10 +38,6 @@ class PixelSACConfig:
     cnn_features: tuple[int, ...] = (32, 32, 32, 32)
     cnn_strides: tuple[int, ...] = (2, 1, 1, 1)
     cnn_padding: str = "VALID"
-    # "small" encoder's conv kernels: "patches" (one matmul over gathered patches, ~2x faster on
-    # XLA:CPU), "xla" (XLA's convolution), "auto" = patches on CPU, xla elsewhere. Same
-    # parameters either way, so checkpoints move between them.
-    cnn_conv_impl: str = "auto"
     encoder_pooling: str = "flatten"
     softmax_temperature: float = 1.0
     latent_dim: int = 50
@@ -111,10 +107,6 @@ class PixelSACConfig:
                 all(int(s) > 0 for s in self.cnn_strides),
                 f"cnn_strides must be > 0: {self.cnn_strides}",
             )
-        need(
-            self.cnn_conv_impl in CONV_IMPLS,
-            f"cnn_conv_impl must be one of {CONV_IMPLS}, got {self.cnn_conv_impl!r}",
-        )
         need(
             self.cnn_padding in ("VALID", "SAME"),
             f"cnn_padding must be VALID or SAME, got {self.cnn_padding!r}",

@@ -57,6 +57,7 @@ from dsrl.networks import (
     pixels_to_float,
     reduce_ensemble,
 )
+from dsrl.utils.jit import jit
 
 BATCH_KEYS = ("observations", "actions", "rewards", "masks", "discounts", "next_observations")
 
@@ -357,7 +358,7 @@ def _update_step(learner: PixelSACLearner, batch: dict[str, Any]):
     return new_learner, metrics
 
 
-_update_step_jit = jax.jit(_update_step)
+_update_step_jit = jit(_update_step)
 
 
 def _update_scan(learner: PixelSACLearner, chunk: dict[str, Any], num_valid: jax.Array):
@@ -379,10 +380,10 @@ def _update_scan(learner: PixelSACLearner, chunk: dict[str, Any], num_valid: jax
     return learner, jax.tree.map(lambda m: m[num_valid - 1], metrics)
 
 
-_update_scan_jit = jax.jit(_update_scan)
+_update_scan_jit = jit(_update_scan)
 
 
-@jax.jit
+@jit
 def _sample_actions_jit(learner: PixelSACLearner, observations):
     TRACE_COUNTS["sample_actions"] += 1
     rng, key = jax.random.split(learner.rng)
@@ -393,7 +394,7 @@ def _sample_actions_jit(learner: PixelSACLearner, observations):
     return dist.sample(key), rng
 
 
-@jax.jit
+@jit
 def _eval_actions_jit(learner: PixelSACLearner, observations):
     features = None
     if learner.config.encoder_sharing == "shared":
