@@ -4,14 +4,7 @@
 #   bash scripts/run_aloha.sh --seed 1 --wandb_mode online
 # Expects an installed environment (bash scripts/setup_env.sh or `source .venv/bin/activate`).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-if [ -z "${VIRTUAL_ENV:-}" ] && [ -f .venv/bin/activate ]; then source .venv/bin/activate; fi
-
-export MUJOCO_GL="${MUJOCO_GL:-egl}"
-export MUJOCO_EGL_DEVICE_ID="${MUJOCO_EGL_DEVICE_ID:-0}"
-export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"
-export OPENPI_DATA_HOME="${OPENPI_DATA_HOME:-$HOME/.cache/openpi}"
+source "$(dirname "${BASH_SOURCE[0]}")/sim_env.sh"
 LOGDIR="${LOGDIR:-./logs/DSRL_pi0_Aloha}"
 
 python examples/launch_train_sim.py \

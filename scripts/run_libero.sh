@@ -4,17 +4,7 @@
 #   bash scripts/run_libero.sh --seed 1 --num_envs 4 --pi0_remote gpu-host:8000
 # Expects an installed environment (bash scripts/setup_env.sh or `source .venv/bin/activate`).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-if [ -z "${VIRTUAL_ENV:-}" ] && [ -f .venv/bin/activate ]; then source .venv/bin/activate; fi
-
-export MUJOCO_GL="${MUJOCO_GL:-egl}"
-export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"
-export MUJOCO_EGL_DEVICE_ID="${MUJOCO_EGL_DEVICE_ID:-0}"
-# Pi0 and the SAC learner share one GPU: do not let JAX grab it all up front.
-export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"
-# Where openpi checkpoints are cached (gs://openpi-assets/... resolves under it).
-export OPENPI_DATA_HOME="${OPENPI_DATA_HOME:-$HOME/.cache/openpi}"
+source "$(dirname "${BASH_SOURCE[0]}")/sim_env.sh"
 LOGDIR="${LOGDIR:-./logs/DSRL_pi0_Libero}"
 
 python examples/launch_train_sim.py \
