@@ -26,6 +26,12 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE.parent) not in sys.path:
     sys.path.insert(0, str(_HERE.parent))
 
+# Before the heavy imports: the entry point may re-execute itself once (dsrl.utils.hugepages).
+if __name__ == "__main__":
+    from dsrl.utils.hugepages import restart_with_hugepages
+
+    restart_with_hugepages()
+
 import ml_collections  # noqa: E402
 
 

@@ -36,6 +36,12 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(_ROOT))
 
+# Before the heavy imports: the entry point may re-execute itself once (dsrl.utils.hugepages).
+if __name__ == "__main__":
+    from dsrl.utils.hugepages import restart_with_hugepages
+
+    restart_with_hugepages()
+
 _CONFIGS = Path(__file__).resolve().parent / "configs" / "__init__.py"
 _spec = importlib.util.spec_from_file_location("dsrl_presets", _CONFIGS)
 presets = importlib.util.module_from_spec(_spec)

@@ -19,6 +19,12 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# Before the heavy imports: the entry point may re-execute itself once (dsrl.utils.hugepages).
+if __name__ == "__main__":
+    from dsrl.utils.hugepages import restart_with_hugepages
+
+    restart_with_hugepages()
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -97,9 +103,11 @@ def main() -> None:
     compile_s = max(compile_times) if compile_times else float("nan")
 
     batches = make_batches(rng, args.steps, bsz, hw, state_dim, action_dim)
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     learner, metrics = learner.update(batches)
     elapsed = time.perf_counter() - t0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
     updates_per_s = args.steps / elapsed
     if learner.update_mode() == "loop":
         num_compiles = learner_lib._update_step_jit._cache_size()
@@ -144,6 +152,8 @@ def main() -> None:
                 "first_call_s": round(first_call_s, 2),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "sample_actions_ms": round(1000 * float(np.median(times)), 3),
+                "page_faults_per_update": round(faults / args.steps),
+                "hugepage_malloc": "glibc.malloc.hugetlb" in os.environ.get("GLIBC_TUNABLES", ""),
                 "critic_loss_finite": bool(np.isfinite(metrics["critic_loss"])),
             }
         )

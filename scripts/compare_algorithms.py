@@ -39,6 +39,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# Before the heavy imports: the entry point may re-execute itself once (dsrl.utils.hugepages).
+if __name__ == "__main__":
+    from dsrl.utils.hugepages import restart_with_hugepages
+
+    restart_with_hugepages()
+
 ALGORITHMS = {"sac": "pixel_sac", "na": "dsrl_na"}
 
 
