@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 
 from dsrl.agents import PixelSACLearner  # noqa: E402
 from dsrl.agents.pixel_sac import learner as learner_lib  # noqa: E402
+from dsrl.utils.hugepages import TUNABLE  # noqa: E402
 
 
 def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
@@ -153,7 +154,7 @@ def main() -> None:
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "sample_actions_ms": round(1000 * float(np.median(times)), 3),
                 "page_faults_per_update": round(faults / args.steps),
-                "hugepage_malloc": "glibc.malloc.hugetlb" in os.environ.get("GLIBC_TUNABLES", ""),
+                "hugepage_malloc": TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":"),
                 "critic_loss_finite": bool(np.isfinite(metrics["critic_loss"])),
             }
         )

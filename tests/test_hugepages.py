@@ -52,15 +52,10 @@ def test_thp_mode_reads_the_bracketed_choice(tmp_path):
     assert hugepages.thp_mode(tmp_path / "missing") is None
 
 
-def _restart_supported() -> bool:
-    version = hugepages.glibc_version()
-    return (
-        hugepages.thp_mode() == "madvise" and version is not None and version >= hugepages.MIN_GLIBC
-    )
-
-
+# The module's own decision, for a caller that has neither opted out nor set the tunable.
 needs_thp = pytest.mark.skipif(
-    not _restart_supported(), reason="needs Linux, glibc >= 2.35 and THP mode 'madvise'"
+    hugepages.hugepage_environment({}, hugepages.thp_mode(), hugepages.glibc_version()) is None,
+    reason="needs Linux, glibc >= 2.35 and THP mode 'madvise'",
 )
 
 # Restarts itself, then reports its environment, arguments and the page faults of writing and
