@@ -4,7 +4,9 @@ Preset (as in /work/shared/reference/perf_baseline.md): pixels 64x64x3 uint8 + 8
 32-d, batch 256, conv encoder 4 x 32 (3x3, strides 2,1,1,1, VALID) -> Dense(50) -> LayerNorm ->
 tanh, actor MLP 128x3, 10 critic heads 128x3 with LayerNorm, separate encoders, crop + jitter on
 obs and next obs. Speed is reported against XLA's own fp32 2048^3 matmul measured in the same
-process (`ratio`), because the machines are shared and noisy.
+process (`ratio`), because the machines are shared and noisy. For A/B runs:
+`DSRL_FAST_CONV_GRAD=0` turns off the CPU kernel-gradient path (dsrl/networks/conv.py),
+`DSRL_HUGEPAGE_MALLOC=0` the huge-page malloc restart (dsrl/utils/hugepages.py).
 
     JAX_PLATFORMS=cpu python scripts/bench_learner.py [--encoder_sharing shared] [--steps 10]
 """
@@ -31,6 +33,7 @@ import numpy as np  # noqa: E402
 
 from dsrl.agents import PixelSACLearner  # noqa: E402
 from dsrl.agents.pixel_sac import learner as learner_lib  # noqa: E402
+from dsrl.networks.conv import fast_path_enabled  # noqa: E402
 from dsrl.utils.hugepages import TUNABLE  # noqa: E402
 
 
@@ -155,6 +158,7 @@ def main() -> None:
                 "sample_actions_ms": round(1000 * float(np.median(times)), 3),
                 "page_faults_per_update": round(faults / args.steps),
                 "hugepage_malloc": TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":"),
+                "fast_conv_grad": fast_path_enabled(),
                 "critic_loss_finite": bool(np.isfinite(metrics["critic_loss"])),
             }
         )

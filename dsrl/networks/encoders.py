@@ -8,16 +8,22 @@ coordinates per channel) or "avg" (global average).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dsrl.networks.conv import conv_general_dilated
 from dsrl.networks.mlp import default_init
 
 POOLINGS = ("flatten", "spatial_softmax", "avg")
 ENCODERS = ("small", "impala", "resnet")
+
+# nn.Conv with dsrl's convolution: the same parameters, a faster kernel gradient on XLA:CPU
+# (dsrl/networks/conv.py).
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
 def pixels_to_float(pixels: jax.Array) -> jax.Array:
@@ -86,7 +92,7 @@ class SmallEncoder(nn.Module):
             )
         x = pixels_to_float(pixels)
         for i, (feat, stride) in enumerate(zip(self.features, self.strides, strict=True)):
-            conv = nn.Conv(
+            conv = Conv(
                 feat,
                 (self.kernel_size, self.kernel_size),
                 strides=(stride, stride),
@@ -104,9 +110,9 @@ class _ImpalaResidual(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         y = nn.relu(x)
-        y = nn.Conv(self.channels, (3, 3), padding="SAME", kernel_init=default_init(jnp.sqrt(2)))(y)
+        y = Conv(self.channels, (3, 3), padding="SAME", kernel_init=default_init(jnp.sqrt(2)))(y)
         y = nn.relu(y)
-        y = nn.Conv(self.channels, (3, 3), padding="SAME", kernel_init=default_init(jnp.sqrt(2)))(y)
+        y = Conv(self.channels, (3, 3), padding="SAME", kernel_init=default_init(jnp.sqrt(2)))(y)
         return x + y
 
 
@@ -123,7 +129,7 @@ class ImpalaEncoder(nn.Module):
     def __call__(self, pixels: jax.Array) -> jax.Array:
         x = pixels_to_float(pixels)
         for channels in self.stage_channels:
-            x = nn.Conv(channels, (3, 3), padding="SAME", kernel_init=default_init(jnp.sqrt(2)))(x)
+            x = Conv(channels, (3, 3), padding="SAME", kernel_init=default_init(jnp.sqrt(2)))(x)
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
             for _ in range(self.blocks_per_stage):
                 x = _ImpalaResidual(channels)(x)
@@ -138,12 +144,12 @@ class _ResNetBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         groups = min(8, self.channels)
-        y = nn.Conv(self.channels, (3, 3), strides=self.stride, padding="SAME", use_bias=False)(x)
+        y = Conv(self.channels, (3, 3), strides=self.stride, padding="SAME", use_bias=False)(x)
         y = nn.relu(nn.GroupNorm(num_groups=groups)(y))
-        y = nn.Conv(self.channels, (3, 3), padding="SAME", use_bias=False)(y)
+        y = Conv(self.channels, (3, 3), padding="SAME", use_bias=False)(y)
         y = nn.GroupNorm(num_groups=groups, scale_init=nn.initializers.zeros)(y)
         if x.shape != y.shape:
-            x = nn.Conv(self.channels, (1, 1), strides=self.stride, use_bias=False)(x)
+            x = Conv(self.channels, (1, 1), strides=self.stride, use_bias=False)(x)
             x = nn.GroupNorm(num_groups=groups)(x)
         return nn.relu(x + y)
 
@@ -160,7 +166,7 @@ class ResNetEncoder(nn.Module):
     @nn.compact
     def __call__(self, pixels: jax.Array) -> jax.Array:
         x = pixels_to_float(pixels)
-        x = nn.Conv(self.stage_channels[0], (3, 3), strides=2, padding="SAME", use_bias=False)(x)
+        x = Conv(self.stage_channels[0], (3, 3), strides=2, padding="SAME", use_bias=False)(x)
         x = nn.relu(nn.GroupNorm(num_groups=min(8, self.stage_channels[0]))(x))
         for i, channels in enumerate(self.stage_channels):
             for j in range(self.blocks_per_stage):
