@@ -77,20 +77,23 @@ def _conv2d_bwd(strides, padding, precision, residuals, g):
     (dx,) = input_vjp(g)
     # dW[i, j, c, o] = sum_{n, h, w} x_pad[n, s*h + i, s*w + j, c] * g[n, h, w, o]: a convolution of
     # x as (C, H, W, N) with g as the kernel (H', W', N, O), dilated by the forward stride.
-    x_t = _stored_transpose(x)
-    g_t = jnp.transpose(g, (1, 2, 0, 3))
+    # The high padding is cut so that exactly (kh, kw) outputs come out: a strided layer's last
+    # input rows can lie past the reach of its last output, and would be computed for nothing.
+    trimmed = []
+    dims = zip(x.shape[1:3], w.shape[:2], g.shape[1:3], strides, padding, strict=True)
+    for size, k, out, s, (lo, hi) in dims:
+        surplus = (size + lo + hi) - (s * (out - 1) + 1) + 1 - k
+        trimmed.append((lo, hi - surplus))
     dw_t = lax.conv_general_dilated(
-        x_t,
-        g_t,
+        _stored_transpose(x),
+        jnp.transpose(g, (1, 2, 0, 3)),
         (1, 1),
-        padding,
+        trimmed,
         rhs_dilation=strides,
         dimension_numbers=NHWC,
         precision=precision,
     )
-    kh, kw = w.shape[:2]
-    dw = jnp.transpose(dw_t[:, :kh, :kw, :], (1, 2, 0, 3))
-    return dx, dw.astype(w.dtype)
+    return dx, jnp.transpose(dw_t, (1, 2, 0, 3)).astype(w.dtype)
 
 
 conv2d_nhwc.defvjp(_conv2d_fwd, _conv2d_bwd)
