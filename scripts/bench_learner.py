@@ -6,9 +6,11 @@ tanh, actor MLP 128x3, 10 critic heads 128x3 with LayerNorm, separate encoders, 
 obs and next obs. Speed is reported against XLA's own fp32 2048^3 matmul measured in the same
 process (`ratio`), because the machines are shared and noisy. For A/B runs:
 `DSRL_FAST_CONV_GRAD=0` turns off the CPU kernel-gradient path (dsrl/networks/conv.py),
-`DSRL_HUGEPAGE_MALLOC=0` the huge-page malloc restart (dsrl/utils/hugepages.py).
+`DSRL_HUGEPAGE_MALLOC=0` the huge-page malloc restart (dsrl/utils/hugepages.py), and
+`--paired_plain_conv 12` times JAX's own conv gradient against dsrl's within this one process.
 
     JAX_PLATFORMS=cpu python scripts/bench_learner.py [--encoder_sharing shared] [--steps 10]
+        [--paired_plain_conv ROUNDS]
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ import numpy as np  # noqa: E402
 
 from dsrl.agents import PixelSACLearner  # noqa: E402
 from dsrl.agents.pixel_sac import learner as learner_lib  # noqa: E402
-from dsrl.networks.conv import fast_path_enabled  # noqa: E402
+from dsrl.networks.conv import OPT_OUT_VAR, fast_path_enabled  # noqa: E402
 from dsrl.utils.hugepages import TUNABLE  # noqa: E402
+from dsrl.utils.jit import jit  # noqa: E402
 
 
 def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
@@ -67,6 +70,38 @@ def make_batches(rng: np.random.Generator, k: int, b: int, hw: int, d: int, a: i
     }
 
 
+def paired_plain_conv(learner: PixelSACLearner, batch: dict, rounds: int) -> dict:
+    """Time one gradient step with dsrl's CPU kernel gradient (dsrl/networks/conv.py) against
+    JAX's own, alternating the two `rounds` times in this process, so that the machine's slow
+    and quiet moments fall on both alike. Returns the plain step's rate and the median of the
+    per-round speedups."""
+    compiled = {}
+    previous = os.environ.get(OPT_OUT_VAR)
+    try:
+        for name, value in (("fast", "1"), ("plain", "0")):
+            os.environ[OPT_OUT_VAR] = value
+            jax.clear_caches()  # the switch is read when the step is traced
+            compiled[name] = jit(learner_lib._update_step).lower(learner, batch).compile()
+            jax.block_until_ready(compiled[name](learner, batch))
+    finally:
+        if previous is None:
+            os.environ.pop(OPT_OUT_VAR, None)
+        else:
+            os.environ[OPT_OUT_VAR] = previous
+        jax.clear_caches()
+    seconds = {"fast": [], "plain": []}
+    for i in range(rounds):
+        for name in ("fast", "plain") if i % 2 == 0 else ("plain", "fast"):
+            t = time.perf_counter()
+            jax.block_until_ready(compiled[name](learner, batch))
+            seconds[name].append(time.perf_counter() - t)
+    fast, plain = np.array(seconds["fast"]), np.array(seconds["plain"])
+    return {
+        "plain_conv_updates_per_s": round(1.0 / float(np.median(plain)), 4),
+        "fast_conv_speedup_paired": round(float(np.median(plain / fast)), 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder_sharing", default="separate", choices=["separate", "shared"])
@@ -74,6 +109,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed gradient steps (one update)")
     parser.add_argument("--update_mode", default="auto", choices=["auto", "scan", "loop"])
     parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument(
+        "--paired_plain_conv",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="also time JAX's own conv gradient against dsrl's, alternating ROUNDS times (CPU)",
+    )
     args = parser.parse_args()
 
     # The matmul reference is taken before and after the learner work; the higher figure is used,
@@ -138,6 +180,10 @@ def main() -> None:
 
     mm = max(matmul_before, matmul_gflops())
     achieved = update_gflop * updates_per_s
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    paired = {}
+    if args.paired_plain_conv > 0 and fast_path_enabled():
+        paired = paired_plain_conv(learner, one, args.paired_plain_conv)
     print(
         json.dumps(
             {
@@ -154,12 +200,13 @@ def main() -> None:
                 "num_compiles": int(num_compiles),
                 "compile_s": round(compile_s, 2),
                 "first_call_s": round(first_call_s, 2),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "peak_rss_mb": round(peak_rss_mb, 1),
                 "sample_actions_ms": round(1000 * float(np.median(times)), 3),
                 "page_faults_per_update": round(faults / args.steps),
                 "hugepage_malloc": TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":"),
                 "fast_conv_grad": fast_path_enabled(),
                 "critic_loss_finite": bool(np.isfinite(metrics["critic_loss"])),
+                **paired,
             }
         )
     )
