@@ -15,8 +15,9 @@ through `conv2d_nhwc`, a `jax.custom_vjp` whose backward computes
   output gradient, but with the input passed through a `lax.cond` whose two branches are the same
   transpose. Which branch runs never matters; the conditional only stops XLA from fusing the
   producer into the transpose, so XLA transposes the stored activation with its plain copy.
-On the LIBERO preset this makes `scripts/bench_learner.py` about 10-13 % faster (paired runs on
-the dev box). Results equal JAX's own gradients to float rounding (`tests/test_conv.py`).
+On the LIBERO preset this makes the update 8-18 % faster (`scripts/bench_learner.py
+--paired_plain_conv 10` on the dev box). Results equal JAX's own gradients to float rounding
+(`tests/test_conv.py`).
 
 Where. Only on the CPU backend: GPU convolution libraries compute the kernel gradient natively,
 and a conditional costs a device-to-host sync there. Everything else (other layouts, dilation,
