@@ -7,7 +7,7 @@ obs and next obs. Speed is reported against XLA's own fp32 2048^3 matmul measure
 process (`ratio`), because the machines are shared and noisy. For A/B runs:
 `DSRL_FAST_CONV_GRAD=0` turns off the CPU kernel-gradient path (dsrl/networks/conv.py),
 `DSRL_HUGEPAGE_MALLOC=0` the huge-page malloc restart (dsrl/utils/hugepages.py), and
-`--paired_plain_conv 12` times JAX's own conv gradient against dsrl's within this one process.
+`--paired_plain_conv 10` times JAX's own conv gradient against dsrl's within this one process.
 
     JAX_PLATFORMS=cpu python scripts/bench_learner.py [--encoder_sharing shared] [--steps 10]
         [--paired_plain_conv ROUNDS]
