@@ -58,7 +58,7 @@ class BlockRunner:
 
     def __init__(self, step: Step):
         self.step = step
-        self._step_jit = jit(step)
+        self.step_jit = jit(step)
 
         def scan(learner, chunk, num_valid, *consts):
             # Metrics of a skipped (padded) step: zeros of the right shapes.
@@ -80,7 +80,7 @@ class BlockRunner:
             learner, metrics = jax.lax.scan(body, learner, (jnp.arange(length), chunk))
             return learner, jax.tree.map(lambda m: m[num_valid - 1], metrics)
 
-        self._scan_jit = jit(scan)
+        self.scan_jit = jit(scan)
 
     def __call__(
         self, learner: Any, xs: Any, execution: ExecutionConfig, *consts: Any
@@ -91,9 +91,11 @@ class BlockRunner:
             raise ValueError("a block needs at least one step (leading axis K >= 1)")
         metrics = None
         if execution.resolved_mode() == "loop":
-            steps = jax.device_put([jax.tree.map(lambda x, k=k: x[k], xs) for k in range(num_steps)])
+            steps = jax.device_put(
+                [jax.tree.map(lambda x, k=k: x[k], xs) for k in range(num_steps)]
+            )
             for x in steps:
-                learner, metrics = self._step_jit(learner, x, *consts)
+                learner, metrics = self.step_jit(learner, x, *consts)
             return learner, metrics
         length = int(execution.scan_length)
         chunks, valid = [], []
@@ -108,9 +110,9 @@ class BlockRunner:
             valid.append(np.int32(n))
         chunks, valid = jax.device_put((chunks, valid))
         for chunk, n in zip(chunks, valid, strict=True):
-            learner, metrics = self._scan_jit(learner, chunk, n, *consts)
+            learner, metrics = self.scan_jit(learner, chunk, n, *consts)
         return learner, metrics
 
     def compile_count(self) -> int:
         """Compiled variants of this runner's step and scan functions (in this process)."""
-        return int(self._step_jit._cache_size() + self._scan_jit._cache_size())
+        return int(self.step_jit._cache_size() + self.scan_jit._cache_size())

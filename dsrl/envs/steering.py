@@ -60,8 +60,16 @@ class NoiseParam:
     def action_dim(self) -> int:
         return self.num_coeffs * self.controlled_dims
 
+    @property
+    def latent_dim(self) -> int:
+        return self.action_dim
+
     def to_noise(self, actions: np.ndarray) -> np.ndarray:
-        """(B, action_dim) -> float32 (B, H, noise_dim)."""
+        """(B, action_dim) -> float32 (B, H, noise_dim); a jax array (or tracer) stays in jax."""
+        import jax
+
+        if isinstance(actions, jax.Array):
+            return self.to_noise_jax(actions)
         actions = np.asarray(actions, np.float32)
         if actions.ndim != 2 or actions.shape[1] != self.action_dim:
             raise ValueError(
