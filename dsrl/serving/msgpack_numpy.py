@@ -260,9 +260,7 @@ def unpackb(data: bytes | bytearray | memoryview, limits: FrameLimits | None = N
             max_ext_len=0,
         )
     try:
-        return msgpack.unpackb(
-            data, object_hook=_decode, raw=False, strict_map_key=False, **bounds
-        )
+        return msgpack.unpackb(data, object_hook=_decode, raw=False, strict_map_key=False, **bounds)
     except WireFormatError:
         raise
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:

@@ -82,7 +82,11 @@ _RESERVED_OBS_KEYS = ("noise", "return_prefix_feature")
 _MAX_ERROR_CHARS = 600
 _MAX_LOG_CHARS = 4000
 # The server flag to raise when a FrameLimits bound refuses a legitimate request.
-_LIMIT_FLAGS = {"too_many_items": "--max_items", "too_deep": "--max_depth", "too_large": "--max_str_kb"}
+_LIMIT_FLAGS = {
+    "too_many_items": "--max_items",
+    "too_deep": "--max_depth",
+    "too_large": "--max_str_kb",
+}
 # Addresses remembered for the API-key delay; beyond this, expired entries are dropped.
 _MAX_TRACKED_ADDRESSES = 4096
 
@@ -442,9 +446,7 @@ class PolicyServer:
         """Run every batch size and method once on the warm-up observation (inference thread)."""
         example = self.warmup_observation
         if example is None:
-            logger.warning(
-                "no warm-up observation: each batch size compiles on its first request"
-            )
+            logger.warning("no warm-up observation: each batch size compiles on its first request")
             self._warm = True
             return
         t0 = time.perf_counter()
@@ -571,7 +573,8 @@ class PolicyServer:
                 "bad_shape", f"noise has shape {noise.shape}, expected {want} for this policy"
             )
         _finite_check("noise", noise)
-        noise = noise.reshape(-1, horizon, dim).astype(np.float32)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: refused just below
+            noise = noise.reshape(-1, horizon, dim).astype(np.float32)
         if not np.all(np.isfinite(noise)):
             raise RequestError("bad_value", "noise overflows float32; send values within float32")
         return noise
