@@ -63,7 +63,7 @@ def warmup_observation(args: argparse.Namespace, policy) -> dict:
     if args.policy.startswith("flow"):
         return {policy.config.state_key: np.zeros(policy.config.state_dim, np.float32)}
     image = np.zeros((224, 224, 3), np.uint8)
-    prompt = "pick up the object"
+    prompt = "pick up"  # short: toy tokenizers have max_len 16
     if args.robot == "libero":
         return {
             "observation/image": image,
@@ -144,8 +144,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max_request_mb",
         type=float,
-        default=64.0,
-        help="larger frames get an error reply; over twice this the connection is closed",
+        default=16.0,
+        help="larger frames get an error reply; over twice this the connection is closed "
+        "(16 MB: a batch of 16 observations with three 224x224 images is 7.3 MB)",
     )
     p.add_argument(
         "--max_items",

@@ -174,9 +174,10 @@ def server(policy):
 # ----------------------------------------------------------------------------- hostile frames
 
 
-def test_60mb_frame_of_nils_is_refused_without_memory_or_health_cost(server, policy):
-    """Before: +1.0 GB and /healthz blocked for 7 s (msgpack built 60M Nones)."""
-    nils = 60_000_000
+def test_frames_of_nils_are_refused_without_memory_or_health_cost(server, policy):
+    """Before: a 60 MB frame of nils took +1.0 GB and blocked /healthz for 7 s (msgpack built
+    60M Nones on the event loop)."""
+    nils = 12_000_000  # under the 16 MB byte limit: the item limit must catch it
     frame = b"\xdd" + nils.to_bytes(4, "big") + b"\xc0" * nils
     ws, _ = _connect(server)
     rss0 = _rss_mb()
@@ -185,19 +186,25 @@ def test_60mb_frame_of_nils_is_refused_without_memory_or_health_cost(server, pol
         # The connection that sent it still serves a correct request.
         obs, noise = _obs(1), _noise(1)
         ok = openpi_msgpack.unpackb(_roundtrip(ws, openpi_msgpack.packb({**obs, "noise": noise})))
+        # 60 MB is over twice the byte limit: the connection is closed at the frame header
+        # (1009), nothing is buffered or decoded.
+        big = b"\xdd" + (60_000_000).to_bytes(4, "big") + b"\xc0" * 60_000_000
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            _roundtrip(ws, big)
+        del big
     del frame
     assert isinstance(reply, str) and reply.startswith("dsrl-server error [too_many_items]")
     assert "max_items=100000" in reply and "--max_items" in reply
     np.testing.assert_allclose(ok["actions"], _expected(policy, obs, noise), atol=1e-6)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1009
     probe.assert_all_ok()
-    assert _rss_mb() - rss0 < 200, "decoding the refused frame kept hundreds of MB"
-    ws.close()
+    assert _rss_mb() - rss0 < 200, "the refused frames kept hundreds of MB"
     _assert_still_serves(server, policy)
 
 
 def test_map_with_millions_of_keys_and_many_small_lists_are_refused(server, policy):
     """Before: a 40 MB map of 4M keys took +1.6 GB, 10 s, and a 47 MB log line."""
-    entries = 3_000_000  # 6 MB: key 1 -> nil, repeated (duplicate keys are valid msgpack)
+    entries = 4_000_000  # 8 MB: key 1 -> nil, repeated (duplicate keys are valid msgpack)
     big_map = b"\xdf" + entries.to_bytes(4, "big") + b"\x01\xc0" * entries
     # Many containers each under any per-container bound: the total is what is limited.
     many_lists = b"\xdc" + (2000).to_bytes(2, "big") + (b"\xdc\x00\x64" + b"\xc0" * 100) * 2000

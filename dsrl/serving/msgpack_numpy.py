@@ -60,7 +60,7 @@ class FrameLimits:
     max_str_bytes: one str (prompts, keys, dtype strings).
     """
 
-    max_bytes: int = 64 * 1024 * 1024
+    max_bytes: int = 16 * 1024 * 1024
     max_items: int = 100_000
     max_depth: int = 16
     max_str_bytes: int = 64 * 1024

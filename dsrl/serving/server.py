@@ -67,7 +67,11 @@ from dsrl.serving import msgpack_numpy
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "DSRL_SERVER_API_KEY"
-DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+# A batch of 16 real Pi0 observations (three 224x224x3 uint8 images each) is 7.3 MB. Every
+# frame byte is copied and unmasked on the event loop by websockets (~2.5 ms/MB on a loaded
+# 2-core box), and frames up to twice this limit are read before being refused, so this limit
+# also bounds how long one frame can stall /healthz.
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_IDLE_TIMEOUT_S = 600.0
@@ -842,6 +846,9 @@ class PolicyServer:
             max_queue=1,
             open_timeout=self.open_timeout_s,
             process_request=self._process_request,
+            # A connection flood must reach process_request (503) or open_timeout, not sit in a
+            # full accept queue; the kernel caps this at net.core.somaxconn.
+            backlog=1024,
         )
         ports = {sock.getsockname()[1] for sock in self._server.sockets}
         if len(ports) > 1:
