@@ -50,6 +50,7 @@ import hmac
 import http
 import json
 import logging
+import socket
 import threading
 import time
 import traceback
@@ -91,6 +92,8 @@ _LIMIT_FLAGS = {
     "too_deep": "--max_depth",
     "too_large": "--max_str_kb",
 }
+# Kernel accept queue of the listening socket (Linux caps it at net.core.somaxconn).
+_KERNEL_BACKLOG = 1024
 # Addresses remembered for the API-key delay; beyond this, expired entries are dropped.
 _MAX_TRACKED_ADDRESSES = 4096
 
@@ -833,10 +836,14 @@ class PolicyServer:
 
     async def _start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._warmup)
+        sock = _listening_socket(self.host, self.port)
         self._server = await serve(
             self._handler,
-            self.host,
-            self.port,
+            sock=sock,
+            # asyncio accepts up to `backlog` connections per loop iteration and re-listens with
+            # it: keep that batch small so a connection flood leaves the loop turns for /healthz
+            # (100 = asyncio's default) ...
+            backlog=100,
             compression=None,
             # Frames up to 2x the soft limit are read and answered with an error; beyond that the
             # connection is closed (1009) rather than buffering unbounded memory.
@@ -846,18 +853,11 @@ class PolicyServer:
             max_queue=1,
             open_timeout=self.open_timeout_s,
             process_request=self._process_request,
-            # A connection flood must reach process_request (503) or open_timeout, not sit in a
-            # full accept queue; the kernel caps this at net.core.somaxconn.
-            backlog=1024,
         )
-        ports = {sock.getsockname()[1] for sock in self._server.sockets}
-        if len(ports) > 1:
-            self._server.close()
-            raise ValueError(
-                f"host {self.host!r} resolved to several addresses that got different ports "
-                f"{sorted(ports)}; pass one address (e.g. 127.0.0.1) or a fixed port"
-            )
-        self.port = ports.pop()
+        # ... but a long kernel queue, so that during a flood a health check waits its turn
+        # instead of having its SYN dropped (and retried by the client 1 s later).
+        sock.listen(_KERNEL_BACKLOG)
+        self.port = sock.getsockname()[1]
 
     async def serve_async(self) -> None:
         await self._start()
@@ -921,6 +921,26 @@ class PolicyServer:
             yield self
         finally:
             self.stop()
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """One socket on the first address `host` resolves to: a name such as "localhost" that
+    resolves to 127.0.0.1 and ::1 would otherwise get two sockets (two ports when port=0)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ValueError(f"cannot resolve host {host!r} ({e}); pass an IP address") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart on the same port
+        sock.bind(address)
+        sock.listen(_KERNEL_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 def _add_batch_axis(obs: Mapping[str, Any]) -> dict[str, Any]:
