@@ -225,29 +225,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def return_large_buffers_to_the_os() -> None:
-    """glibc raises its mmap threshold (up to 32 MB) each time a large block is freed; after a
-    few big frames, frame-sized buffers then come from the heap and stay there once freed, so the
-    server's RSS ratchets up after every burst of large requests. A fixed 1 MB threshold keeps
-    such buffers mmapped: freeing one returns it to the OS at once."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        m_mmap_threshold = -3  # <malloc.h>; setting it also turns the dynamic adjustment off
-        libc.mallopt(m_mmap_threshold, 1 << 20)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    return_large_buffers_to_the_os()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # websockets logs a line per connection opened or refused: a connection flood would become a
+    # log flood (and event-loop time). Counters are at GET /stats.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
     from dsrl.serving import API_KEY_ENV, PolicyServer
 
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None

@@ -384,8 +384,10 @@ def test_connection_cap_refuses_extra_clients_and_frees_slots(policy):
 
 
 def test_idle_connections_are_closed_but_slow_requests_are_not(policy):
-    slow = NormalizingPolicy(delay_s=1.5)
-    with _server(slow, idle_timeout_s=0.5).running() as srv:
+    # The idle timeout leaves room for a loaded machine between connecting and sending; the
+    # slow request takes longer than it.
+    slow = NormalizingPolicy(delay_s=2.5)
+    with _server(slow, idle_timeout_s=1.5, warmup_observation=None).running() as srv:
         ws, _ = _connect(srv)
         with pytest.raises(websockets.ConnectionClosed) as info:
             ws.recv(timeout=30)  # no request sent: the server closes the connection
@@ -399,7 +401,7 @@ def test_idle_connections_are_closed_but_slow_requests_are_not(policy):
         ws.close()
         # RemotePolicy reconnects by itself after an idle close.
         with RemotePolicy("127.0.0.1", srv.port, backoff_s=0.05) as rp:
-            time.sleep(1.0)
+            time.sleep(2.5)
             batch = {"state": obs["state"][None], "prompt": ["pick"]}
             np.testing.assert_allclose(rp.sample_actions(batch, noise[None])[0], out["actions"])
             assert rp.connections == 2

@@ -45,6 +45,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import hmac
 import http
@@ -92,6 +94,12 @@ _LIMIT_FLAGS = {
     "too_deep": "--max_depth",
     "too_large": "--max_str_kb",
 }
+# After frames of this size (or connections) stop coming for _TRIM_AFTER_S, freed memory is handed
+# back to the OS. glibc keeps freed frame-sized buffers in its heap for reuse, which keeps large
+# frames cheap on the event loop (no fresh pages to fault in), but a burst of them would otherwise
+# raise RSS for good.
+_LARGE_FRAME_BYTES = 1 << 20
+_TRIM_AFTER_S = 2.0
 # Kernel accept queue of the listening socket (Linux caps it at net.core.somaxconn).
 _KERNEL_BACKLOG = 1024
 # Addresses remembered for the API-key delay; beyond this, expired entries are dropped.
@@ -145,6 +153,17 @@ def _install_compile_listener() -> None:
             return
         jax.monitoring.register_event_duration_secs_listener(_on_jax_event)
         _listener_installed = True
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
 
 
 # ------------------------------------------------------------------------------ validation
@@ -412,6 +431,8 @@ class PolicyServer:
         self._warm = False
         self._open_connections = 0
         self._auth_penalty_until: dict[str, float] = {}
+        self._last_memory_event = 0.0
+        self._trim_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -794,6 +815,8 @@ class PolicyServer:
             await self._serve_connection(ws)
         finally:
             self._open_connections -= 1
+            # Connection state is freed now: after a flood, hand the memory back once it is over.
+            self._schedule_trim(asyncio.get_running_loop())
 
     async def _serve_connection(self, ws: ServerConnection) -> None:
         loop = asyncio.get_running_loop()
@@ -814,6 +837,8 @@ class PolicyServer:
             except websockets.ConnectionClosed:
                 return
             start = time.perf_counter()
+            if len(message) > _LARGE_FRAME_BYTES:
+                self._schedule_trim(loop)
             request = await loop.run_in_executor(self._decode_executor, self._decode, message)
             del message  # the frame may be tens of MB; do not hold it during inference
             if isinstance(request, str):
@@ -833,6 +858,21 @@ class PolicyServer:
             except (websockets.ConnectionClosed, TimeoutError):
                 return
             prev_total_ms = (time.perf_counter() - start) * 1000.0
+
+    def _schedule_trim(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Trim the heap once large frames and closing connections have stopped for a while."""
+        self._last_memory_event = time.monotonic()
+        if self._trim_timer is None and _malloc_trim is not None:
+            self._trim_timer = loop.call_later(_TRIM_AFTER_S, self._trim_when_quiet, loop)
+
+    def _trim_when_quiet(self, loop: asyncio.AbstractEventLoop) -> None:
+        quiet_s = time.monotonic() - self._last_memory_event
+        if quiet_s < _TRIM_AFTER_S:
+            self._trim_timer = loop.call_later(_TRIM_AFTER_S - quiet_s, self._trim_when_quiet, loop)
+            return
+        self._trim_timer = None
+        with contextlib.suppress(RuntimeError):  # pool already shut down
+            self._decode_executor.submit(_malloc_trim, 0)  # ctypes releases the GIL meanwhile
 
     async def _start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._warmup)
