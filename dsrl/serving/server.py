@@ -43,6 +43,7 @@ is set (header `Authorization: Api-Key <key>`, as openpi's client sends it, or `
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import ctypes
@@ -63,7 +64,7 @@ from typing import Any
 import numpy as np
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.frames import CloseCode
+from websockets.frames import CloseCode, Frame, Opcode
 
 from dsrl.serving import msgpack_numpy
 
@@ -289,6 +290,22 @@ def _pad_batch(tree: Mapping[str, Any], batch: int, target: int) -> dict[str, An
 def _tile_batch(obs: Mapping[str, Any], batch: int) -> dict[str, Any]:
     """One unbatched observation -> the same observation `batch` times (warm-up inputs)."""
     return _pad_batch(_add_batch_axis(obs), 1, batch)
+
+
+class _Connection(ServerConnection):
+    """Notes whether each incoming message is text, so that `recv(decode=False)` can be used:
+    websockets would otherwise UTF-8-decode a text frame (up to twice max_request_bytes) on the
+    event loop only for the server to refuse it, as text frames are never valid requests."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.text_messages: collections.deque[bool] = collections.deque()
+
+    def process_event(self, event: Any) -> None:
+        # The first frame of a message carries its type; continuation frames carry CONT.
+        if isinstance(event, Frame) and event.opcode in (Opcode.TEXT, Opcode.BINARY):
+            self.text_messages.append(event.opcode is Opcode.TEXT)
+        super().process_event(event)
 
 
 @dataclasses.dataclass
@@ -803,7 +820,7 @@ class PolicyServer:
             )
         return None
 
-    async def _handler(self, ws: ServerConnection) -> None:
+    async def _handler(self, ws: _Connection) -> None:
         self._open_connections += 1
         try:
             if self._open_connections > self.max_connections:
@@ -818,7 +835,7 @@ class PolicyServer:
             # Connection state is freed now: after a flood, hand the memory back once it is over.
             self._schedule_trim(asyncio.get_running_loop())
 
-    async def _serve_connection(self, ws: ServerConnection) -> None:
+    async def _serve_connection(self, ws: _Connection) -> None:
         loop = asyncio.get_running_loop()
         idle_timeout = self.idle_timeout_s or None
         await ws.send(self._packed_metadata)
@@ -826,7 +843,7 @@ class PolicyServer:
         while True:
             try:
                 async with asyncio.timeout(idle_timeout):
-                    message = await ws.recv()
+                    message = await ws.recv(decode=False)
             except TimeoutError:
                 self.stats["idle_closed"] += 1
                 await ws.close(
@@ -839,7 +856,12 @@ class PolicyServer:
             start = time.perf_counter()
             if len(message) > _LARGE_FRAME_BYTES:
                 self._schedule_trim(loop)
-            request = await loop.run_in_executor(self._decode_executor, self._decode, message)
+            if ws.text_messages.popleft():
+                request: _Request | str = _error_frame(
+                    "bad_frame", "expected a binary msgpack frame, got a text frame; send bytes"
+                )
+            else:
+                request = await loop.run_in_executor(self._decode_executor, self._decode, message)
             del message  # the frame may be tens of MB; do not hold it during inference
             if isinstance(request, str):
                 frame: bytes | str = request
@@ -880,6 +902,7 @@ class PolicyServer:
         self._server = await serve(
             self._handler,
             sock=sock,
+            create_connection=_Connection,
             # asyncio accepts up to `backlog` connections per loop iteration and re-listens with
             # it: keep that batch small so a connection flood leaves the loop turns for /healthz
             # (100 = asyncio's default) ...
