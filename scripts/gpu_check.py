@@ -40,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("pi0", "learner", "loop")
 # Share of the global deadline kept free for each section that has not run yet.
-SHARES = {"pi0": 0.3, "learner": 0.2, "loop": 0.5}
+SHARES = {"pi0": 0.35, "learner": 0.2, "loop": 0.45}
 TARGET_BATCH1_MS = 50.0  # Pi0 bf16, batch 1, 10 steps, H100-class GPU (issue 14)
 TARGET_MULTI16_RATIO = 2.0  # 16 noises on one prefix at most 2x one
 LOG_TAIL_CHARS = 2000
@@ -59,22 +59,21 @@ def settings(small: bool) -> dict[str, Any]:
             "pi0_variant": "tiny",
             "pi0_repeats": 3,
             "multi_k": 16,
-            "learner_args": ["--batch_size", "16", "--image_size", "32", "--steps", "4"],
+            "learner_args": "--batch_size 16 --image_size 32 --steps 4".split(),
             "num_envs": 2,
             "loop_rounds": 3,
-            "loop_args": [
-                "--update_block", "4", "--batch_size", "16", "--hidden_dims", "16",
-                "--num_qs", "2", "--config.env_kwargs.camera_size=128",
-                "--config.env_kwargs.policy_image_size=64",
-                "--config.env_kwargs.num_settle_steps=2",
-            ],  # fmt: skip
+            "loop_args": (
+                "--update_block 4 --batch_size 16 --hidden_dims 16 --num_qs 2 "
+                "--config.env_kwargs.camera_size=128 --config.env_kwargs.policy_image_size=64 "
+                "--config.env_kwargs.num_settle_steps=2"
+            ).split(),
             "episode_steps": 10,
             "query_freq": 5,
             "utd": 1,
         }
     return {
         "platform": "cuda",
-        "deadline_s": 450.0,
+        "deadline_s": 480.0,
         "pi0_variant": "full",
         "pi0_repeats": 10,
         "multi_k": 16,

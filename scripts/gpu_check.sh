@@ -4,7 +4,7 @@
 # scripts/gpu_check.py, which prints ONE JSON line: full-size random Pi0 in bfloat16 (latency at
 # batch 1 and 8, 16 noises on one prefix vs one, peak GPU memory), the LIBERO-preset learner's
 # updates/s on the scan path, and a short LIBERO loop with 4 env workers (env steps/s, time split).
-# Its own deadline is 450 s (`--deadline_s`); the first install comes on top. Extra arguments go
+# Its own deadline is 480 s (`--deadline_s`); the first install comes on top. Extra arguments go
 # to gpu_check.py, e.g.
 #   bash scripts/gpu_check.sh --section pi0 --output gpu_check.json
 # Offline, given the wheels: PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels bash scripts/gpu_check.sh

@@ -55,9 +55,9 @@ fi
 if [ -n "$DSRL_CUDA" ]; then
   CUDA_REQS="$ROOT/requirements-cuda$DSRL_CUDA.txt"
   # The CUDA plugin only loads with the jaxlib of its own version: refuse a mismatched pin.
-  JAX_PIN="$(sed -n 's/^jax==\([^ ]*\).*/\1/p' "$ROOT/requirements.txt")"
+  JAX_PIN="$(sed -n 's/^jax==\([^ #]*\).*/\1/p' "$ROOT/requirements.txt")"
   for pkg in "jax-cuda$DSRL_CUDA-plugin" "jax-cuda$DSRL_CUDA-pjrt"; do
-    PIN="$(sed -n "s/^$pkg\(\[[^]]*\]\)\?==\([^ ]*\).*/\2/p" "$CUDA_REQS")"
+    PIN="$(sed -n "s/^$pkg\(\[[^]]*\]\)\?==\([^ #]*\).*/\2/p" "$CUDA_REQS")"
     if [ "$PIN" != "$JAX_PIN" ]; then
       echo "[setup] $CUDA_REQS pins $pkg==${PIN:-<none>} but requirements.txt pins jax==$JAX_PIN; set both to the same version" >&2
       exit 1
