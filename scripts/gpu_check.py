@@ -132,24 +132,32 @@ def run_section(cmd: list[str], env: dict[str, str], timeout_s: float, logdir: P
                     error += f" (signal {signal.Signals(-rc).name})"
         except subprocess.TimeoutExpired:
             error = f"killed at its time limit of {timeout_s:.0f} s (global --deadline_s)"
-            _kill_group(proc)
+        _kill_group(proc)  # also whatever a crashed section left behind (env workers)
     seconds = time.monotonic() - t0
     result = _last_json_line(out_path.read_text(errors="replace"))
     return result, error, _tail(err_path), seconds
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the section's whole process group (env workers included), SIGKILL if it lingers."""
-    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+    """SIGTERM the section's process group (its own session: env workers included, nothing
+    else), SIGKILL what is left after 10 s. Returns at once when the group is already empty."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            break
+        give_up = time.monotonic() + 10.0
+        while time.monotonic() < give_up:
+            proc.poll()  # reap the leader: a zombie still counts as a member of the group
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            continue  # still there: next signal
+        break
+    proc.wait()
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,9 +309,13 @@ def _with_reason(error: str, stderr_tail: str) -> str:
 # Section: learner (scripts/bench_learner.py)
 
 
-def learner_section(args, env, timeout_s, logdir) -> dict[str, Any]:
+def learner_command(args) -> list[str]:
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_learner.py"), "--update_mode", "scan"]
-    cmd += args.learner_args_list
+    return cmd + args.learner_args_list
+
+
+def learner_section(args, env, timeout_s, logdir) -> dict[str, Any]:
+    cmd = learner_command(args)
     section = _finish(run_section(cmd, env, timeout_s, logdir, "learner"))
     if "error" not in section and section.get("update_mode") != "scan":
         section["error"] = f"ran update_mode={section.get('update_mode')!r}, not the scan path"
@@ -329,9 +341,9 @@ def loop_plan(args) -> dict[str, int]:
     }
 
 
-def loop_section(args, env, timeout_s, logdir) -> dict[str, Any]:
+def loop_command(args, runs: Path) -> list[str]:
+    """The launcher's command line for the loop section (run dirs under `runs`)."""
     plan = loop_plan(args)
-    runs = logdir / "runs"
     cmd = [
         sys.executable, str(ROOT / "examples" / "launch_train_sim.py"),
         "--env", "libero", "--num_envs", str(args.num_envs),
@@ -344,7 +356,13 @@ def loop_section(args, env, timeout_s, logdir) -> dict[str, Any]:
         "--query_freq", str(args.query_freq), "--multi_grad_step", str(args.utd),
         f"--config.env_kwargs.max_episode_steps={args.episode_steps}",
     ]  # fmt: skip
-    cmd += args.loop_args_list
+    return cmd + args.loop_args_list
+
+
+def loop_section(args, env, timeout_s, logdir) -> dict[str, Any]:
+    plan = loop_plan(args)
+    runs = logdir / "runs"
+    cmd = loop_command(args, runs)
     result, error, stderr_tail, seconds = run_section(cmd, env, timeout_s, logdir, "loop")
     section: dict[str, Any] = {
         "num_envs": args.num_envs,
@@ -354,6 +372,8 @@ def loop_section(args, env, timeout_s, logdir) -> dict[str, Any]:
         "utd": args.utd,
         **plan,
     }
+    if error is not None:
+        error = _with_reason(error, stderr_tail)
     rows = _training_rows(runs)
     section["training_rows"] = len(rows)
     try:
@@ -362,7 +382,7 @@ def loop_section(args, env, timeout_s, logdir) -> dict[str, Any]:
         error = error or str(e)
     section["section_s"] = round(seconds, 1)
     if error is not None:
-        section["error"] = _with_reason(error, stderr_tail)
+        section["error"] = error
         section["log_tail"] = stderr_tail
     del result  # the launcher prints text, not JSON: its figures come from metrics.jsonl
     return section

@@ -9,6 +9,7 @@ requirement files with a stand-in `python` that records the pip calls instead of
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -109,6 +110,50 @@ def test_the_global_deadline_kills_a_running_section():
     assert report["errors"] == ["learner"]
     assert report["learner"]["error"].startswith("killed at its time limit of 8 s")
     assert report["wall_s"] < 40  # the learner alone takes about 45 s here
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("small", [False, True])
+def test_section_commands_are_what_the_launcher_and_bench_learner_accept(tmp_path, small):
+    """The GPU mode cannot run here: its command lines are checked against the real parsers."""
+    gpu_check = _load(SCRIPT, "gpu_check")
+    launcher = _load(ROOT / "examples" / "launch_train_sim.py", "launch_train_sim")
+    args = gpu_check.parse_args(["--small"] if small else [])
+    cmd = gpu_check.loop_command(args, tmp_path / "runs")
+    assert cmd[1].endswith("launch_train_sim.py")
+    config, _ = launcher.parse_config(cmd[2:])
+    assert config.env == "libero" and config.num_envs == (2 if small else 4)
+    bp = config.base_policy
+    assert (bp.checkpoint, bp.variant, bp.dtype) == (
+        "random",
+        "tiny" if small else "full",
+        "bfloat16",
+    )
+    assert config.eval_episodes == 0 and config.wandb_mode == "disabled"
+    assert config.env_kwargs.max_episode_steps == args.episode_steps
+    plan = gpu_check.loop_plan(args)
+    assert config.max_steps == args.rounds * plan["grad_steps_per_round"]
+    assert config.start_online_updates < plan["transitions_per_round"]  # updates after round 1
+    if not small:  # the LIBERO preset's learner and chunking, unchanged
+        assert (config.query_freq, config.multi_grad_step, config.batch_size) == (20, 20, 256)
+
+    learner_cmd = gpu_check.learner_command(args)
+    assert learner_cmd[2:4] == ["--update_mode", "scan"]
+    usage = subprocess.run(
+        [*learner_cmd[:2], "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert usage.returncode == 0, usage.stderr[-2000:]
+    for flag in learner_cmd[2:]:
+        if flag.startswith("--"):
+            assert flag in usage.stdout, flag
+    assert "scan" in usage.stdout
 
 
 # --------------------------------------------------------------------------------------------
