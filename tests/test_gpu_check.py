@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,20 @@ def _load(path: Path, name: str):
     return module
 
 
+def _value(config, *paths: str):
+    """config's value at the first of `paths` it has: the launcher's config is being reshaped
+    (flat ConfigDict keys -> RunConfig sections), and the commands must parse under either."""
+    for path in paths:
+        node = config
+        try:
+            for part in path.split("."):
+                node = node[part] if isinstance(node, Mapping) else getattr(node, part)
+        except (AttributeError, KeyError, TypeError):
+            continue
+        return node
+    raise AssertionError(f"the launcher's config has none of {paths}")
+
+
 @pytest.mark.parametrize("small", [False, True])
 def test_section_commands_are_what_the_launcher_and_bench_learner_accept(tmp_path, small):
     """The GPU mode cannot run here: its command lines are checked against the real parsers."""
@@ -129,20 +144,29 @@ def test_section_commands_are_what_the_launcher_and_bench_learner_accept(tmp_pat
     cmd = gpu_check.loop_command(args, tmp_path / "runs")
     assert cmd[1].endswith("launch_train_sim.py")
     config, _ = launcher.parse_config(cmd[2:])
-    assert config.env == "libero" and config.num_envs == (2 if small else 4)
-    bp = config.base_policy
-    assert (bp.checkpoint, bp.variant, bp.dtype) == (
-        "random",
-        "tiny" if small else "full",
-        "bfloat16",
-    )
-    assert config.eval_episodes == 0 and config.wandb_mode == "disabled"
-    assert config.env_kwargs.max_episode_steps == args.episode_steps
+
+    def value(*paths):
+        return _value(config, *paths)
+
+    assert value("env.name", "env") == "libero"
+    assert value("env.num_envs", "num_envs") == (2 if small else 4)
+    bp = (value("base_policy.checkpoint"), value("base_policy.variant"), value("base_policy.dtype"))
+    assert bp == ("random", "tiny" if small else "full", "bfloat16")
+    assert value("loop.eval_episodes", "eval_episodes") == 0
+    assert value("log.wandb_mode", "wandb_mode") == "disabled"
+    kwargs = value("env.kwargs", "env_kwargs")
+    assert kwargs["max_episode_steps"] == args.episode_steps
     plan = gpu_check.loop_plan(args)
-    assert config.max_steps == args.rounds * plan["grad_steps_per_round"]
-    assert config.start_online_updates < plan["transitions_per_round"]  # updates after round 1
-    if not small:  # the LIBERO preset's learner and chunking, unchanged
-        assert (config.query_freq, config.multi_grad_step, config.batch_size) == (20, 20, 256)
+    assert value("loop.max_steps", "max_steps") == args.rounds * plan["grad_steps_per_round"]
+    # Updates start after the first round.
+    assert (
+        value("loop.start_online_updates", "start_online_updates") < plan["transitions_per_round"]
+    )
+    if not small:  # the LIBERO preset's learner and chunking
+        assert value("steering.query_freq", "query_freq") == 20
+        assert value("loop.multi_grad_step", "multi_grad_step") == 20
+        assert value("loop.batch_size", "batch_size") == 256
+        assert value("env.image_size", "resize_image") == 64
 
     learner_cmd = gpu_check.learner_command(args)
     assert learner_cmd[2:4] == ["--update_mode", "scan"]
