@@ -195,7 +195,7 @@ def test_launcher_steers_tiny_pi0_on_real_libero(tmp_path, pi0_files):
 
 @pytest.mark.slow
 def test_libero_evaluation_video_frames_stack(pi0_files):
-    from dsrl.envs.steering import make_noise_param
+    from dsrl.steering import make_noise_param
     from dsrl.envs.vector import VectorEnv
     from dsrl.training.rollout import Steering, run_episodes
 

@@ -18,7 +18,7 @@ from dsrl.agents.noise_aliasing import (
     losses,
 )
 from dsrl.agents.noise_aliasing import learner as na_learner
-from dsrl.envs.steering import make_noise_param
+from dsrl.steering import make_noise_param
 
 HORIZON, NOISE_DIM, ROBOT_DIM, QUERY_FREQ = 4, 3, 2, 3
 IMAGE, STATE_DIM, POLICY_DIM = 16, 3, 2
