@@ -106,8 +106,12 @@ def test_today_paths_and_legacy_flat_keys_reach_the_same_field(launcher):
     flag, _ = launcher.parse_config(["--num_envs", "3", "--seed", "7"])
     assert new == old == flag and new.env.num_envs == 3 and new.loop.seed == 7
     # How K gradient steps run is the execution section, whatever the spelling.
-    a, _ = launcher.parse_config(["--config.agent.update_mode=loop", "--config.agent.scan_length=5"])
-    b, _ = launcher.parse_config(["--config.execution.mode=loop", "--config.execution.scan_length=5"])
+    a, _ = launcher.parse_config(
+        ["--config.agent.update_mode=loop", "--config.agent.scan_length=5"]
+    )
+    b, _ = launcher.parse_config(
+        ["--config.execution.mode=loop", "--config.execution.scan_length=5"]
+    )
     assert a == b and (a.execution.mode, a.execution.scan_length) == ("loop", 5)
 
 
@@ -137,7 +141,9 @@ def test_bad_flags_give_clear_errors(launcher, capsys, argv, message):
 
 
 def test_unknown_learner_option_names_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown learner option\(s\) \['hiden_dims'\].*hidden_dims"):
+    with pytest.raises(
+        ValueError, match=r"unknown learner option\(s\) \['hiden_dims'\].*hidden_dims"
+    ):
         run_lib.load_config("demo", overrides=[("agent.hiden_dims", "3")])
     good = run_lib.load_config("demo", flags={"action_magnitude": "2.5"}).learner_config()
     assert good.action_magnitude == 2.5 and tuple(good.hidden_dims) == (64, 64)
@@ -214,9 +220,7 @@ def test_run_scripts_pass_the_preset_values_through_the_launcher(launcher, scrip
                 "start_online_updates", "eval_interval", "seed"):  # fmt: skip
         assert getattr(from_script.loop, key) == getattr(preset.loop, key), key
     assert from_script.steering == preset.steering
-    assert (
-        from_script.learner_config().hidden_dims == preset.learner_config().hidden_dims
-    )
+    assert from_script.learner_config().hidden_dims == preset.learner_config().hidden_dims
 
 
 # ------------------------------------------------------------------- bad input, run directory

@@ -166,7 +166,7 @@ class NoiseAliasingLearner(flax.struct.PyTreeNode):
 
         base_policy: a JaxBasePolicy or a FlowMLPPolicy (see `as_jax_base_policy`).
         noise_param / noise_fn: how an agent action (B, action_dim) becomes noise (B, H, D):
-        a `dsrl.envs.steering.NoiseParam` (its `to_noise_jax`) or a JAX function.
+        a `dsrl.steering.NoiseParam` (its `to_noise`) or a JAX function.
         query_freq: executed steps per chunk (the buffer's "action_chunks" length); default H.
         """
         if config is None:
@@ -187,15 +187,15 @@ class NoiseAliasingLearner(flax.struct.PyTreeNode):
         if noise_fn is None:
             if noise_param is None:
                 raise ValueError(
-                    "NoiseAliasingLearner.create needs noise_param=<dsrl.envs.steering.NoiseParam> "
+                    "NoiseAliasingLearner.create needs noise_param=<dsrl.steering.NoiseParam> "
                     "(or noise_fn) to map agent actions to the base policy's noise"
                 )
-            if int(noise_param.action_dim) != action_dim:
+            if int(noise_param.latent_dim) != action_dim:
                 raise ValueError(
-                    f"noise_param.action_dim={noise_param.action_dim} != action_dim={action_dim}; "
+                    f"noise_param.latent_dim={noise_param.latent_dim} != action_dim={action_dim}; "
                     "the learner's action is the noise parameterisation's action"
                 )
-            noise_fn = noise_param.to_noise_jax
+            noise_fn = noise_param.to_noise
         horizon = int(jax_policy.noise_shape[0])
         query_freq = horizon if query_freq is None else int(query_freq)
         if not 1 <= query_freq <= horizon:
