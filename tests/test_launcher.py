@@ -331,3 +331,40 @@ def launcher_main(argv):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main(argv)
+
+
+def _tiny_demo(logdir: Path, *extra: str) -> list[str]:
+    return [
+        "--env", "demo", "--logdir", str(logdir), "--no_progress", "--wandb_mode", "disabled",
+        "--resize_image", "16", "--num_envs", "2", "--batch_size", "8",
+        "--start_online_updates", "20", "--multi_grad_step", "1", "--update_block", "4",
+        "--eval_episodes", "0", "--hidden_dims", "16", "--config.agent.cnn_features=8",
+        "--config.agent.cnn_strides=2", "--config.agent.latent_dim=8", *extra,
+    ]  # fmt: skip
+
+
+def test_a_failed_resume_leaves_config_json_and_the_run_as_they_were(tmp_path, capsys):
+    """A resume with a bad override, or with one that cannot restore (another image size), fails
+    with a clear error and does not touch config.json; the plain resume then still works, and
+    only then is config.json rewritten (with the values given again)."""
+    argv = _tiny_demo(tmp_path, "--max_steps", "8", "--checkpoint_interval", "4")
+    assert launcher_main(argv) == 0
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    saved = (run_dir / "config.json").read_bytes()
+    assert json.loads(saved)["version"] == run_lib.CONFIG_VERSION
+    capsys.readouterr()
+    for bad, message in [
+        (["--config.agent.hiden_dims=3"], "unknown learner option(s) ['hiden_dims']"),
+        (["--resize_image", "32"], "different config"),
+        (["--env", "libero"], "does not match the resumed run's env 'demo'"),
+    ]:
+        with pytest.raises(SystemExit) as excinfo:
+            launcher_main(["--resume", str(run_dir), "--no_progress", *bad])
+        assert excinfo.value.code == 2
+        assert message in capsys.readouterr().err, bad
+        assert (run_dir / "config.json").read_bytes() == saved, bad
+    assert launcher_main(["--resume", str(run_dir), "--no_progress", "--max_steps", "12"]) == 0
+    assert "resumed" in capsys.readouterr().out
+    assert run_lib.load_config(resume=run_dir).loop.max_steps == 12
+    steps = [int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert max(steps) == 12

@@ -421,9 +421,16 @@ def checkpoint_template(agent: Any) -> dict[str, Any]:
     return {"agent": canonical_agent(agent), "counters": LoopState().to_tree()}
 
 
-def restore(checkpointer: Any, agent_template: Any) -> tuple[Any, LoopState, Any] | None:
-    """(agent, loop state, buffer) from the latest checkpoint of a run, or None if it has none."""
-    restored = checkpointer.restore(checkpoint_template(agent_template))
+def restore(
+    checkpointer: Any, agent_template: Any, example_transition: dict[str, Any] | None = None
+) -> tuple[Any, LoopState, Any] | None:
+    """(agent, loop state, buffer) from the latest checkpoint of a run, or None if it has none.
+
+    With `example_transition`, the saved buffer must have its layout (a resume whose config
+    changed the observation or latent shapes fails here, naming the difference)."""
+    restored = checkpointer.restore(
+        checkpoint_template(agent_template), example_transition=example_transition
+    )
     if restored is None:
         return None
     tree, buffer = restored

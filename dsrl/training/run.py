@@ -857,7 +857,7 @@ def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
     resources.callback(checkpointer.close)
     state = None
     if resuming:
-        restored = loop.restore(checkpointer, agent)
+        restored = loop.restore(checkpointer, agent, example)
         if restored is None:
             log(f"[dsrl] {run_dir} has no checkpoint yet: starting it from scratch")
         else:
