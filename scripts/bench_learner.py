@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dsrl.agents import PixelSACLearner  # noqa: E402
+from dsrl.agents import ExecutionConfig, PixelSACLearner  # noqa: E402
 from dsrl.agents.pixel_sac import learner as learner_lib  # noqa: E402
 from dsrl.networks.conv import OPT_OUT_VAR, fast_path_enabled  # noqa: E402
 from dsrl.utils.hugepages import TUNABLE  # noqa: E402
@@ -63,7 +63,7 @@ def make_batches(rng: np.random.Generator, k: int, b: int, hw: int, d: int, a: i
     return {
         "observations": obs(),
         "next_observations": obs(),
-        "actions": rng.uniform(-1, 1, (k, b, a)).astype(np.float32),
+        "latents": rng.uniform(-1, 1, (k, b, a)).astype(np.float32),
         "rewards": -np.ones((k, b), np.float32),
         "masks": np.ones((k, b), np.float32),
         "discounts": np.full((k, b), 0.999**20, np.float32),
@@ -81,7 +81,7 @@ def paired_plain_conv(learner: PixelSACLearner, batch: dict, rounds: int) -> dic
         for name, value in (("fast", "1"), ("plain", "0")):
             os.environ[OPT_OUT_VAR] = value
             jax.clear_caches()  # the switch is read when the step is traced
-            compiled[name] = jit(learner_lib._update_step).lower(learner, batch).compile()
+            compiled[name] = jit(learner_lib.update_step).lower(learner, batch).compile()
             jax.block_until_ready(compiled[name](learner, batch))
     finally:
         if previous is None:
@@ -136,8 +136,8 @@ def main() -> None:
     }
     config = PixelSACLearner.default_config()
     config.encoder_sharing = args.encoder_sharing
-    config.update_mode = args.update_mode
-    learner = PixelSACLearner.create(0, spec, action_dim, config)
+    execution = ExecutionConfig(args.update_mode)
+    learner = PixelSACLearner.create(0, spec, action_dim, config, execution=execution)
     rng = np.random.default_rng(0)
     hw, bsz = args.image_size, args.batch_size
 
@@ -155,15 +155,12 @@ def main() -> None:
     elapsed = time.perf_counter() - t0
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
     updates_per_s = args.steps / elapsed
-    if learner.update_mode() == "loop":
-        num_compiles = learner_lib._update_step_jit._cache_size()
-    else:
-        num_compiles = learner_lib._update_scan_jit._cache_size()
+    num_compiles = learner_lib.UPDATE.compile_count()
 
     # FLOPs of one gradient step from XLA's cost analysis of the compiled step.
-    one = learner._prepare_batches(make_batches(rng, 1, bsz, hw, state_dim, action_dim))
+    one = learner.prepare_batches(make_batches(rng, 1, bsz, hw, state_dim, action_dim))
     one = jax.tree.map(lambda x: x[0], one)
-    cost = learner_lib._update_step_jit.lower(learner, one).compile().cost_analysis()
+    cost = learner_lib.UPDATE.step_jit.lower(learner, one).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     update_gflop = float(cost["flops"]) / 1e9
 
@@ -188,7 +185,7 @@ def main() -> None:
         json.dumps(
             {
                 "encoder_sharing": args.encoder_sharing,
-                "update_mode": learner.update_mode(),
+                "update_mode": execution.resolved_mode(),
                 "backend": jax.default_backend(),
                 "batch_size": bsz,
                 "steps": args.steps,

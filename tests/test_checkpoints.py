@@ -300,7 +300,7 @@ def _learner_transition(rng: np.random.Generator) -> dict:
 
     return {
         "observations": obs(),
-        "actions": rng.uniform(-1, 1, NOISE_DIM).astype(np.float32),
+        "latents": rng.uniform(-1, 1, NOISE_DIM).astype(np.float32),
         "rewards": np.float32(-1),
         "masks": np.float32(1),
         "discounts": np.float32(0.99),

@@ -339,7 +339,7 @@ def _tiny_demo(logdir: Path, *extra: str) -> list[str]:
         "--resize_image", "16", "--num_envs", "2", "--batch_size", "8",
         "--start_online_updates", "20", "--multi_grad_step", "1", "--update_block", "4",
         "--eval_episodes", "0", "--hidden_dims", "16", "--config.agent.cnn_features=8",
-        "--config.agent.cnn_strides=2", "--config.agent.latent_dim=8", *extra,
+        "--config.agent.cnn_strides=2", "--config.agent.bottleneck_dim=8", *extra,
     ]  # fmt: skip
 
 

@@ -143,7 +143,7 @@ def test_multiplexer_features_and_stop_gradient():
         pm = PixelMultiplexer(
             make_encoder("small", features=(4,), strides=(2,)),
             StateActionEnsemble((8,), num_qs=2),
-            latent_dim=6,
+            bottleneck_dim=6,
             stop_gradient=stop,
         )
         params = pm.init(KEY, obs, jnp.zeros((2, 3)))

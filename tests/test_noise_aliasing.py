@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dsrl.agents import ExecutionConfig
 from dsrl.agents.noise_aliasing import (
     JaxBasePolicy,
     NoiseAliasingConfig,
@@ -45,25 +46,25 @@ def small_config(**overrides) -> NoiseAliasingConfig:
         hidden_dims=(16, 16),
         cnn_features=(4,),
         cnn_strides=(2,),
-        latent_dim=8,
+        bottleneck_dim=8,
         color_jitter=False,
         crop_padding=0,
         aug_next=False,
         action_magnitude=1.5,
         num_qs=3,
-        update_mode="loop",
     )
     values.update(overrides)
     return NoiseAliasingConfig(**values)
 
 
-def make_learner(seed=0, **overrides) -> NoiseAliasingLearner:
+def make_learner(seed=0, mode="loop", **overrides) -> NoiseAliasingLearner:
     noise_param = make_noise_param("repeat", (HORIZON, NOISE_DIM), 1.5)
     return NoiseAliasingLearner.create(
         seed,
         SPEC,
         noise_param.latent_dim,
         small_config(**overrides),
+        execution=ExecutionConfig(mode),
         base_policy=linear_base_policy(),
         noise_param=noise_param,
         query_freq=QUERY_FREQ,
@@ -81,7 +82,7 @@ def make_batch(rng: np.random.Generator, lead: tuple[int, ...]) -> dict:
     return {
         "observations": obs(),
         "next_observations": obs(),
-        "actions": rng.uniform(-1.5, 1.5, (*lead, NOISE_DIM)).astype(np.float32),
+        "latents": rng.uniform(-1.5, 1.5, (*lead, NOISE_DIM)).astype(np.float32),
         "action_chunks": rng.standard_normal((*lead, QUERY_FREQ, ROBOT_DIM)).astype(np.float32),
         "rewards": rng.choice([-1.0, 0.0], lead).astype(np.float32),
         "masks": rng.choice([0.0, 1.0], lead).astype(np.float32),
@@ -123,7 +124,7 @@ def test_action_critic_target_matches_hand_computation(backup_entropy):
         "pixels": batch["next_observations"]["pixels"].astype(np.float32) / 255.0,
         "state": batch["next_observations"]["state"],
     }
-    qs = learner.action_critic_def.apply(
+    qs = learner.critic_def.apply(
         {"params": learner.target_action_critic_params}, next_obs, executed
     )
     soft_q = np.min(np.asarray(qs), axis=0)
@@ -165,28 +166,25 @@ def test_distillation_fits_the_online_action_critic(distill_target):
     """Q^W heads converge to the documented targets on fresh noise; Q^A is left untouched."""
     learner = make_learner(distill_target=distill_target, noise_critic_lr=3e-3)
     batch = make_batch(np.random.default_rng(1), (32,))
-    obs = jax.device_put(learner._prepare_batches(jax.tree.map(lambda x: x[None], batch)))
+    obs = jax.device_put(learner.prepare_batches(jax.tree.map(lambda x: x[None], batch)))
     obs = jax.tree.map(lambda x: x[0], obs["observations"])
     params = learner.base_policy.params
     qa_before = learner.action_critic.params
     first = None
     for _ in range(300):
-        learner, metrics = na_learner._distill_step_jit(learner, obs, params)
+        learner, metrics = na_learner.DISTILL.step_jit(learner, obs, params)
         first = first if first is not None else float(metrics["noise_critic_loss"])
     assert float(metrics["noise_critic_loss"]) < 0.2 * first
     chex_equal = jax.tree.map(np.array_equal, qa_before, learner.action_critic.params)
     assert all(jax.tree.leaves(chex_equal))
 
     # Evaluate both critics on the same noise and compare head by head.
-    w = jax.random.uniform(jax.random.PRNGKey(3), (32, learner.action_dim), minval=-1, maxval=1)
+    w = jax.random.uniform(jax.random.PRNGKey(3), (32, learner.latent_dim), minval=-1, maxval=1)
     agent_obs = {"pixels": obs["pixels"].astype(jnp.float32) / 255.0, "state": obs["state"]}
-    chunks = na_learner._chunks_from_noise(
-        learner, params, {"policy_state": obs["policy_state"]}, w
-    )
-    qa = np.asarray(learner.action_critic_def.apply({"params": qa_before}, agent_obs, chunks))
-    qw = np.asarray(
-        na_learner._noise_qs(learner, learner.noise_critic.params, qa_before, agent_obs, w)
-    )
+    chunks = learner.chunks_from_latents(params, {"policy_state": obs["policy_state"]}, w)
+    qa = np.asarray(learner.critic_def.apply({"params": qa_before}, agent_obs, chunks))
+    features = learner.critic_features(qa_before, agent_obs)
+    qw = np.asarray(learner.noise_qs(learner.noise_critic.params, agent_obs, features, w))
     target = qa if distill_target == "per_head" else np.broadcast_to(qa.mean(0), qa.shape)
     other = np.broadcast_to(qa.mean(0), qa.shape) if distill_target == "per_head" else qa
     err = np.abs(qw - target).mean()
@@ -200,21 +198,22 @@ def test_distillation_with_several_noises_per_state_pairs_each_state_with_its_no
     m, b = 4, 6
     learner = make_learner(distill_noises_per_state=m, noise_critic_encoder=encoder)
     batch = make_batch(np.random.default_rng(2), (1, b))
-    obs = jax.tree.map(lambda x: x[0], learner._prepare_batches(batch)["observations"])
+    obs = jax.tree.map(lambda x: x[0], learner.prepare_batches(batch)["observations"])
     _, _, k_w = jax.random.split(learner.rng, 3)  # the step's own key split
-    w = jax.random.normal(k_w, (b * m, learner.action_dim), jnp.float32)
+    w = jax.random.normal(k_w, (b * m, learner.latent_dim), jnp.float32)
     tiled = {k: np.repeat(v, m, axis=0) for k, v in obs.items()}
     agent_obs = {"pixels": tiled["pixels"].astype(np.float32) / 255.0, "state": tiled["state"]}
-    chunks = na_learner._chunks_from_noise(
-        learner, learner.base_policy.params, {"policy_state": tiled["policy_state"]}, w
+    chunks = learner.chunks_from_latents(
+        learner.base_policy.params, {"policy_state": tiled["policy_state"]}, w
     )
     qa_params = learner.action_critic.params
-    qa = learner.action_critic_def.apply({"params": qa_params}, agent_obs, chunks)
-    qw = na_learner._noise_qs(learner, learner.noise_critic.params, qa_params, agent_obs, w)
+    qa = learner.critic_def.apply({"params": qa_params}, agent_obs, chunks)
+    features = learner.critic_features(qa_params, agent_obs)
+    qw = learner.noise_qs(learner.noise_critic.params, agent_obs, features, w)
     assert qa.shape == qw.shape == (learner.config.num_qs, b * m)
     want = float(np.mean((np.asarray(qw) - np.asarray(qa)) ** 2))
 
-    new, metrics = na_learner._distill_step_jit(learner, obs, learner.base_policy.params)
+    new, metrics = na_learner.DISTILL.step_jit(learner, obs, learner.base_policy.params)
     np.testing.assert_allclose(float(metrics["noise_critic_loss"]), want, rtol=1e-4)
     assert not np.array_equal(  # Q^W did take a step
         jax.tree.leaves(new.noise_critic.params)[0], jax.tree.leaves(learner.noise_critic.params)[0]
@@ -250,18 +249,16 @@ def test_actor_actions_stay_within_action_magnitude():
 @pytest.mark.parametrize("mode", ["loop", "scan"])
 def test_update_compiles_once_and_changes_every_network(mode):
     learner = make_learner(
-        update_mode=mode, noise_critic_encoder="shared" if mode == "scan" else "separate"
+        mode=mode, noise_critic_encoder="shared" if mode == "scan" else "separate"
     )
     rng = np.random.default_rng(4)
-    before = dict(na_learner.TRACE_COUNTS)
+    runners = (na_learner.CRITIC_ACTOR, na_learner.DISTILL)
+    before = [r.compile_count() for r in runners]
     initial = learner
     for _ in range(3):
         learner, metrics = learner.update(make_batch(rng, (4, 8)))
-    traced = {k: v - before.get(k, 0) for k, v in na_learner.TRACE_COUNTS.items()}
-    if mode == "loop":
-        assert traced.get("critic_actor_step") == 1 and traced.get("distill_step") == 1
-    else:
-        assert traced.get("update_block") == 1
+    # One compilation of the critic/actor block and one of the distillation block.
+    assert [r.compile_count() - b for r, b in zip(runners, before, strict=True)] == [1, 1]
     for name in ("noise_critic_loss", "critic_loss", "actor_loss", "temperature"):
         assert np.isfinite(metrics[name])
     for name in ("actor", "action_critic", "noise_critic"):

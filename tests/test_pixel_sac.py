@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from dsrl.agents import PixelSACLearner
+from dsrl.agents import ExecutionConfig, PixelSACLearner, common
 from dsrl.agents.pixel_sac import learner as learner_lib
-from dsrl.agents.pixel_sac.losses import td_target
+from dsrl.agents.sac import td_target
 
 HW, D, A = 16, 3, 2
 SPEC = {
@@ -31,7 +31,7 @@ def tiny_config(**overrides):
     cfg.cnn_strides = (2, 2)
     cfg.hidden_dims = (32, 32)
     cfg.num_qs = 2
-    cfg.latent_dim = 16
+    cfg.bottleneck_dim = 16
     cfg.crop_padding = 2
     for k, v in overrides.items():
         setattr(cfg, k, v)
@@ -48,7 +48,7 @@ def random_batches(rng, k, b=32):
     return {
         "observations": obs(),
         "next_observations": obs(),
-        "actions": rng.uniform(-1, 1, (k, b, A)).astype(np.float32),
+        "latents": rng.uniform(-1, 1, (k, b, A)).astype(np.float32),
         "rewards": -rng.integers(0, 2, (k, b)).astype(np.float32),
         "masks": np.ones((k, b), np.float32),
         "discounts": np.full((k, b), 0.98, np.float32),
@@ -66,7 +66,7 @@ def test_defaults_are_the_reference_libero_values():
     assert tuple(cfg.hidden_dims) == (128, 128, 128) and cfg.num_qs == 10
     assert cfg.critic_reduction == "mean" and not cfg.backup_entropy and cfg.num_min_qs == 0
     assert tuple(cfg.cnn_features) == (32,) * 4 and tuple(cfg.cnn_strides) == (2, 1, 1, 1)
-    assert cfg.encoder == "small" and cfg.cnn_padding == "VALID" and cfg.latent_dim == 50
+    assert cfg.encoder == "small" and cfg.cnn_padding == "VALID" and cfg.bottleneck_dim == 50
     assert cfg.encoder_sharing == "separate" and cfg.color_jitter and cfg.aug_next
     learner = PixelSACLearner.create(0, SPEC, 32, tiny_config())
     assert learner.target_entropy == -16.0  # "auto" = -action_dim / 2
@@ -98,13 +98,11 @@ def test_actions_shapes_and_bounds(action_magnitude):
 
 def test_update_returns_reference_metrics_and_compiles_once(learner):
     rng = np.random.default_rng(0)
-    before_cache = learner_lib._update_step_jit._cache_size()
-    traces = learner_lib.TRACE_COUNTS["update_step"]
+    before = learner_lib.UPDATE.compile_count()
     new, metrics = learner.update(random_batches(rng, 3))
     for k in (1, 4, 2):  # different block sizes K must not recompile
         new, metrics = new.update(random_batches(rng, k))
-    assert learner_lib._update_step_jit._cache_size() - before_cache == 1
-    assert learner_lib.TRACE_COUNTS["update_step"] - traces == 1
+    assert learner_lib.UPDATE.compile_count() - before == 1
     assert REFERENCE_METRICS <= set(metrics)
     assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
     assert int(new.critic.step) == 10 and int(learner.critic.step) == 0  # old learner untouched
@@ -115,16 +113,14 @@ def test_compiled_update_keeps_xla_convolutions_on_cpu(learner):
     """jax 0.10.2 would hand the encoder's convolutions to YNNPACK on CPU (about 10x slower here);
     the learner's jitted functions are compiled with that off."""
     rng = np.random.default_rng(0)
-    batch = learner._prepare_batches(random_batches(rng, 1))
+    batch = learner.prepare_batches(random_batches(rng, 1))
     batch = jax.tree.map(lambda x: x[0], batch)
-    hlo = learner_lib._update_step_jit.lower(learner, batch).compile().as_text()
+    hlo = learner_lib.UPDATE.step_jit.lower(learner, batch).compile().as_text()
     assert "convolution(" in hlo
     assert "ynn_fusion" not in hlo
     obs = {"pixels": np.zeros((1, HW, HW, 3), np.uint8), "state": np.zeros((1, D), np.float32)}
-    obs, _ = learner._prepare_observations(obs)
-    assert (
-        "ynn_fusion" not in learner_lib._sample_actions_jit.lower(learner, obs).compile().as_text()
-    )
+    obs, _ = learner._batched_observations(obs)
+    assert "ynn_fusion" not in common._sample_jit.lower(learner, obs).compile().as_text()
 
 
 def fast_config():
@@ -136,7 +132,7 @@ def test_losses_fall_on_a_fixed_batch():
     learner = PixelSACLearner.create(0, SPEC, A, fast_config())
     rng = np.random.default_rng(1)
     batch = random_batches(rng, 1)
-    batch["rewards"][:] = np.where(batch["actions"][..., 0] > 0, 0.0, -1.0)
+    batch["rewards"][:] = np.where(batch["latents"][..., 0] > 0, 0.0, -1.0)
     batch["masks"][:] = 0.0  # terminal: the target is the reward, so Q must fit it
     many = {
         k: ({kk: np.repeat(vv, 60, 0) for kk, vv in v.items()} if isinstance(v, dict)
@@ -156,8 +152,9 @@ def test_losses_fall_on_a_fixed_batch():
 def test_scan_mode_matches_loop_mode():
     rng = np.random.default_rng(2)
     batches = random_batches(rng, 5, b=8)
-    loop = PixelSACLearner.create(3, SPEC, A, tiny_config(update_mode="loop"))
-    scan = PixelSACLearner.create(3, SPEC, A, tiny_config(update_mode="scan", scan_length=3))
+    loop = PixelSACLearner.create(3, SPEC, A, tiny_config(), execution=ExecutionConfig("loop"))
+    scan_mode = ExecutionConfig("scan", scan_length=3)
+    scan = PixelSACLearner.create(3, SPEC, A, tiny_config(), execution=scan_mode)
     loop, m_loop = loop.update(batches)
     scan, m_scan = scan.update(batches)  # 2 chunks of 3: the last one padded by one step
     assert int(scan.critic.step) == 5
@@ -233,7 +230,7 @@ def test_learner_solves_a_pixel_bandit():  # ~15 s on 2 busy cores
             {
                 "observations": obs,
                 "next_observations": obs,
-                "actions": act[idx],
+                "latents": act[idx],
                 "rewards": reward,
                 "masks": np.zeros((10, 64), np.float32),
                 "discounts": np.full((10, 64), 0.98, np.float32),
@@ -252,7 +249,8 @@ def test_learner_solves_a_pixel_bandit():  # ~15 s on 2 busy cores
         ({"hidden_dims": (32, 0)}, SPEC, "hidden_dims"),
         ({"num_qs": 0}, SPEC, "num_qs"),
         ({"num_min_qs": 5}, SPEC, "num_min_qs"),
-        ({"latent_dim": -1}, SPEC, "latent_dim"),
+        ({"bottleneck_dim": -1}, SPEC, "bottleneck_dim"),
+        ({"latent_dim": -1}, SPEC, "bottleneck_dim"),  # the reference's name for it
         ({"cnn_strides": (2,)}, SPEC, "cnn_strides"),
         ({"critic_reduction": "max"}, SPEC, "critic_reduction"),
         ({"encoder_sharing": "tied"}, SPEC, "encoder_sharing"),
@@ -276,17 +274,36 @@ def test_unknown_config_key_and_bad_inputs_raise(learner):
     cfg.actor_learning_rate = 1e-3
     with pytest.raises(ValueError, match="unknown config keys"):
         PixelSACLearner.create(0, SPEC, A, cfg)
-    with pytest.raises(ValueError, match="action_dim"):
+    with pytest.raises(ValueError, match="latent_dim"):
         PixelSACLearner.create(0, SPEC, 0, tiny_config())
     batches = random_batches(np.random.default_rng(0), 2)
     del batches["discounts"]
     with pytest.raises(ValueError, match="discounts"):
         learner.update(batches)
     batches = random_batches(np.random.default_rng(0), 2)
-    batches["actions"] = batches["actions"][0]  # missing the K axis
+    batches["latents"] = batches["latents"][0]  # missing the K axis
     with pytest.raises(ValueError, match=r"\(K, B\)"):
         learner.update(batches)
     with pytest.raises(ValueError, match="spec"):
         learner.eval_actions(
             {"pixels": np.zeros((1, 8, 8, 3), np.uint8), "state": np.zeros((1, D))}
         )
+
+
+def test_execution_settings_are_not_learner_config():
+    """update_mode / scan_length moved out of the learner config: an old config that still sets
+    them gets an error saying where they went."""
+    cfg = tiny_config()
+    cfg.update_mode = "scan"
+    with pytest.raises(ValueError, match="execution settings"):
+        PixelSACLearner.create(0, SPEC, A, cfg)
+    with pytest.raises(ValueError, match="execution mode"):
+        ExecutionConfig("fast")
+    with pytest.raises(ValueError, match="scan_length"):
+        ExecutionConfig("scan", scan_length=0)
+
+
+def test_learner_asks_the_loop_to_store_only_its_latents(learner):
+    spec = learner.transition_spec()
+    assert spec.action_chunks is False and spec.policy_observation_keys == ()
+    assert learner.batch_fields() == {"latents": (A,)}

@@ -1,26 +1,39 @@
-"""Pieces every DSRL learner shares (DSRL-SAC and DSRL-NA): the agent observation contract, how
-a block of updates executes on the backend, the temperature step and the policy statistics the
-reference logs. One copy here, so the two learners cannot drift apart."""
+"""What every DSRL learner shares besides the SAC steps (dsrl.agents.sac): the agent observation
+contract, the pixel networks built from a `SACConfig`, augmentation, batch validation, and the
+`Learner` base class (acting with the tanh-Gaussian actor, the `update` entry point). Nothing here
+imports an algorithm's package."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax.training.train_state import TrainState
 
-from dsrl.agents.pixel_sac import losses
-from dsrl.data.augmentations import ColorJitterConfig
-from dsrl.networks import PixelMultiplexer, StateActionEnsemble, TanhGaussianPolicy, make_encoder
+from dsrl.agents import sac, spec
+from dsrl.agents.config import SACConfig
+from dsrl.agents.execution import ExecutionConfig
+from dsrl.data.augmentations import ColorJitterConfig, augment_pixels
+from dsrl.networks import (
+    PixelMultiplexer,
+    StateActionEnsemble,
+    TanhGaussianPolicy,
+    make_encoder,
+    pixels_to_float,
+)
+from dsrl.utils.jit import jit
 
 PIXELS, STATE = "pixels", "state"
+SCALAR_FIELDS = (spec.REWARDS, spec.MASKS, spec.DISCOUNTS)
 
 
+# ------------------------------------------------------------------------------ observations
 def validate_observation_spec(observation_spec: Mapping[str, Any]) -> dict[str, Any]:
     """{"pixels": ((H, W, C), uint8), "state": ((d,), float)} -> {"pixels": (H, W, C),
     "state": (d,)}, or a ValueError naming what is wrong and what is expected."""
@@ -63,7 +76,7 @@ def select_observations(
     if missing:
         also = f" and {sorted(extra_spec)}" if extra_spec else ""
         raise ValueError(
-            f"{where} lacks {missing}; the agent reads 'pixels' (uint8), 'state'{also}"
+            f"{where} lacks {missing}; the agent reads 'pixels' (uint8), 'state'{also}{hint}"
         )
     out = {
         PIXELS: np.asarray(observations[PIXELS], dtype=np.uint8),
@@ -74,78 +87,28 @@ def select_observations(
     return out
 
 
-def batched_agent_observations(
-    observations: Mapping[str, Any], observation_spec: Mapping[str, Any]
-) -> tuple[dict[str, np.ndarray], bool]:
-    """Acting-side input: (observations with a leading batch axis, whether one was added)."""
-    obs = select_observations(observations, "observations")
-    spec = dict(observation_spec)
-    unbatched = obs[PIXELS].ndim == 3
-    if unbatched:
-        obs = {k: v[None] for k, v in obs.items()}
-    if obs[PIXELS].shape[1:] != spec[PIXELS] or obs[STATE].shape[1:] != spec[STATE]:
-        raise ValueError(
-            f"observation shapes pixels {obs[PIXELS].shape}, state {obs[STATE].shape} do not "
-            f"match the learner's spec {spec} (with a leading batch axis)"
-        )
-    return obs, unbatched
+def augment(cfg: SACConfig, key: jax.Array, obs: Mapping[str, Any], enabled: bool = True):
+    """Random crop + colour jitter of "pixels" (DrQ), or only the float conversion."""
+    if enabled:
+        jitter = None
+        if cfg.color_jitter:
+            jitter = ColorJitterConfig(
+                brightness=cfg.jitter_brightness,
+                contrast=cfg.jitter_contrast,
+                saturation=cfg.jitter_saturation,
+                hue=cfg.jitter_hue,
+                apply_prob=cfg.jitter_prob,
+            )
+        pixels = augment_pixels(key, obs[PIXELS], cfg.crop_padding, jitter)
+    else:
+        pixels = pixels_to_float(obs[PIXELS])
+    return {PIXELS: pixels, STATE: obs[STATE]}
 
 
-def resolve_update_mode(mode: str) -> str:
-    """'loop' or 'scan' for `update_mode` "auto" | "loop" | "scan" on the current backend."""
-    if mode != "auto":
-        return mode
-    # Measured: on XLA:CPU convs inside a scan body run 30-80x slower (JAX #12868), and an
-    # unrolled scan compiles ~3x longer than one step for the same speed; on GPU one scanned
-    # call saves the per-step launches and transfers.
-    return "loop" if jax.default_backend() == "cpu" else "scan"
-
-
-def jitter_config(cfg: Any) -> ColorJitterConfig | None:
-    """The colour-jitter settings of a learner config, or None when jitter is off."""
-    if not cfg.color_jitter:
-        return None
-    return ColorJitterConfig(
-        brightness=cfg.jitter_brightness,
-        contrast=cfg.jitter_contrast,
-        saturation=cfg.jitter_saturation,
-        hue=cfg.jitter_hue,
-        apply_prob=cfg.jitter_prob,
-    )
-
-
-def temperature_step(
-    temp: TrainState, log_probs: jax.Array, target_entropy: jax.Array
-) -> tuple[TrainState, jax.Array, jax.Array]:
-    """SAC's temperature step from the actor step's log-probs: (temp, entropy, loss)."""
-    entropy = -log_probs.mean()
-
-    def loss_fn(params):
-        return losses.temperature_loss(jnp.exp(params["log_temp"]), entropy, target_entropy)
-
-    loss, grads = jax.value_and_grad(loss_fn)(temp.params)
-    return temp.apply_gradients(grads=grads), entropy, loss
-
-
-def policy_metrics(dist: Any) -> dict[str, jax.Array]:
-    """Pre-tanh mean / std statistics of the actor's distribution, under the reference's names."""
-    loc, scale = dist.loc, dist.scale
-    return {
-        "mean_pi_norm": jnp.linalg.norm(loc, axis=-1).mean(),
-        "std_pi_norm": jnp.linalg.norm(scale, axis=-1).mean(),
-        "mean_pi_avg": loc.mean(),
-        "mean_pi_max": loc.max(),
-        "mean_pi_min": loc.min(),
-        "std_pi_avg": scale.mean(),
-        "std_pi_max": scale.max(),
-        "std_pi_min": scale.min(),
-    }
-
-
-# ------------------------------------------------------------------------- network building
-def check_pixel_config(cfg: Any, spec: Mapping[str, Any]) -> None:
+# ---------------------------------------------------------------------------------- networks
+def check_pixel_config(cfg: SACConfig, pixel_shape: tuple[int, int, int]) -> None:
     """Fail early, with the sizes, on image settings the encoder or the jitter cannot handle."""
-    h, w, c = spec[PIXELS]
+    h, w, c = pixel_shape
     if cfg.color_jitter and c % 3:
         raise ValueError(
             f"color_jitter needs RGB cameras stacked on channels (C % 3 == 0), got "
@@ -169,8 +132,62 @@ def check_pixel_config(cfg: Any, spec: Mapping[str, Any]) -> None:
             )
 
 
-def make_pixel_encoder(cfg: Any) -> nn.Module:
-    return make_encoder(
+@dataclasses.dataclass(frozen=True)
+class Networks:
+    """Freshly initialised SAC parts: a critic over (pixels + state, input) and the actor."""
+
+    critic: TrainState
+    actor: TrainState
+    temp: TrainState
+    rng: jax.Array
+    extra_keys: tuple[jax.Array, ...]  # keys left for a learner's own networks
+    encoder: nn.Module
+    critic_def: nn.Module
+    actor_def: nn.Module
+
+
+def critic_module(cfg: SACConfig, encoder: nn.Module | None) -> nn.Module:
+    """An ensemble of `num_qs` Q heads, behind its own pixel encoder unless `encoder` is None."""
+    ensemble = StateActionEnsemble(
+        cfg.hidden_dims,
+        num_qs=cfg.num_qs,
+        use_layer_norm=cfg.critic_layer_norm,
+        dropout_rate=cfg.dropout_rate or None,
+    )
+    if encoder is None:
+        return ensemble
+    return PixelMultiplexer(encoder=encoder, network=ensemble, bottleneck_dim=cfg.bottleneck_dim)
+
+
+def dummy_observation(pixel_shape, state_dim: int) -> dict[str, jax.Array]:
+    return {PIXELS: jnp.zeros((1, *pixel_shape), jnp.uint8), STATE: jnp.zeros((1, state_dim))}
+
+
+def init_module(module: nn.Module, key: jax.Array, cfg: SACConfig, pixel_shape, *inputs) -> Any:
+    """module.init(...)["params"], turning a failure to build the encoder into a clear error."""
+    try:
+        return module.init(key, *inputs)["params"]
+    except (TypeError, ValueError, ZeroDivisionError) as e:  # e.g. an empty feature map
+        h, w, c = pixel_shape
+        raise ValueError(
+            f"cannot build the {cfg.encoder!r} encoder for {h}x{w}x{c} images with features "
+            f"{cfg.cnn_features}, strides {cfg.cnn_strides}, padding {cfg.cnn_padding}: {e}"
+        ) from e
+
+
+def build_networks(
+    seed: int,
+    cfg: SACConfig,
+    agent_spec: Mapping[str, tuple[int, ...]],
+    latent_dim: int,
+    critic_input_dim: int,
+    num_extra_keys: int = 0,
+) -> Networks:
+    """Encoder, critic (scoring `critic_input_dim`-d inputs), actor over `latent_dim`-d latents
+    ("separate": with its own encoder; "shared": on the critic's features) and temperature."""
+    pixel_shape, state_dim = agent_spec[PIXELS], agent_spec[STATE][0]
+    check_pixel_config(cfg, pixel_shape)
+    encoder = make_encoder(
         cfg.encoder,
         features=cfg.cnn_features,
         strides=cfg.cnn_strides,
@@ -178,45 +195,196 @@ def make_pixel_encoder(cfg: Any) -> nn.Module:
         pooling=cfg.encoder_pooling,
         softmax_temperature=cfg.softmax_temperature,
     )
-
-
-def make_critic_ensemble(cfg: Any) -> StateActionEnsemble:
-    return StateActionEnsemble(
-        cfg.hidden_dims,
-        num_qs=cfg.num_qs,
-        use_layer_norm=cfg.critic_layer_norm,
-        dropout_rate=cfg.dropout_rate or None,
-    )
-
-
-def make_actor(cfg: Any, encoder: nn.Module, action_dim: int) -> nn.Module:
-    """The tanh-Gaussian actor: with its own encoder ("separate") or on critic features
-    ("shared", then it takes (B, latent_dim + d) features instead of observations)."""
+    critic_def = critic_module(cfg, encoder)
     policy = TanhGaussianPolicy(
         cfg.hidden_dims,
-        action_dim,
+        latent_dim,
         action_magnitude=float(cfg.action_magnitude),
         use_layer_norm=cfg.actor_layer_norm,
     )
+    obs = dummy_observation(pixel_shape, state_dim)
+    # Key order kept from the first versions of both learners, so their initial params stay.
+    rng, k_critic, *extra, k_actor = jax.random.split(jax.random.PRNGKey(seed), 3 + num_extra_keys)
+    critic_params = init_module(
+        critic_def, k_critic, cfg, pixel_shape, obs, jnp.zeros((1, critic_input_dim))
+    )
     if cfg.encoder_sharing == "separate":
-        return PixelMultiplexer(encoder=encoder, network=policy, latent_dim=cfg.latent_dim)
-    return policy
+        actor_def = PixelMultiplexer(
+            encoder=encoder, network=policy, bottleneck_dim=cfg.bottleneck_dim
+        )
+        actor_params = actor_def.init(k_actor, obs)["params"]
+    else:
+        actor_def = policy
+        features = jnp.zeros((1, cfg.bottleneck_dim + state_dim))
+        actor_params = actor_def.init(k_actor, features)["params"]
+    return Networks(
+        critic=sac.make_train_state(critic_def.apply, critic_params, cfg.critic_lr),
+        actor=sac.make_train_state(actor_def.apply, actor_params, cfg.actor_lr),
+        temp=sac.make_temperature(cfg.init_temperature, cfg.temp_lr),
+        rng=rng,
+        extra_keys=tuple(extra),
+        encoder=encoder,
+        critic_def=critic_def,
+        actor_def=actor_def,
+    )
 
 
-def init_pixel_module(module: nn.Module, key: jax.Array, cfg: Any, spec, *inputs) -> Any:
-    """module.init(...)["params"], turning a failure to build the encoder into a clear error."""
-    try:
-        return module.init(key, *inputs)["params"]
-    except (TypeError, ValueError, ZeroDivisionError) as e:  # e.g. an empty feature map
-        h, w, c = spec[PIXELS]
-        raise ValueError(
-            f"cannot build the {cfg.encoder!r} encoder for {h}x{w}x{c} images with features "
-            f"{cfg.cnn_features}, strides {cfg.cnn_strides}, padding {cfg.cnn_padding}: {e}"
-        ) from e
+# ---------------------------------------------------------------------------------- learner
+class Learner(flax.struct.PyTreeNode):
+    """The part of a DSRL learner that does not depend on the algorithm.
+
+    A subclass declares its pytree fields (their order is its checkpoint layout; the base holds
+    only static ones), `acting_critic_params` (whose encoder a "shared" actor reads), the extra
+    batch fields it trains on (`batch_fields`) and `_update(batches) -> (learner, metrics)`.
+    """
+
+    config: SACConfig = flax.struct.field(pytree_node=False)
+    latent_dim: int = flax.struct.field(pytree_node=False)
+    target_entropy: float = flax.struct.field(pytree_node=False)
+    observation_spec: tuple = flax.struct.field(pytree_node=False)  # ((key, shape), ...) agent's
+    critic_def: nn.Module = flax.struct.field(pytree_node=False)
+    actor_def: nn.Module = flax.struct.field(pytree_node=False)
+    execution: ExecutionConfig = flax.struct.field(pytree_node=False)
+
+    @classmethod
+    def resolve_config(cls, config: Any, config_cls: type[SACConfig]) -> SACConfig:
+        if config is None:
+            return config_cls()
+        if isinstance(config, config_cls):
+            return config
+        return config_cls.from_config_dict(config)
+
+    # --------------------------------------------------------------------- contract with loop
+    @property
+    def acting_critic_params(self) -> Any:
+        raise NotImplementedError
+
+    def policy_observation_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Base-policy observation keys the buffer must store (for one observation)."""
+        return {}
+
+    def batch_fields(self) -> dict[str, tuple[int, ...]]:
+        """Non-observation batch fields besides rewards/masks/discounts: key -> per-item shape."""
+        raise NotImplementedError
+
+    def transition_spec(self) -> spec.TransitionSpec:
+        return spec.TransitionSpec(
+            action_chunks=spec.ACTION_CHUNKS in self.batch_fields(),
+            policy_observation_keys=tuple(self.policy_observation_spec()),
+        )
+
+    # ------------------------------------------------------------------------------ acting
+    def critic_features(self, critic_params: Any, observations: Any) -> jax.Array:
+        """The critic encoder's features (B, bottleneck_dim + d), with no gradient."""
+        features = self.critic_def.apply({"params": critic_params}, observations, method="encode")
+        return jax.lax.stop_gradient(features)
+
+    def actor_distribution(self, actor_params: Any, observations: Any, features: Any = None):
+        """pi(.|s): from the actor's own encoder ("separate"), or from critic `features`
+        computed by the caller ("shared")."""
+        if self.config.encoder_sharing == "separate":
+            return self.actor_def.apply({"params": actor_params}, observations)
+        return self.actor_def.apply({"params": actor_params}, features)
+
+    def policy(self, observations: Any):
+        """The current actor's distribution on (unaugmented) observations."""
+        features = None
+        if self.config.encoder_sharing == "shared":
+            features = self.critic_features(self.acting_critic_params, observations)
+        return self.actor_distribution(self.actor.params, observations, features)
+
+    def sample_actions(self, observations: Mapping[str, Any]) -> tuple[np.ndarray, Learner]:
+        """Stochastic latents (B, latent_dim) within +-action_magnitude and the learner with its
+        PRNG key advanced. An unbatched observation (pixels (H, W, C)) gives (latent_dim,)."""
+        obs, unbatched = self._batched_observations(observations)
+        latents, rng = _sample_jit(self, obs)
+        latents = np.asarray(latents)
+        return (latents[0] if unbatched else latents), self.replace(rng=rng)
+
+    def eval_actions(self, observations: Mapping[str, Any]) -> np.ndarray:
+        """Distribution mode action_magnitude * tanh(mean): (B, latent_dim), or unbatched."""
+        obs, unbatched = self._batched_observations(observations)
+        latents = np.asarray(_mode_jit(self, obs))
+        return latents[0] if unbatched else latents
+
+    def _batched_observations(self, observations: Mapping[str, Any]):
+        obs = select_observations(observations, "observations")
+        expected = dict(self.observation_spec)
+        unbatched = obs[PIXELS].ndim == 3
+        if unbatched:
+            obs = {k: v[None] for k, v in obs.items()}
+        if obs[PIXELS].shape[1:] != expected[PIXELS] or obs[STATE].shape[1:] != expected[STATE]:
+            raise ValueError(
+                f"observation shapes pixels {obs[PIXELS].shape}, state {obs[STATE].shape} do not "
+                f"match the learner's spec {expected} (with a leading batch axis)"
+            )
+        return obs, unbatched
+
+    # ---------------------------------------------------------------------------- learning
+    def update(self, batches: Mapping[str, Any]) -> tuple[Learner, dict[str, float]]:
+        """Run one block of K gradient steps; every leaf of `batches` has leading axes (K, B).
+
+        batches: {"observations": {"pixels": uint8 (K,B,H,W,C), "state": (K,B,d), + the
+        base policy's keys if any}, "rewards", "masks", "discounts": (K,B),
+        "next_observations": {...}, + `batch_fields()`}, as `ReplayBuffer.sample(B, K)` returns
+        them; other keys are ignored. All K steps go to the device in one transfer, executed as
+        `self.execution` says. Returns the new learner and the last step's metrics as floats."""
+        learner, metrics = self._update(self.prepare_batches(batches))
+        return learner, {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+    def _update(self, batches: dict[str, Any]) -> tuple[Learner, dict[str, jax.Array]]:
+        raise NotImplementedError
+
+    def prepare_batches(self, batches: Mapping[str, Any]) -> dict[str, Any]:
+        """Validated (K, B) batches with canonical dtypes, or a ValueError naming the problem."""
+        fields = self.batch_fields()
+        policy_spec = self.policy_observation_spec()
+        required = [spec.OBSERVATIONS, *fields, *SCALAR_FIELDS, spec.NEXT_OBSERVATIONS]
+        hint = (
+            " (a learner's replay buffer stores `learner.transition_spec()`: build it with "
+            "dsrl.training.loop.example_transition for this learner)"
+        )
+        missing = [k for k in required if k not in batches]
+        if missing:
+            raise ValueError(
+                f"update batches lack {missing}; expected keys {required} with leading (K, B) "
+                f"axes (ReplayBuffer.sample(batch_size, num_batches=K)){hint}"
+            )
+        out = {
+            key: select_observations(batches[key], f"batches[{key!r}]", policy_spec, hint)
+            for key in (spec.OBSERVATIONS, spec.NEXT_OBSERVATIONS)
+        }
+        for key in (*fields, *SCALAR_FIELDS):
+            out[key] = np.asarray(batches[key], np.float32)
+        k_b = out[spec.REWARDS].shape
+        expected = {key: (*k_b, *shape) for key, shape in fields.items()}
+        expected |= {key: k_b for key in SCALAR_FIELDS}
+        got = {key: out[key].shape for key in expected}
+        obs_shapes = {**dict(self.observation_spec), **{k: s for k, (s, _) in policy_spec.items()}}
+        for obs_key in (spec.OBSERVATIONS, spec.NEXT_OBSERVATIONS):
+            for key, shape in obs_shapes.items():
+                expected[f"{obs_key}/{key}"] = (*k_b, *shape)
+                got[f"{obs_key}/{key}"] = out[obs_key][key].shape
+        if len(k_b) != 2 or got != expected:
+            bad = {k: (got[k], expected[k]) for k in expected if got[k] != expected[k]}
+            raise ValueError(
+                f"update batches need a leading (K, B) axis on every leaf; mismatched (got, "
+                f"expected) shapes: {bad or {spec.REWARDS: (k_b, '(K, B)')}}"
+            )
+        return out
 
 
-def make_train_state(apply_fn: Any, params: Any, lr: float) -> TrainState:
-    # A strongly typed step counter: a Python int 0 would make the first update a different jit
-    # cache entry from all later ones (two compilations).
-    state = TrainState.create(apply_fn=apply_fn, params=params, tx=optax.adam(lr))
-    return state.replace(step=jnp.zeros((), jnp.int32))
+@jit
+def _sample_jit(learner: Learner, observations):
+    rng, key = jax.random.split(learner.rng)
+    return learner.policy(observations).sample(key), rng
+
+
+@jit
+def _mode_jit(learner: Learner, observations):
+    return learner.policy(observations).mode()
+
+
+def acting_compile_count() -> int:
+    """Compiled variants of the acting functions (sample and mode) in this process."""
+    return int(_sample_jit._cache_size() + _mode_jit._cache_size())

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 
 
 class PixelMultiplexer(nn.Module):
-    """observations {"pixels": (B, H, W, C), "state": (B, d)} -> network([latent, state], ...).
+    """observations {"pixels": (B, H, W, C), "state": (B, d)} -> network([features, state], ...).
 
-    latent = tanh(LayerNorm(Dense(latent_dim)(encoder(pixels)))), as in the reference (xavier
-    init on the bottleneck). The state is concatenated raw. Several cameras are already stacked on
+    features = tanh(LayerNorm(Dense(bottleneck_dim)(encoder(pixels)))), as in the reference
+    (xavier init on the bottleneck). The state is concatenated raw. Several cameras are already stacked on
     channels. `encode` and `head` expose the two halves so a learner can run the encoder once on a
     concatenated batch, or feed one network's features to another (DrQ-style sharing).
     `stop_gradient` blocks gradients into the encoder and bottleneck.
@@ -21,17 +21,17 @@ class PixelMultiplexer(nn.Module):
 
     encoder: nn.Module
     network: nn.Module
-    latent_dim: int = 50
+    bottleneck_dim: int = 50
     stop_gradient: bool = False
     pixel_key: str = "pixels"
     state_key: str = "state"
 
     def setup(self):
-        self.bottleneck = nn.Dense(self.latent_dim, kernel_init=nn.initializers.xavier_normal())
+        self.bottleneck = nn.Dense(self.bottleneck_dim, kernel_init=nn.initializers.xavier_normal())
         self.bottleneck_norm = nn.LayerNorm()
 
     def encode(self, observations: dict[str, jax.Array]) -> jax.Array:
-        """-> features (B, latent_dim + d)."""
+        """-> features (B, bottleneck_dim + d)."""
         x = self.encoder(observations[self.pixel_key])
         x = jnp.tanh(self.bottleneck_norm(self.bottleneck(x)))
         if self.stop_gradient:

@@ -26,7 +26,7 @@ def get_config() -> ConfigDict:
                 "target_entropy": "auto",
                 "cnn_features": (16, 16),
                 "cnn_strides": (2, 2),
-                "latent_dim": 32,
+                "bottleneck_dim": 32,
                 "actor_lr": 3e-4,
                 "color_jitter": False,
             },

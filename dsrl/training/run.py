@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from dsrl import presets
+from dsrl.agents.config import ALIASES as LEARNER_ALIASES
 from dsrl.agents.execution import ExecutionConfig
 from dsrl.agents.spec import TransitionSpec
 from dsrl.steering import MODES as NOISE_MODES
@@ -146,8 +147,13 @@ class AgentSection:
     learner: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        # JSON gives lists: tuples, so a reloaded config equals the one that was saved.
-        learner = {k: tuple(v) if isinstance(v, list) else v for k, v in self.learner.items()}
+        # JSON gives lists: tuples, so a reloaded config equals the one that was saved. A
+        # learner option under its reference name (LEARNER_ALIASES) takes today's name.
+        learner = {}
+        for key, value in self.learner.items():
+            name = LEARNER_ALIASES.get(key, key)
+            key = name if name not in self.learner else key  # both given: the learner objects
+            learner[key] = tuple(value) if isinstance(value, list) else value
         object.__setattr__(self, "learner", learner)
         _need(self.algorithm in ALGORITHMS, "agent.algorithm", str(ALGORITHMS), self.algorithm)
 
@@ -205,7 +211,7 @@ class RunConfig:
         _, config_cls = learner_classes(self.agent.algorithm)
         values = dict(self.agent.learner)
         fields = {f.name for f in dataclasses.fields(config_cls)}
-        unknown = sorted(set(values) - fields)
+        unknown = sorted(set(values) - fields - set(LEARNER_ALIASES))
         if unknown:
             raise ConfigError(
                 f"unknown learner option(s) {unknown} in agent; the {self.agent.algorithm} "
@@ -464,6 +470,7 @@ def _field_hint(tree: Mapping[str, Any], path: str) -> Any:
         algorithm = tree.get("agent", {}).get("algorithm", AgentSection.algorithm)
         _, config_cls = learner_classes(algorithm)
         learner_hints = typing.get_type_hints(config_cls)
+        rest = LEARNER_ALIASES.get(rest, rest)
         if rest not in learner_hints:
             raise ConfigError(
                 f"unknown learner option(s) [{rest!r}] in agent; the {algorithm} learner "
@@ -847,10 +854,7 @@ def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
     if config.replay.store_action_chunks:
         spec = dataclasses.replace(spec, action_chunks=True)
     # The base policy's observation keys the learner asks for have the learner's shapes.
-    observation_spec = {
-        **vec_env.spec.observation_spec,
-        **getattr(agent, "policy_observation_spec", {}),
-    }
+    observation_spec = {**vec_env.spec.observation_spec, **agent.policy_observation_spec()}
     example = loop.example_transition(observation_spec, steering, spec)
     buffer = ReplayBuffer(example, capacity=config.replay_capacity, seed=config.loop.seed)
     checkpointer = RunCheckpointer(run_dir)

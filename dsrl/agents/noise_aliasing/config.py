@@ -1,7 +1,7 @@
 """NoiseAliasingConfig: the DSRL-SAC learner settings plus the DSRL-NA-specific ones.
 
 The shared settings (critic heads and reduction, entropy backup, target entropy, encoder,
-augmentation, widths) default to PixelSACConfig's, so a preset compares the two algorithms on
+augmentation, widths) default to SACConfig's, so a preset compares the two algorithms on
 equal terms. The official DSRL-NA code (SB3, Robomimic) uses 2 heads reduced by min, entropy
 backup and target entropy 0: set `num_qs=2, critic_reduction="min", backup_entropy=True,
 target_entropy=0.0` to match it (on the demo those settings did not reach 0.9 success in 10k env
@@ -12,18 +12,17 @@ steps per 20 critic steps, distillation matched head by head.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import ml_collections
 
-from dsrl.agents.pixel_sac.config import PixelSACConfig
+from dsrl.agents.config import SACConfig
 
 DISTILL_TARGETS = ("per_head", "mean")
 NOISE_CRITIC_ENCODERS = ("separate", "shared")
 
 
 @dataclasses.dataclass(frozen=True)
-class NoiseAliasingConfig(PixelSACConfig):
+class NoiseAliasingConfig(SACConfig):
     """Validated, hashable DSRL-NA learner config (a static field of the jitted learner).
 
     `num_qs`, `critic_reduction`, `num_min_qs`, `critic_layer_norm`, `dropout_rate` and `tau`
@@ -87,24 +86,7 @@ class NoiseAliasingConfig(PixelSACConfig):
         """Distillation steps that go with `num_critic_steps` critic/actor steps (>= 1)."""
         return max(1, round(num_critic_steps * self.noise_critic_grad_steps / self.utd))
 
-    @classmethod
-    def from_config_dict(
-        cls, config: ml_collections.ConfigDict | dict[str, Any]
-    ) -> NoiseAliasingConfig:
-        """ConfigDict -> NoiseAliasingConfig; unknown keys are an error (a typo must not pass)."""
-        values = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"NoiseAliasingConfig: unknown config keys {unknown}; valid keys are {sorted(known)}"
-            )
-        for name in ("utd", "noise_critic_grad_steps", "distill_noises_per_state"):
-            if name in values:
-                values[name] = int(values[name])
-        return super().from_config_dict(values)
-
 
 def default_config() -> ml_collections.ConfigDict:
     """The DSRL-NA learner settings as an overridable ConfigDict."""
-    return ml_collections.ConfigDict(dataclasses.asdict(NoiseAliasingConfig()))
+    return NoiseAliasingConfig.default_config()

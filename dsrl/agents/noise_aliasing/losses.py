@@ -1,25 +1,13 @@
 """DSRL-NA losses as small pure functions of arrays (paper Algorithm 1, lines 4-6).
 
-The TD target, actor and temperature losses are DSRL-SAC's (`dsrl.agents.pixel_sac.losses`);
-what is new is how the action-space critic's knowledge reaches the noise space.
+The TD target, actor and temperature losses are the shared SAC ones (`dsrl.agents.sac`); what is
+new is how the action-space critic's knowledge reaches the noise space.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-
-from dsrl.agents.pixel_sac.losses import actor_loss, critic_loss, td_target, temperature_loss
-
-__all__ = [
-    "actor_loss",
-    "critic_loss",
-    "distillation_targets",
-    "executed_chunk",
-    "noise_critic_loss",
-    "td_target",
-    "temperature_loss",
-]
 
 
 def executed_chunk(chunks: jax.Array, query_freq: int) -> jax.Array:

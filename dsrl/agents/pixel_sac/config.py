@@ -1,169 +1,20 @@
-"""PixelSACLearner configuration: defaults are the reference's LIBERO values."""
+"""DSRL-SAC's config: the shared SAC learning choices (dsrl.agents.config.SACConfig) as they are;
+DSRL-SAC adds no field of its own. Defaults are the reference's LIBERO values."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import ml_collections
 
-from dsrl.networks.encoders import ENCODERS, POOLINGS
-
-ENCODER_SHARING = ("separate", "shared")
-UPDATE_MODES = ("auto", "scan", "loop")
-REDUCTIONS = ("mean", "min")
+from dsrl.agents.config import SACConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class PixelSACConfig:
-    """Validated, hashable learner config (a static field of the jitted learner).
-
-    Build it with `PixelSACConfig.from_config_dict(PixelSACLearner.default_config())`.
-    """
-
-    actor_lr: float = 1e-4
-    critic_lr: float = 3e-4
-    temp_lr: float = 3e-4
-    hidden_dims: tuple[int, ...] = (128, 128, 128)
-    num_qs: int = 10
-    critic_reduction: str = "mean"
-    # REDQ: the TD target reduces a random subset of this many heads; 0 = all heads (reference).
-    num_min_qs: int = 0
-    backup_entropy: bool = False
-    # "auto" = -action_dim / 2 (the reference's LIBERO value), or a number (Aloha / real: 0).
-    target_entropy: float | str = "auto"
-    init_temperature: float = 1.0
-    tau: float = 0.005
-    encoder: str = "small"
-    cnn_features: tuple[int, ...] = (32, 32, 32, 32)
-    cnn_strides: tuple[int, ...] = (2, 1, 1, 1)
-    cnn_padding: str = "VALID"
-    encoder_pooling: str = "flatten"
-    softmax_temperature: float = 1.0
-    latent_dim: int = 50
-    action_magnitude: float = 1.0
-    # "separate": the actor has its own encoder trained by the actor loss (reference).
-    # "shared": the actor reads the critic encoder's features under stop_gradient (DrQ): the
-    # online critic encoder for s (actor loss, acting), the target critic encoder for s' (the
-    # TD target's a'), so a step needs 5 encoder passes instead of 9.
-    encoder_sharing: str = "separate"
-    critic_layer_norm: bool = True
-    actor_layer_norm: bool = False
-    # Dropout in the critic heads (0 = none, the reference's value).
-    dropout_rate: float = 0.0
-    crop_padding: int = 4
-    color_jitter: bool = True
-    jitter_brightness: float = 0.2
-    jitter_contrast: float = 0.1
-    jitter_saturation: float = 0.1
-    jitter_hue: float = 0.03
-    jitter_prob: float = 0.8
-    aug_next: bool = True
-    # How `update` runs its K steps: "scan" (one lax.scan per `scan_length` steps; best on GPU),
-    # "loop" (a Python loop over one jitted step; best on XLA:CPU, where convs inside a scan body
-    # are 30-80x slower, JAX issue #12868), "auto" = scan on GPU/TPU, loop on CPU.
-    update_mode: str = "auto"
-    scan_length: int = 20
-
-    def __post_init__(self):
-        def need(cond: bool, msg: str):
-            if not cond:
-                raise ValueError(f"PixelSACConfig: {msg}")
-
-        for name in ("actor_lr", "critic_lr", "temp_lr", "init_temperature", "action_magnitude"):
-            need(float(getattr(self, name)) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        need(0 < self.tau <= 1, f"tau must be in (0, 1], got {self.tau}")
-        need(
-            len(self.hidden_dims) > 0 and all(int(h) > 0 for h in self.hidden_dims),
-            f"hidden_dims must be non-empty positive sizes, got {self.hidden_dims}",
-        )
-        need(int(self.num_qs) >= 1, f"num_qs must be >= 1, got {self.num_qs}")
-        need(
-            0 <= int(self.num_min_qs) <= int(self.num_qs),
-            f"num_min_qs (REDQ subset) must be in [0, num_qs={self.num_qs}], got {self.num_min_qs}",
-        )
-        need(
-            self.critic_reduction in REDUCTIONS,
-            f"critic_reduction must be one of {REDUCTIONS}, got {self.critic_reduction!r}",
-        )
-        need(
-            self.encoder in ENCODERS, f"unknown encoder {self.encoder!r}; choose one of {ENCODERS}"
-        )
-        need(
-            self.encoder_pooling in POOLINGS,
-            f"encoder_pooling must be one of {POOLINGS}, got {self.encoder_pooling!r}",
-        )
-        need(
-            len(self.cnn_features) > 0 and all(int(f) > 0 for f in self.cnn_features),
-            f"cnn_features must be non-empty positive channel counts, got {self.cnn_features}",
-        )
-        if self.encoder == "small":
-            need(
-                len(self.cnn_strides) == len(self.cnn_features),
-                f"cnn_strides {self.cnn_strides} must have one entry per cnn_features layer "
-                f"{self.cnn_features}",
-            )
-            need(
-                all(int(s) > 0 for s in self.cnn_strides),
-                f"cnn_strides must be > 0: {self.cnn_strides}",
-            )
-        need(
-            self.cnn_padding in ("VALID", "SAME"),
-            f"cnn_padding must be VALID or SAME, got {self.cnn_padding!r}",
-        )
-        need(int(self.latent_dim) > 0, f"latent_dim must be > 0, got {self.latent_dim}")
-        need(
-            self.encoder_sharing in ENCODER_SHARING,
-            f"encoder_sharing must be one of {ENCODER_SHARING}, got {self.encoder_sharing!r}",
-        )
-        need(0 <= self.dropout_rate < 1, f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
-        need(int(self.crop_padding) >= 0, f"crop_padding must be >= 0, got {self.crop_padding}")
-        need(0 <= self.jitter_prob <= 1, f"jitter_prob must be in [0, 1], got {self.jitter_prob}")
-        need(
-            self.update_mode in UPDATE_MODES,
-            f"update_mode must be one of {UPDATE_MODES}, got {self.update_mode!r}",
-        )
-        need(int(self.scan_length) >= 1, f"scan_length must be >= 1, got {self.scan_length}")
-        if isinstance(self.target_entropy, str) and self.target_entropy != "auto":
-            try:
-                float(self.target_entropy)
-            except ValueError:
-                raise ValueError(
-                    "PixelSACConfig: target_entropy must be 'auto' or a number, got "
-                    f"{self.target_entropy!r}"
-                ) from None
-
-    def resolved_target_entropy(self, action_dim: int) -> float:
-        if self.target_entropy == "auto":
-            return -action_dim / 2.0
-        return float(self.target_entropy)
-
-    @classmethod
-    def from_config_dict(cls, config: ml_collections.ConfigDict | dict[str, Any]) -> PixelSACConfig:
-        """ConfigDict -> PixelSACConfig; unknown keys are an error (a typo must not be ignored)."""
-        values = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(
-                f"PixelSACConfig: unknown config keys {unknown}; valid keys are {sorted(known)}"
-            )
-        for name in ("hidden_dims", "cnn_features", "cnn_strides"):
-            if name in values:
-                value = values[name]
-                if isinstance(value, int):
-                    # The reference's `--hidden_dims 128` means three layers of 128.
-                    value = (value,) * (3 if name == "hidden_dims" else 1)
-                values[name] = tuple(int(v) for v in value)
-        for name in ("num_qs", "num_min_qs", "latent_dim", "crop_padding", "scan_length"):
-            if name in values:
-                values[name] = int(values[name])
-        return cls(**values)
+class PixelSACConfig(SACConfig):
+    """Validated, hashable DSRL-SAC config (a static field of the jitted learner)."""
 
 
 def default_config() -> ml_collections.ConfigDict:
     """The reference's LIBERO learner settings as an overridable ConfigDict."""
-    values: dict[str, Any] = dataclasses.asdict(PixelSACConfig())
-    # Either "auto" or a number: an untyped field, so `config.target_entropy = 0.0` works.
-    values["target_entropy"] = ml_collections.FieldReference("auto", field_type=object)
-    return ml_collections.ConfigDict(values)
+    return PixelSACConfig.default_config()
