@@ -8,6 +8,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -368,3 +369,21 @@ def test_a_failed_resume_leaves_config_json_and_the_run_as_they_were(tmp_path, c
     assert run_lib.load_config(resume=run_dir).loop.max_steps == 12
     steps = [int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]
     assert max(steps) == 12
+
+
+@pytest.mark.slow
+def test_a_run_directory_written_before_the_run_config_resumes(tmp_path, capsys):
+    """tests/data/run_v1_demo is a tiny demo run written by the code before RunConfig (flat
+    config.json without a version, the learner's `latent_dim`, a replay buffer of format 1 with
+    "actions"), stopped at gradient step 8. It resumes to step 12 and is then today's layout."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(ROOT / "tests" / "data" / "run_v1_demo", run_dir)
+    assert "version" not in json.loads((run_dir / "config.json").read_text())
+    assert launcher_main(["--resume", str(run_dir), "--max_steps", "12", "--no_progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"resumed {run_dir} at gradient step 8, 184 env steps, buffer 27" in out
+    config = run_lib.load_config(resume=run_dir)
+    assert json.loads((run_dir / "config.json").read_text())["version"] == run_lib.CONFIG_VERSION
+    assert config.env.image_size == 16 and config.learner_config().bottleneck_dim == 8
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 12 and rows[-1]["replay_buffer_size"] >= 27

@@ -147,13 +147,8 @@ class AgentSection:
     learner: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        # JSON gives lists: tuples, so a reloaded config equals the one that was saved. A
-        # learner option under its reference name (LEARNER_ALIASES) takes today's name.
-        learner = {}
-        for key, value in self.learner.items():
-            name = LEARNER_ALIASES.get(key, key)
-            key = name if name not in self.learner else key  # both given: the learner objects
-            learner[key] = tuple(value) if isinstance(value, list) else value
+        # JSON gives lists: tuples, so a reloaded config equals the one that was saved.
+        learner = {k: tuple(v) if isinstance(v, list) else v for k, v in self.learner.items()}
         object.__setattr__(self, "learner", learner)
         _need(self.algorithm in ALGORITHMS, "agent.algorithm", str(ALGORITHMS), self.algorithm)
 
@@ -211,7 +206,7 @@ class RunConfig:
         _, config_cls = learner_classes(self.agent.algorithm)
         values = dict(self.agent.learner)
         fields = {f.name for f in dataclasses.fields(config_cls)}
-        unknown = sorted(set(values) - fields - set(LEARNER_ALIASES))
+        unknown = sorted(set(values) - fields)
         if unknown:
             raise ConfigError(
                 f"unknown learner option(s) {unknown} in agent; the {self.agent.algorithm} "
@@ -377,6 +372,8 @@ def canonical_path(key: str) -> str:
     if key in LEGACY_KEYS:
         return LEGACY_KEYS[key]
     head, _, rest = key.partition(".")
+    if head == "agent" and rest in LEARNER_ALIASES:  # the reference's name of a learner option
+        return f"agent.{LEARNER_ALIASES[rest]}"
     if rest and head in LEGACY_SECTIONS:
         return f"{LEGACY_SECTIONS[head]}.{rest}"
     return key
@@ -470,7 +467,6 @@ def _field_hint(tree: Mapping[str, Any], path: str) -> Any:
         algorithm = tree.get("agent", {}).get("algorithm", AgentSection.algorithm)
         _, config_cls = learner_classes(algorithm)
         learner_hints = typing.get_type_hints(config_cls)
-        rest = LEARNER_ALIASES.get(rest, rest)
         if rest not in learner_hints:
             raise ConfigError(
                 f"unknown learner option(s) [{rest!r}] in agent; the {algorithm} learner "
