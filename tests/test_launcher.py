@@ -387,3 +387,29 @@ def test_a_run_directory_written_before_the_run_config_resumes(tmp_path, capsys)
     assert config.env.image_size == 16 and config.learner_config().bottleneck_dim == 8
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 12 and rows[-1]["replay_buffer_size"] >= 27
+
+
+def test_run_real_sh_flags_parse_to_the_real_preset(tmp_path):
+    """scripts/run_real.sh, run by bash, hands the real launcher flags that agree with the real
+    preset (a stand-in `python` on PATH records the command line instead of starting a robot)."""
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nshift\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "ROBOT": "sim",
+           "POLICY_SERVER": "127.0.0.1:8000"}  # fmt: skip
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "run_real.sh"), "--seed", "3"],
+        env=env, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    spec = importlib.util.spec_from_file_location(
+        "launch_train_real_flags", ROOT / "examples" / "launch_train_real.py"
+    )
+    real = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real)
+    from_script, _ = real.parse_config(out.stdout.splitlines())
+    preset, _ = real.parse_config([])
+    assert from_script.loop == dataclasses.replace(preset.loop, seed=3)  # "$@" wins
+    assert from_script.steering == preset.steering
+    assert from_script.learner_config() == preset.learner_config()
+    assert (from_script.env.robot, from_script.base_policy.remote) == ("sim", "127.0.0.1:8000")
