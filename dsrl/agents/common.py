@@ -13,6 +13,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax.training.train_state import TrainState
 
@@ -134,7 +135,9 @@ def check_pixel_config(cfg: SACConfig, pixel_shape: tuple[int, int, int]) -> Non
 
 @dataclasses.dataclass(frozen=True)
 class Networks:
-    """Freshly initialised SAC parts: a critic over (pixels + state, input) and the actor."""
+    """Freshly initialised SAC parts: a critic over (pixels + state, input) and the actor.
+    `learner_fields()` are the ones every Learner holds; the critic's field name is the
+    subclass's own."""
 
     critic: TrainState
     actor: TrainState
@@ -144,6 +147,15 @@ class Networks:
     encoder: nn.Module
     critic_def: nn.Module
     actor_def: nn.Module
+
+    def learner_fields(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor,
+            "temp": self.temp,
+            "rng": self.rng,
+            "critic_def": self.critic_def,
+            "actor_def": self.actor_def,
+        }
 
 
 def critic_module(cfg: SACConfig, encoder: nn.Module | None) -> nn.Module:
@@ -246,13 +258,52 @@ class Learner(flax.struct.PyTreeNode):
     actor_def: nn.Module = flax.struct.field(pytree_node=False)
     execution: ExecutionConfig = flax.struct.field(pytree_node=False)
 
+    CONFIG = SACConfig  # the subclass's config class
+
     @classmethod
-    def resolve_config(cls, config: Any, config_cls: type[SACConfig]) -> SACConfig:
+    def default_config(cls) -> ml_collections.ConfigDict:
+        return cls.CONFIG.default_config()
+
+    @classmethod
+    def create(
+        cls,
+        seed: int,
+        observation_spec: Mapping[str, tuple[tuple[int, ...], Any]],
+        latent_dim: int,
+        config: Any = None,
+        *,
+        execution: ExecutionConfig | None = None,
+        **algorithm_args: Any,
+    ) -> Learner:
+        """A fresh learner.
+
+        observation_spec: {"pixels": ((H, W, C), uint8), "state": ((d,), float32), ...}; other
+        keys are ignored. latent_dim: size of the agent's output (the steering's `latent_dim`).
+        config: the subclass's config or an (overridden) `default_config()`. execution: how
+        update blocks run (default: the fastest way on the backend). algorithm_args: what the
+        subclass's `build` takes besides (e.g. DSRL-NA's base policy)."""
         if config is None:
-            return config_cls()
-        if isinstance(config, config_cls):
-            return config
-        return config_cls.from_config_dict(config)
+            cfg = cls.CONFIG()
+        elif isinstance(config, cls.CONFIG):
+            cfg = config
+        else:
+            cfg = cls.CONFIG.from_config_dict(config)
+        if int(latent_dim) <= 0:
+            raise ValueError(f"latent_dim must be a positive int, got {latent_dim}")
+        agent_spec = validate_observation_spec(observation_spec)
+        fields = {
+            "config": cfg,
+            "latent_dim": int(latent_dim),
+            "target_entropy": float(cfg.resolved_target_entropy(int(latent_dim))),
+            "observation_spec": tuple(sorted(agent_spec.items())),
+            "execution": execution or ExecutionConfig(),
+        }
+        return cls.build(seed, agent_spec, fields, **algorithm_args)
+
+    @classmethod
+    def build(cls, seed: int, agent_spec: dict[str, Any], fields: dict[str, Any]) -> Learner:
+        """The subclass's networks, given the validated spec and the base fields."""
+        raise NotImplementedError
 
     # --------------------------------------------------------------------- contract with loop
     @property
@@ -285,6 +336,21 @@ class Learner(flax.struct.PyTreeNode):
         if self.config.encoder_sharing == "separate":
             return self.actor_def.apply({"params": actor_params}, observations)
         return self.actor_def.apply({"params": actor_params}, features)
+
+    def actor_temperature_step(self, observations, features, q_fn, temperature, key):
+        """SAC's actor step against `q_fn` (latents -> critic heads (N, B)) on `observations`
+        (with critic `features` for a "shared" actor), then the temperature step on its
+        log-probs. Returns (actor, temp, metrics)."""
+        actor, log_probs, actor_metrics = sac.actor_step(
+            self.actor,
+            lambda p: self.actor_distribution(p, observations, features),
+            q_fn,
+            temperature,
+            self.config.critic_reduction,
+            key,
+        )
+        temp, temp_metrics = sac.temperature_step(self.temp, log_probs, self.target_entropy)
+        return actor, temp, {**actor_metrics, **temp_metrics}
 
     def policy(self, observations: Any):
         """The current actor's distribution on (unaugmented) observations."""

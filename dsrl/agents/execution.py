@@ -10,7 +10,14 @@ A learner writes one pure step `step(learner, x, *consts) -> (learner, metrics)`
           skipped on device). Best on GPU/TPU: one launch and no host round trip per step.
   "auto"  loop on CPU, scan elsewhere.
 
-Either way the K batches reach the device in one transfer, the metrics of the last step come back
+Data parallel (`num_devices` != 1): a `jax.sharding.Mesh` over local devices with one axis,
+"batch". Every batch is split along its batch axis, the learner (parameters, optimizer state, key)
+and `consts` are replicated, and XLA's SPMD partitioner turns the gradient means into all-reduces,
+so each step is the same computation as on one device (up to float summation order). With
+several processes (`jax.distributed.initialize()` before anything else) the mesh spans every
+process's devices and each process passes its own share of the batch.
+
+Either way the K batches reach the device(s) in one transfer, the metrics of the last step come back
 (still on device: the caller converts them once), and `consts` (e.g. a frozen base policy's
 parameters) are arguments of the compiled function, never baked-in constants. How many times a
 runner compiled is read from its jitted functions (`compile_count`), not kept by hand.
@@ -19,16 +26,20 @@ runner compiled is read from its jitted functions (`compile_count`), not kept by
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dsrl.utils.jit import jit
 
 MODES = ("auto", "scan", "loop")
+BATCH_AXIS = "batch"
 
 Step = Callable[..., tuple[Any, dict[str, jax.Array]]]
 
@@ -39,18 +50,61 @@ class ExecutionConfig:
 
     mode: str = "auto"
     scan_length: int = 20  # steps per scanned call in "scan" mode
+    # Devices each batch is split over (parameters replicated): 1 = one device, the default and
+    # bit-identical to a build without data parallelism; 0 = all local devices; N = the first N.
+    num_devices: int = 1
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"execution mode must be one of {MODES}, got {self.mode!r}")
         if int(self.scan_length) < 1:
             raise ValueError(f"scan_length must be >= 1, got {self.scan_length}")
+        if int(self.num_devices) < 0:
+            raise ValueError(
+                f"num_devices must be >= 0 (0 = all local devices), got {self.num_devices}"
+            )
+
+    def mesh(self) -> Mesh | None:
+        """The data-parallel mesh, or None for plain single-device execution."""
+        return _mesh(int(self.num_devices))
 
     def resolved_mode(self) -> str:
         """'loop' or 'scan' on the current default backend."""
         if self.mode != "auto":
             return self.mode
         return "loop" if jax.default_backend() == "cpu" else "scan"
+
+
+@functools.cache
+def _mesh(num_devices: int) -> Mesh | None:
+    local = jax.local_devices()
+    if num_devices > len(local):
+        raise ValueError(
+            f"num_devices={num_devices} but this process sees {len(local)} device(s) "
+            f"({local[0].platform}); use 0 for all of them or at most {len(local)}"
+        )
+    if jax.process_count() > 1:
+        if num_devices != 0:
+            raise ValueError(
+                f"with {jax.process_count()} processes the mesh spans every device: set "
+                f"num_devices=0, not {num_devices}"
+            )
+        return Mesh(np.array(jax.devices()), (BATCH_AXIS,))
+    if num_devices == 1:
+        return None
+    return Mesh(np.array(local[: num_devices or len(local)]), (BATCH_AXIS,))
+
+
+def _put(tree: Any, sharding: NamedSharding) -> Any:
+    """Host arrays onto `sharding`; with several processes each gives its local rows."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
+
+
+def replicate(tree: Any, mesh: Mesh | None) -> Any:
+    """`tree` on every device of `mesh` (unchanged without one)."""
+    return tree if mesh is None else jax.device_put(tree, NamedSharding(mesh, P()))
 
 
 class BlockRunner:
@@ -89,11 +143,22 @@ class BlockRunner:
         num_steps = int(jax.tree.leaves(xs)[0].shape[0])
         if num_steps < 1:
             raise ValueError("a block needs at least one step (leading axis K >= 1)")
+        mesh = execution.mesh()
+        if mesh is not None:
+            batch_size = int(jax.tree.leaves(xs)[0].shape[1])
+            if batch_size % mesh.size:
+                raise ValueError(
+                    f"batch size {batch_size} does not split over {mesh.size} devices; use a "
+                    f"batch size divisible by num_devices={mesh.size}"
+                )
+            learner, consts = replicate((learner, consts), mesh)
         metrics = None
         if execution.resolved_mode() == "loop":
-            steps = jax.device_put(
-                [jax.tree.map(lambda x, k=k: x[k], xs) for k in range(num_steps)]
-            )
+            steps = [jax.tree.map(lambda x, k=k: x[k], xs) for k in range(num_steps)]
+            if mesh is None:
+                steps = jax.device_put(steps)
+            else:
+                steps = _put(steps, NamedSharding(mesh, P(BATCH_AXIS)))
             for x in steps:
                 learner, metrics = self.step_jit(learner, x, *consts)
             return learner, metrics
@@ -108,7 +173,11 @@ class BlockRunner:
                 )
             chunks.append(chunk)
             valid.append(np.int32(n))
-        chunks, valid = jax.device_put((chunks, valid))
+        if mesh is None:
+            chunks, valid = jax.device_put((chunks, valid))
+        else:
+            chunks = _put(chunks, NamedSharding(mesh, P(None, BATCH_AXIS)))
+            valid = replicate(valid, mesh)
         for chunk, n in zip(chunks, valid, strict=True):
             learner, metrics = self.scan_jit(learner, chunk, n, *consts)
         return learner, metrics

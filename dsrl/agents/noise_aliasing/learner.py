@@ -41,9 +41,8 @@ from dsrl.agents.common import (
     build_networks,
     critic_module,
     dummy_observation,
-    validate_observation_spec,
 )
-from dsrl.agents.execution import BlockRunner, ExecutionConfig
+from dsrl.agents.execution import BlockRunner
 from dsrl.agents.noise_aliasing import losses
 from dsrl.agents.noise_aliasing.config import NoiseAliasingConfig
 from dsrl.base_policies.base import JaxBasePolicy, as_jax_base_policy
@@ -69,36 +68,27 @@ class NoiseAliasingLearner(Learner):
     base_policy: JaxBasePolicy = flax.struct.field(pytree_node=False)
     noise_fn: Callable[[jax.Array], jax.Array] = flax.struct.field(pytree_node=False)
 
-    @staticmethod
-    def default_config():
-        return NoiseAliasingConfig.default_config()
+    CONFIG = NoiseAliasingConfig
 
     @classmethod
-    def create(
+    def build(
         cls,
         seed: int,
-        observation_spec: Mapping[str, tuple[tuple[int, ...], Any]],
-        latent_dim: int,
-        config: Any = None,
+        agent_spec: dict[str, Any],
+        fields: dict[str, Any],
         *,
-        execution: ExecutionConfig | None = None,
         base_policy: Any = None,
         noise_param: Any = None,
         noise_fn: Callable[[jax.Array], jax.Array] | None = None,
         query_freq: int | None = None,
     ) -> NoiseAliasingLearner:
-        """observation_spec: the agent's {"pixels": ((H, W, C), uint8), "state": ((d,), f32)};
-        latent_dim: the agent's output size (the steering's `latent_dim`).
-
+        """`create(seed, observation_spec, latent_dim, config, *, execution, ...)` with:
         base_policy: a JaxBasePolicy or a FlowMLPPolicy (see `as_jax_base_policy`).
         noise_param / noise_fn: how latents (B, latent_dim) become noise (B, H, D): a
         `dsrl.steering.NoiseParam` (its `to_noise`, which works inside jit) or a JAX function.
         query_freq: executed steps per chunk (the buffer's "action_chunks" length); default H.
         """
-        cfg = cls.resolve_config(config, NoiseAliasingConfig)
-        latent_dim = int(latent_dim)
-        if latent_dim <= 0:
-            raise ValueError(f"latent_dim must be a positive int, got {latent_dim}")
+        cfg, latent_dim = fields["config"], fields["latent_dim"]
         if base_policy is None:
             raise ValueError(
                 "NoiseAliasingLearner.create needs base_policy=... (a FlowMLPPolicy or a "
@@ -128,7 +118,6 @@ class NoiseAliasingLearner(Learner):
                 f"noise_fn maps latents (B, {latent_dim}) to noise {tuple(noise_out.shape)}, but "
                 f"the base policy expects (B, *{tuple(policy.noise_shape)})"
             )
-        agent_spec = validate_observation_spec(observation_spec)
         clash = sorted(set(policy.observation_spec) & {PIXELS, STATE})
         if clash:
             raise ValueError(f"base-policy observation keys {clash} clash with the agent's keys")
@@ -144,21 +133,13 @@ class NoiseAliasingLearner(Learner):
             qw_inputs = jnp.zeros((1, cfg.bottleneck_dim + agent_spec[STATE][0]))
         qw_params = noise_critic_def.init(nets.extra_keys[0], qw_inputs, latents)["params"]
         return cls(
-            actor=nets.actor,
+            **fields,
+            **nets.learner_fields(),
             action_critic=nets.critic,
             target_action_critic_params=jax.tree.map(jnp.array, nets.critic.params),
             noise_critic=sac.make_train_state(
                 noise_critic_def.apply, qw_params, cfg.noise_critic_lr
             ),
-            temp=nets.temp,
-            rng=nets.rng,
-            config=cfg,
-            latent_dim=latent_dim,
-            target_entropy=float(cfg.resolved_target_entropy(latent_dim)),
-            observation_spec=tuple(sorted(agent_spec.items())),
-            critic_def=nets.critic_def,
-            actor_def=nets.actor_def,
-            execution=execution or ExecutionConfig(),
             query_freq=query_freq,
             noise_critic_def=noise_critic_def,
             base_policy=policy,
@@ -255,15 +236,13 @@ def critic_actor_step(learner: NoiseAliasingLearner, batch: dict[str, Any], bp_p
     )
     # The actor follows Q^W only (the paper's line 6): no gradient through the base policy.
     features = learner.critic_features(action_critic.params, obs)
-    actor, log_probs, actor_metrics = sac.actor_step(
-        learner.actor,
-        lambda p: learner.actor_distribution(p, obs, features),
+    actor, temp, actor_metrics = learner.actor_temperature_step(
+        obs,
+        features,
         lambda z: learner.noise_qs(learner.noise_critic.params, obs, features, z),
         temperature,
-        cfg.critic_reduction,
         k_pi,
     )
-    temp, temp_metrics = sac.temperature_step(learner.temp, log_probs, learner.target_entropy)
     metrics = {
         **critic_metrics,
         "target_q": target_q.mean(),
@@ -271,7 +250,6 @@ def critic_actor_step(learner: NoiseAliasingLearner, batch: dict[str, Any], bp_p
         "next_log_probs": next_log_probs.mean(),
         "next_chunk_abs_mean": jnp.abs(next_chunks).mean(),
         **actor_metrics,
-        **temp_metrics,
     }
     new = learner.replace(
         actor=actor,

@@ -18,15 +18,14 @@ dsrl.data.augmentations) and augmented pixels stay float instead of being re-qua
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import jax
 from flax.training.train_state import TrainState
 
 from dsrl.agents import sac, spec
-from dsrl.agents.common import Learner, augment, build_networks, validate_observation_spec
-from dsrl.agents.execution import BlockRunner, ExecutionConfig
+from dsrl.agents.common import Learner, augment, build_networks
+from dsrl.agents.execution import BlockRunner
 from dsrl.agents.pixel_sac.config import PixelSACConfig
 
 
@@ -43,41 +42,17 @@ class PixelSACLearner(Learner):
     temp: TrainState
     rng: jax.Array
 
-    @staticmethod
-    def default_config():
-        return PixelSACConfig.default_config()
+    CONFIG = PixelSACConfig
 
     @classmethod
-    def create(
-        cls,
-        seed: int,
-        observation_spec: Mapping[str, tuple[tuple[int, ...], Any]],
-        latent_dim: int,
-        config: Any = None,
-        *,
-        execution: ExecutionConfig | None = None,
-    ) -> PixelSACLearner:
-        """observation_spec: {"pixels": ((H, W, C), uint8), "state": ((d,), float32), ...};
-        other keys are ignored. latent_dim: size of the agent's output (the steering's
-        `latent_dim`). config: a PixelSACConfig or an (overridden) `default_config()`."""
-        cfg = cls.resolve_config(config, PixelSACConfig)
-        if int(latent_dim) <= 0:
-            raise ValueError(f"latent_dim must be a positive int, got {latent_dim}")
-        agent_spec = validate_observation_spec(observation_spec)
-        nets = build_networks(seed, cfg, agent_spec, int(latent_dim), int(latent_dim))
+    def build(cls, seed: int, agent_spec: dict[str, Any], fields: dict[str, Any]):
+        latent_dim = fields["latent_dim"]
+        nets = build_networks(seed, fields["config"], agent_spec, latent_dim, latent_dim)
         return cls(
-            actor=nets.actor,
+            **fields,
+            **nets.learner_fields(),
             critic=nets.critic,
             target_critic_params=jax.tree.map(jax.numpy.array, nets.critic.params),
-            temp=nets.temp,
-            rng=nets.rng,
-            config=cfg,
-            latent_dim=int(latent_dim),
-            target_entropy=float(cfg.resolved_target_entropy(int(latent_dim))),
-            observation_spec=tuple(sorted(agent_spec.items())),
-            critic_def=nets.critic_def,
-            actor_def=nets.actor_def,
-            execution=execution or ExecutionConfig(),
         )
 
     @property
@@ -118,15 +93,13 @@ def update_step(learner: PixelSACLearner, batch: dict[str, Any]):
 
     # ---- actor against the new critic; the critic's features do not depend on the actor.
     features = learner.critic_features(critic.params, obs)
-    actor, log_probs, actor_metrics = sac.actor_step(
-        learner.actor,
-        lambda p: learner.actor_distribution(p, obs, features),
+    actor, temp, actor_metrics = learner.actor_temperature_step(
+        obs,
+        features,
         lambda z: head({"params": critic.params}, features, z, method="head"),
         temperature,
-        cfg.critic_reduction,
         k_pi,
     )
-    temp, temp_metrics = sac.temperature_step(learner.temp, log_probs, learner.target_entropy)
 
     metrics = {
         **critic_metrics,
@@ -140,7 +113,6 @@ def update_step(learner: PixelSACLearner, batch: dict[str, Any]):
         "next_actions_min": next_latents.min(),
         "next_actions_max": next_latents.max(),
         **actor_metrics,
-        **temp_metrics,
     }
     new = learner.replace(
         actor=actor, critic=critic, target_critic_params=target_params, temp=temp, rng=rng
