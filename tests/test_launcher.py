@@ -256,6 +256,7 @@ def test_bad_launcher_input_fails_in_one_line_before_any_work(tmp_path):
         assert result.returncode == 2, (argv, result.stderr[-2000:])
         errors = [line for line in result.stderr.splitlines() if "error:" in line]
         assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "usage:" not in result.stderr  # the error line alone, not the whole usage
         for word in words:
             assert word in errors[0], (word, errors[0])
         assert not logdir.exists() or not any(logdir.iterdir()), argv

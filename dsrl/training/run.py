@@ -618,13 +618,13 @@ def parse_args(
 def start(
     parser: argparse.ArgumentParser, argv: Sequence[str] | None, preset: str | None, **kwargs: Any
 ) -> tuple[Run, argparse.Namespace]:
-    """Parse the command line and build the run; a bad value ends the process with a one-line
-    error naming it (argparse's exit status 2), before any work."""
+    """Parse the command line and build the run; a bad value ends the process with one error
+    line naming it (exit status 2, argparse's), before any work."""
     try:
         config, args = parse_args(parser, argv, preset)
         return build_run(config, args.resume, **kwargs), args
     except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
 
 
 # --------------------------------------------------------------------------------------------
