@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import importlib.util
 import json
 import os
 import pathlib
@@ -75,12 +74,10 @@ def start_server(policy: str, extra: list[str] | None = None) -> tuple[subproces
 def make_policy(name: str):
     """The same seeded policy the server builds for `--policy <name> --seed 0`."""
     if name == "pi0_tiny":
-        spec = importlib.util.spec_from_file_location(
-            "serve_policy", REPO / "scripts" / "serve_policy.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.build_tiny_pi0("droid", 0)
+        sys.path.insert(0, str(REPO / "scripts"))  # a sibling script, imported by name
+        from serve_policy import build_tiny_pi0
+
+        return build_tiny_pi0("droid", 0)
     from dsrl.base_policies.flow_mlp import FlowMLPConfig, FlowMLPPolicy, init_params
 
     config = FlowMLPConfig()

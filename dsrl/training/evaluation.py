@@ -2,7 +2,7 @@
 
 The loop evaluates several noise sources on the SAME fixed set of seeded initial states, so their
 curves are comparable:
-  evaluation/*           the actor's sampled actions (what the reference logs),
+  evaluation/*           the actor's sampled latents (what the reference logs),
   evaluation_mode/*      the actor's distribution mode (deterministic),
   evaluation_base_iid/*  the frozen base policy with i.i.d. N(0, I) noise over (H, D),
   evaluation_base_warmup/*  the base policy under the warm-up family (e.g. horizon-repeated noise),
@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from dsrl.training.rollout import Episode, NoiseSource, Steering, Timer, run_episodes
+from dsrl.steering import NoiseSource, Steering
+from dsrl.training.rollout import Episode, Timer, run_episodes
 
 
 @dataclasses.dataclass
