@@ -80,7 +80,9 @@ def step_dir(run_dir: Path, step: int) -> Path:
 
 
 def tree_bytes(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
 
 
 def assert_restores_step(run_dir: Path, step: int) -> None:
@@ -109,8 +111,10 @@ def flip_bytes(path: Path, offset_from_end: int = 8, count: int = 4) -> None:
 
 
 def largest_array_file(step: Path) -> Path:
-    return max((p for p in (step / "state").rglob("*") if p.is_file() and "/d/" in str(p)),
-               key=lambda p: p.stat().st_size)
+    return max(
+        (p for p in (step / "state").rglob("*") if p.is_file() and "/d/" in str(p)),
+        key=lambda p: p.stat().st_size,
+    )
 
 
 # Each damage case names what a user would see and the file it hits; the damage is applied to
@@ -139,9 +143,7 @@ CASES = [(name, True) for name in DAMAGE] + [
     CASES,
     ids=[f"{name.replace(' ', '_')}-{'manifest' if v else 'no_manifest'}" for name, v in CASES],
 )
-def test_damaged_newest_step_falls_back_to_the_older_intact_one(
-    run_dir, damage, verified, caplog
-):
+def test_damaged_newest_step_falls_back_to_the_older_intact_one(run_dir, damage, verified, caplog):
     newest = step_dir(run_dir, 20)
     if not verified:
         for step in (10, 20):
@@ -223,8 +225,8 @@ def test_non_finite_state_is_never_saved_and_the_last_good_step_is_kept(run_dir,
     checkpointer = RunCheckpointer(run_dir, max_to_keep=1)
     state, buffer = make_state(30), make_buffer(30)
     if where == "agent":
-        state["agent"]["params"]["kernel"] = state["agent"]["params"]["kernel"].at[2, 3].set(
-            jnp.nan
+        state["agent"]["params"]["kernel"] = (
+            state["agent"]["params"]["kernel"].at[2, 3].set(jnp.nan)
         )
         expected = r"\['agent'\]\['params'\]\['kernel'\]"
     else:
