@@ -6,6 +6,9 @@ once the workers together have made `n` resets, the next worker to take a step c
 (unlinks it, so exactly one worker takes each fault) and sends itself that signal: a real
 SIGSTOP or SIGKILL from a real process. `always-<SIGNAL>@<n>.fault` is never claimed: every step
 of every worker (restarted ones included) takes the signal, the worker that always fails.
+`NAN@<n>.fault` instead makes the claiming env return NaN in the "state" of its episode's last
+observation (a broken sensor reading): the agent never acts on it (the demo env cannot step a
+NaN action), but it reaches the replay buffer as a next observation.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ class FaultyDemoEnv(DemoEnv):
     def __init__(self, fault_dir: str, **overrides):
         super().__init__(**overrides)
         self.fault_dir = Path(fault_dir)
+        self.poisoned = False
 
     def reset(self, seed: int | None = None):
         with open(self.fault_dir / "resets", "ab") as f:
             f.write(b".")
+        self.poisoned = False
         return super().reset(seed)
 
     def step(self, action: np.ndarray, render: bool = True):
@@ -40,5 +45,11 @@ class FaultyDemoEnv(DemoEnv):
                     fault.unlink()
                 except FileNotFoundError:
                     continue  # another worker claimed it
-            os.kill(os.getpid(), getattr(signal, name.removeprefix("always-")))
-        return super().step(action, render)
+            if name == "NAN":
+                self.poisoned = True
+            else:
+                os.kill(os.getpid(), getattr(signal, name.removeprefix("always-")))
+        obs, reward, terminated, truncated, info = super().step(action, render)
+        if self.poisoned and (terminated or truncated):
+            obs = {**obs, "state": np.full_like(obs["state"], np.nan)}
+        return obs, reward, terminated, truncated, info

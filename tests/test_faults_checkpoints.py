@@ -4,6 +4,8 @@ reached the buffer). Every case must resume from the newest intact step and dele
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -297,3 +299,117 @@ def test_a_damaged_step_newer_than_the_resumed_one_does_not_block_saving(run_dir
     assert_restores_step(run_dir, 20)
     manifest = json.loads((step_dir(run_dir, 20) / MANIFEST).read_text())
     assert "replay_buffer/leaf_000.npy" in manifest["files"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the training loop: a real run, real checkpoints, real damage, then a resume.
+
+
+def _loop_parts(tmp_path, fault_dir=None):
+    from faulty_demo_env import FaultyDemoEnv
+
+    from dsrl.agents.pixel_sac.learner import PixelSACLearner
+    from dsrl.base_policies.flow_mlp import FlowMLPPolicy
+    from dsrl.envs.demo import DemoEnv
+    from dsrl.envs.steering import make_noise_param
+    from dsrl.envs.vector import VectorEnv
+    from dsrl.training import loop
+    from dsrl.training.rollout import Steering
+
+    if fault_dir is None:
+        env_fn = functools.partial(DemoEnv, image_size=16)
+    else:
+        env_fn = functools.partial(FaultyDemoEnv, str(fault_dir), image_size=16)
+    venv = VectorEnv([env_fn] * 2, mode="inline")
+    policy = FlowMLPPolicy.load_demo()
+    steering = Steering(policy, make_noise_param("repeat", policy.noise_shape, 1.5), 8)
+    cfg = PixelSACLearner.default_config()
+    cfg.update(
+        hidden_dims=(16, 16),
+        num_qs=2,
+        cnn_features=(8,),
+        cnn_strides=(2,),
+        latent_dim=8,
+        action_magnitude=1.5,
+        color_jitter=False,
+    )
+    agent = PixelSACLearner.create(0, venv.spec.observation_spec, 2, cfg)
+    buffer = ReplayBuffer(loop.example_transition(venv.spec.observation_spec, 2), 10_000, 0)
+    config = loop.LoopConfig(
+        seed=3,
+        max_steps=24,
+        batch_size=8,
+        multi_grad_step=1,
+        update_block=4,
+        start_online_updates=20,
+        eval_interval=1000,
+        eval_episodes=0,
+        log_interval=1000,
+        checkpoint_interval=8,
+        progress=False,
+    )
+    return venv, steering, agent, buffer, config
+
+
+def test_run_resumes_from_the_newest_intact_step_after_damage(tmp_path):
+    from dsrl.training import loop
+
+    venv, steering, agent, buffer, config = _loop_parts(tmp_path)
+    checkpointer = RunCheckpointer(tmp_path, max_to_keep=3)
+    first = loop.train(
+        env=venv,
+        steering=steering,
+        agent=agent,
+        buffer=buffer,
+        config=config,
+        checkpointer=checkpointer,
+    )
+    assert checkpointer.all_steps() == [8, 16, 24]
+    truncate(step_dir(tmp_path, 24) / "replay_buffer" / "leaf_000.npy")
+    (step_dir(tmp_path, 16) / "state_meta" / "metadata").write_text("{")
+    agent_template = _loop_parts(tmp_path)[2]
+    restored_agent, state, buffer = loop.restore(
+        RunCheckpointer(tmp_path, max_to_keep=3), agent_template
+    )
+    assert state.grad_steps == 8 and len(buffer) == state.num_online_samples
+    resumed = loop.train(
+        env=venv,
+        steering=steering,
+        agent=restored_agent,
+        buffer=buffer,
+        config=config,
+        state=state,
+        checkpointer=RunCheckpointer(tmp_path, max_to_keep=3),
+    )
+    venv.close()
+    # The resumed run reaches the same end, and its final save replaced the damaged step 24.
+    assert resumed.state == first.state
+    assert RunCheckpointer(tmp_path).verify(24) is True
+
+
+def test_nan_from_the_env_stops_the_run_before_a_bad_checkpoint_is_saved(tmp_path):
+    from dsrl.training import loop
+
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    (faults / "NAN@7.fault").touch()  # an episode of the 4th collection round ends in NaN
+    venv, steering, agent, buffer, config = _loop_parts(tmp_path, faults)
+    run_dir = tmp_path / "run"
+    config = dataclasses.replace(config, max_steps=400)
+    with pytest.raises(NonFiniteStateError, match="next_observations/state") as err:
+        loop.train(
+            env=venv,
+            steering=steering,
+            agent=agent,
+            buffer=buffer,
+            config=config,
+            checkpointer=RunCheckpointer(run_dir, max_to_keep=1),
+        )
+    venv.close()
+    assert not list(faults.glob("*.fault"))
+    refused_step = int(str(err.value).split("checkpoint step ")[1].split()[0])
+    checkpointer = RunCheckpointer(run_dir)
+    (kept,) = checkpointer.all_steps()  # max_to_keep=1: the last good one, not deleted
+    assert 0 < kept < refused_step and checkpointer.verify(kept)
+    _, state, restored_buffer = loop.restore(checkpointer, _loop_parts(tmp_path)[2])
+    assert state.grad_steps == kept and not restored_buffer.non_finite_fields()

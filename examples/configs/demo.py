@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_video_episodes = 2
     config.video_fps = 10
     config.log_interval = 250
-    config.checkpoint_interval = -1
+    config.checkpoint_interval = 250  # a crash or a stuck worker loses at most 250 steps
     config.replay_buffer_capacity = 50_000
     config.store_action_chunks = False
 
