@@ -326,8 +326,10 @@ class _SubprocessWorkers:
             if proc is not None and proc.is_alive():
                 try:
                     conn.send(("close", None))
-                    if conn.poll(5):  # a stalled worker never answers: do not wait on it
+                    if conn.poll(5):
                         conn.recv()
+                    else:
+                        proc.kill()  # stalled: it would never answer, nor exit by itself
                 except (EOFError, BrokenPipeError, ConnectionResetError, OSError):
                     pass
         for conn, proc in zip(self.conns, self.procs, strict=True):
@@ -491,7 +493,8 @@ class VectorEnv:
         """Executes actions[i] (T, A) in env i for every active env, in parallel across workers.
 
         actions: (N, T, A). active: bool (N,), None = all; inactive envs are not stepped and get
-        None. Returns one ChunkResult per env (see ChunkResult)."""
+        None. Returns one ChunkResult per env (see ChunkResult); `worker_restarted` marks an env
+        whose worker stalled or died during the chunk (its episode is lost; reset it)."""
         self._check_open()
         actions = np.asarray(actions)
         expected = (self.num_envs, self.spec.action_dim)
