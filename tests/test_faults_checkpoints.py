@@ -306,9 +306,9 @@ def test_a_damaged_step_newer_than_the_resumed_one_does_not_block_saving(run_dir
 
 
 def _loop_parts(tmp_path, fault_dir=None):
+    from fault_loop_parts import replay_buffer, small_learner
     from faulty_demo_env import FaultyDemoEnv
 
-    from dsrl.agents.pixel_sac.learner import PixelSACLearner
     from dsrl.base_policies.flow_mlp import FlowMLPPolicy
     from dsrl.envs.demo import DemoEnv
     from dsrl.envs.steering import make_noise_param
@@ -323,18 +323,9 @@ def _loop_parts(tmp_path, fault_dir=None):
     venv = VectorEnv([env_fn] * 2, mode="inline")
     policy = FlowMLPPolicy.load_demo()
     steering = Steering(policy, make_noise_param("repeat", policy.noise_shape, 1.5), 8)
-    cfg = PixelSACLearner.default_config()
-    cfg.update(
-        hidden_dims=(16, 16),
-        num_qs=2,
-        cnn_features=(8,),
-        cnn_strides=(2,),
-        latent_dim=8,
-        action_magnitude=1.5,
-        color_jitter=False,
-    )
-    agent = PixelSACLearner.create(0, venv.spec.observation_spec, 2, cfg)
-    buffer = ReplayBuffer(loop.example_transition(venv.spec.observation_spec, 2), 10_000, 0)
+    latent_dim = steering.noise_param.action_dim
+    agent = small_learner(venv.spec, latent_dim)
+    buffer = replay_buffer(venv.spec, latent_dim)
     config = loop.LoopConfig(
         seed=3,
         max_steps=24,

@@ -11,11 +11,10 @@ import time
 
 import numpy as np
 import pytest
+from fault_loop_parts import replay_buffer, small_learner
 from faulty_demo_env import FaultyDemoEnv
 
-from dsrl.agents.pixel_sac.learner import PixelSACLearner
 from dsrl.base_policies.flow_mlp import FlowMLPPolicy
-from dsrl.data.replay_buffer import ReplayBuffer
 from dsrl.envs import make_env
 from dsrl.envs.steering import make_noise_param
 from dsrl.envs.vector import VectorEnv, WorkerFailedError
@@ -190,20 +189,6 @@ def test_a_worker_that_always_fails_stops_with_a_clear_error(tmp_path):
     assert "exit code -9" in message and "step_timeout_s" in message
 
 
-def _agent(spec, action_dim):
-    cfg = PixelSACLearner.default_config()
-    cfg.update(
-        hidden_dims=(16, 16),
-        num_qs=2,
-        cnn_features=(8,),
-        cnn_strides=(2,),
-        latent_dim=8,
-        action_magnitude=AM,
-        color_jitter=False,
-    )
-    return PixelSACLearner.create(0, spec.observation_spec, action_dim, cfg)
-
-
 def _train(venv, steering, run_dir, **overrides):
     config = dict(
         seed=3,
@@ -221,8 +206,8 @@ def _train(venv, steering, run_dir, **overrides):
     )
     config.update(overrides)
     spec = venv.spec
-    agent = _agent(spec, steering.noise_param.action_dim)
-    buffer = ReplayBuffer(loop.example_transition(spec.observation_spec, 2), 10_000, 0)
+    agent = small_learner(spec, steering.noise_param.action_dim)
+    buffer = replay_buffer(spec, steering.noise_param.action_dim)
     logger = RunLogger(run_dir, {"test": True}, project="t", wandb_mode="disabled")
     checkpointer = RunCheckpointer(run_dir)
     try:
@@ -273,7 +258,7 @@ def test_training_stopped_by_a_failing_worker_leaves_a_checkpoint_to_resume(stee
     # No interval checkpoint could have been written (interval 1000): this one is the hook's.
     checkpointer = RunCheckpointer(tmp_path / "run")
     assert checkpointer.verify(checkpointer.latest_step())
-    template = _agent(venv.spec, steering.noise_param.action_dim)
+    template = small_learner(venv.spec, steering.noise_param.action_dim)
     agent, state, buffer = loop.restore(checkpointer, template)
     assert state.num_online_trajs == 6 and state.grad_steps == checkpointer.latest_step() > 0
     assert len(buffer) == state.num_online_samples
