@@ -28,6 +28,7 @@ import logging
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
+import threading
 import time
 import traceback
 import weakref
@@ -302,12 +303,23 @@ class _SubprocessWorkers:
                 break
             for conn in ready:
                 i = waiting.pop(conn)
+                # `ready` means the reply has begun; a worker stopped half-way through sending a
+                # large one (video frames) would block recv forever. Past the deadline the
+                # watchdog kills it, which ends recv with EOF.
+                watchdog = threading.Timer(
+                    max(deadline - time.monotonic(), 0) + 1.0, self.procs[i].kill
+                )
+                watchdog.start()
                 try:
                     replies[i] = self._receive(i, command)
                 except _WorkerDied:
-                    failures[i] = f"died during {command!r} (exit code {self.procs[i].exitcode})"
+                    stalled = watchdog.finished.is_set()
+                    how = "stalled while sending its reply to" if stalled else "died during"
+                    failures[i] = f"{how} {command!r} (exit code {self.procs[i].exitcode})"
                 except VectorEnvError as err:
                     errors[i] = err  # a Python exception in the env: a bug to report, not hide
+                finally:
+                    watchdog.cancel()
         for i in waiting.values():
             state = "alive but not answering" if self.procs[i].is_alive() else "dead"
             failures[i] = f"did not answer {command!r} within {timeout_s:g} s ({state})"
