@@ -306,26 +306,21 @@ def test_a_damaged_step_newer_than_the_resumed_one_does_not_block_saving(run_dir
 
 
 def _loop_parts(tmp_path, fault_dir=None):
-    from fault_loop_parts import replay_buffer, small_learner
+    from fault_loop_parts import demo_steering, replay_buffer, small_learner
     from faulty_demo_env import FaultyDemoEnv
 
-    from dsrl.base_policies.flow_mlp import FlowMLPPolicy
     from dsrl.envs.demo import DemoEnv
-    from dsrl.envs.steering import make_noise_param
     from dsrl.envs.vector import VectorEnv
     from dsrl.training import loop
-    from dsrl.training.rollout import Steering
 
     if fault_dir is None:
         env_fn = functools.partial(DemoEnv, image_size=16)
     else:
         env_fn = functools.partial(FaultyDemoEnv, str(fault_dir), image_size=16)
     venv = VectorEnv([env_fn] * 2, mode="inline")
-    policy = FlowMLPPolicy.load_demo()
-    steering = Steering(policy, make_noise_param("repeat", policy.noise_shape, 1.5), 8)
-    latent_dim = steering.noise_param.action_dim
-    agent = small_learner(venv.spec, latent_dim)
-    buffer = replay_buffer(venv.spec, latent_dim)
+    steering = demo_steering()
+    agent = small_learner(venv.spec, steering)
+    buffer = replay_buffer(venv.spec, steering)
     config = loop.LoopConfig(
         seed=3,
         max_steps=24,

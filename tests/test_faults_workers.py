@@ -11,20 +11,17 @@ import time
 
 import numpy as np
 import pytest
-from fault_loop_parts import replay_buffer, small_learner
+from fault_loop_parts import QUERY_FREQ, demo_steering, replay_buffer, small_learner
 from faulty_demo_env import FaultyDemoEnv
 
-from dsrl.base_policies.flow_mlp import FlowMLPPolicy
 from dsrl.envs import make_env
-from dsrl.envs.steering import make_noise_param
 from dsrl.envs.vector import VectorEnv, WorkerFailedError
 from dsrl.training import loop
 from dsrl.training.evaluation import evaluate
-from dsrl.training.rollout import Steering, run_episodes
+from dsrl.training.rollout import run_episodes
 from dsrl.utils.checkpoints import RunCheckpointer
 from dsrl.utils.logging import RunLogger, read_metrics
 
-QUERY_FREQ, AM = 8, 1.5
 # Small deadlines keep the tests at seconds; a demo chunk takes milliseconds, so 3 s is far from
 # a false alarm even on a loaded 2-core machine.
 FAST = {"reset_timeout_s": 3.0, "step_timeout_s": 3.0, "start_timeout_s": 60.0}
@@ -46,8 +43,7 @@ def hard_time_limit():
 
 @pytest.fixture(scope="module")
 def steering():
-    policy = FlowMLPPolicy.load_demo()
-    return Steering(policy, make_noise_param("repeat", policy.noise_shape, AM), QUERY_FREQ)
+    return demo_steering()
 
 
 def demo_workers(n: int, **kwargs) -> VectorEnv:
@@ -206,8 +202,8 @@ def _train(venv, steering, run_dir, **overrides):
     )
     config.update(overrides)
     spec = venv.spec
-    agent = small_learner(spec, steering.noise_param.action_dim)
-    buffer = replay_buffer(spec, steering.noise_param.action_dim)
+    agent = small_learner(spec, steering)
+    buffer = replay_buffer(spec, steering)
     logger = RunLogger(run_dir, {"test": True}, project="t", wandb_mode="disabled")
     checkpointer = RunCheckpointer(run_dir)
     try:
@@ -258,7 +254,7 @@ def test_training_stopped_by_a_failing_worker_leaves_a_checkpoint_to_resume(stee
     # No interval checkpoint could have been written (interval 1000): this one is the hook's.
     checkpointer = RunCheckpointer(tmp_path / "run")
     assert checkpointer.verify(checkpointer.latest_step())
-    template = small_learner(venv.spec, steering.noise_param.action_dim)
+    template = small_learner(venv.spec, steering)
     agent, state, buffer = loop.restore(checkpointer, template)
     assert state.num_online_trajs == 6 and state.grad_steps == checkpointer.latest_step() > 0
     assert len(buffer) == state.num_online_samples
