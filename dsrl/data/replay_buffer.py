@@ -37,6 +37,10 @@ _READABLE_VERSIONS = (1, 2)
 _RENAMED_IN_V2 = {("actions",): ("latents",)}
 
 
+class LayoutMismatchError(ValueError):
+    """A saved buffer's keys, shapes or dtypes differ from the expected transition layout."""
+
+
 def _flatten(tree: Mapping[str, Any], prefix: LeafPath = ()) -> Iterator[tuple[LeafPath, Any]]:
     """Yields (path, leaf) for a nested dict in sorted key order; dicts are the only inner nodes."""
     for key in sorted(tree):
@@ -277,6 +281,20 @@ class ReplayBuffer:
             self.get(np.arange(bounds[i][0], bounds[i][1]) % self._capacity) for i in sorted(chosen)
         ]
 
+    def non_finite_fields(self) -> list[str]:
+        """Names of the stored float fields holding NaN or inf (with a count and a first slot)."""
+        bad = []
+        for path, array in self._storage.items():
+            if np.issubdtype(array.dtype, np.inexact):
+                finite = np.isfinite(array[: self._size])
+                if not finite.all():
+                    rows = np.flatnonzero(~finite.reshape(self._size, -1).all(axis=1))
+                    bad.append(
+                        f"replay buffer field '{_name(path)}' ({len(rows)} transitions, first at "
+                        f"slot {rows[0]})"
+                    )
+        return bad
+
     # ----------------------------------------------------------------------------------------
     # Persistence
 
@@ -350,7 +368,13 @@ class ReplayBuffer:
                 f"{directory} holds no saved replay buffer ({_META_FILE} is missing); it was never "
                 "saved there or the save did not complete."
             )
-        meta = json.loads(meta_file.read_text())
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"{meta_file} is not valid JSON ({err}): the file is truncated or damaged."
+            ) from None
+        meta = meta if isinstance(meta, dict) else {}
         version = meta.get("format_version")
         if version not in _READABLE_VERSIONS:
             raise ValueError(
@@ -371,7 +395,7 @@ class ReplayBuffer:
         if example_transition is not None:
             expected = cls(example_transition, capacity=1, seed=0)._spec
             if expected != buffer._spec:
-                raise ValueError(
+                raise LayoutMismatchError(
                     f"The replay buffer in {directory} does not match the expected transition "
                     f"layout ({_spec_diff(buffer._spec, expected)}): it was written by a run with "
                     "a different config (observation/action layout). Use a fresh run directory."
@@ -379,9 +403,19 @@ class ReplayBuffer:
         size = meta["size"]
         for index, path in enumerate(disk_paths):
             # mmap + copy into the preallocated ring: no second full-size copy in memory.
-            on_disk = np.load(directory / f"leaf_{index:03d}.npy", mmap_mode="r")
+            leaf_file = directory / f"leaf_{index:03d}.npy"
+            try:
+                on_disk = np.load(leaf_file, mmap_mode="r")
+            except (OSError, ValueError) as err:
+                raise ValueError(
+                    f"Replay buffer file {leaf_file} ('{_name(path)}') is unreadable ({err}): it "
+                    "is missing, truncated or damaged."
+                ) from None
             if on_disk.shape != (size, *buffer._spec[path][0]):
-                raise ValueError(f"Corrupt replay buffer file for '{_name(path)}' in {directory}.")
+                raise ValueError(
+                    f"Replay buffer file {leaf_file} ('{_name(path)}') holds shape "
+                    f"{on_disk.shape}, {_META_FILE} says {(size, *buffer._spec[path][0])}."
+                )
             buffer._storage[path][:size] = on_disk
             del on_disk
         buffer._size = size

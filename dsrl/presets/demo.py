@@ -43,7 +43,7 @@ def get_config() -> ConfigDict:
                 "num_video_episodes": 2,
                 "video_fps": 10,
                 "log_interval": 250,
-                "checkpoint_interval": -1,
+                "checkpoint_interval": 250,  # a crash or a stuck worker loses at most 250 steps
             },
             "replay": {"capacity": 50_000},
             "log": {"prefix": "dsrl_demo", "wandb_project": "DSRL_demo", "wandb_mode": "disabled"},

@@ -35,6 +35,7 @@ import tqdm
 
 from dsrl.agents import spec as transition_keys
 from dsrl.agents.spec import TransitionSpec
+from dsrl.envs.vector import VectorEnvError
 from dsrl.steering import Steering
 from dsrl.training.evaluation import EvalResult, eval_seeds, evaluate
 from dsrl.training.rollout import AGENT_KEYS, Episode, run_episodes
@@ -256,6 +257,7 @@ class _Trainer:
         self.last_update_metrics: dict[str, float] = {}
         self.last_episodes: list[Episode] = []
         self.eval_seeds = eval_seeds(config.seed, config.eval_episodes)
+        self.discarded_episodes = 0  # training episodes lost to env worker failures
 
     # -- logging ------------------------------------------------------------------------------
     def _log(self, metrics: dict[str, float], step: int) -> None:
@@ -286,6 +288,10 @@ class _Trainer:
         )
 
     def evaluate(self, state: LoopState, include_base: bool) -> dict[str, float]:
+        with self.checkpoint_on_env_failure(state):
+            return self._evaluate(state, include_base)
+
+    def _evaluate(self, state: LoopState, include_base: bool) -> dict[str, float]:
         cfg = self.config
         step = state.grad_steps
         row: dict[str, float] = {}
@@ -327,15 +333,19 @@ class _Trainer:
         else:
             rng = np.random.default_rng([cfg.seed, 2, state.num_online_trajs])
             source = self.steering.warmup_source(rng)
-        episodes = run_episodes(
-            self.env,
-            self.steering,
-            source,
-            seeds,
-            discount=cfg.discount,
-            transition_spec=self.transition_spec,
-            timer=self.watch,
-        )
+        with self.checkpoint_on_env_failure(state):
+            all_episodes = run_episodes(
+                self.env,
+                self.steering,
+                source,
+                seeds,
+                discount=cfg.discount,
+                transition_spec=self.transition_spec,
+                timer=self.watch,
+            )
+        # Episodes lost to an env worker failure are not stored (ChunkResult.worker_restarted).
+        episodes = [e for e in all_episodes if not e.discarded]
+        self.discarded_episodes += len(all_episodes) - len(episodes)
         num_transitions = 0
         with self.watch.section("io"):
             for episode in episodes:
@@ -346,7 +356,7 @@ class _Trainer:
         self.last_episodes = episodes
         state = dataclasses.replace(
             state,
-            env_steps=state.env_steps + sum(e.length for e in episodes),
+            env_steps=state.env_steps + sum(e.length for e in all_episodes),
             num_online_samples=state.num_online_samples + num_transitions,
             num_online_trajs=state.num_online_trajs + len(episodes),
         )
@@ -384,6 +394,9 @@ class _Trainer:
             )
         row |= self._counters(state)
         row |= self.watch.metrics()
+        envs = {id(self.env): self.env, id(self.eval_env): self.eval_env}.values()
+        row["env/worker_restarts"] = sum(getattr(e, "worker_restarts", 0) for e in envs)
+        row["env/discarded_episodes"] = self.discarded_episodes
         self._log(row, state.grad_steps)
 
     def checkpoint(self, state: LoopState) -> None:
@@ -395,6 +408,30 @@ class _Trainer:
                 {"agent": self.agent, "counters": state.to_tree()},
                 self.buffer,
             )
+
+    @contextlib.contextmanager
+    def checkpoint_on_env_failure(self, state: LoopState) -> Iterator[None]:
+        """Writes a checkpoint of `state` (the last consistent one: the buffer is filled only
+        after a collection returns) when an env worker gives up, then lets the error stop the
+        run: a resume continues from here instead of the last interval checkpoint."""
+        try:
+            yield
+        except VectorEnvError as err:
+            try:
+                self.checkpoint(state)
+            except Exception as ckpt_err:  # noqa: BLE001 - the env error is the one to raise
+                log.error(
+                    "Env workers failed and the checkpoint could not be written: %s", ckpt_err
+                )
+            else:
+                if self.checkpointer is not None:
+                    log.error(
+                        "Env workers failed (%s); checkpoint step %d written, resume the run "
+                        "from it once the env is fixed.",
+                        str(err).splitlines()[0],
+                        state.grad_steps,
+                    )
+            raise
 
 
 def canonical_agent(agent: Any) -> Any:

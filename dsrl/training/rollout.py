@@ -60,6 +60,9 @@ class Episode:
     length: int  # env steps executed
     num_queries: int
     frames: np.ndarray | None = None  # uint8 (T, H, W, 3) agent-view frames when recorded
+    # The env's worker stalled or died mid-episode (ChunkResult.worker_restarted): the episode
+    # is incomplete, its transitions were dropped, and it is neither a success nor a failure.
+    discarded: bool = False
 
 
 def agent_observation(obs: Observation) -> AgentObservation:
@@ -115,7 +118,8 @@ def run_episodes(
 
     Every query is ONE batched agent call, ONE batched base-policy call over all `num_envs`
     envs (finished envs are padded with their last observation so that jitted policies see one
-    batch shape), and ONE `step_chunk`. Returns the episodes in the order of `seeds`.
+    batch shape), and ONE `step_chunk`. Returns the episodes in the order of `seeds`; an episode
+    whose env worker was restarted mid-way comes back `discarded`, with no transitions.
 
     Each stored transition holds `dsrl.agents.spec.COMMON_KEYS` plus what `transition_spec` asks
     for: `action_chunks` adds the executed "action_chunks" (query_freq, robot action dim) and the
@@ -139,6 +143,7 @@ def run_episodes(
     successes = np.zeros(n, dtype=bool)
     lengths = np.zeros(n, dtype=np.int64)
     queries = np.zeros(n, dtype=np.int64)
+    discarded = np.zeros(n, dtype=bool)
     frames: list[list[np.ndarray]] = [[] for _ in range(n)]
     if record_frames:
         for i in range(n):
@@ -160,6 +165,12 @@ def run_episodes(
             )
         for i in np.flatnonzero(active[:n]):
             res = results[i]
+            if getattr(res, "worker_restarted", False):
+                # Half an episode from a dead worker: training on it would teach that the chunk
+                # after the failure never came. obs_list[i] keeps padding the batch.
+                discarded[i], active[i] = True, False
+                transitions[i], frames[i] = [], []
+                continue
             steps = int(res.steps_executed)
             env_rewards = np.asarray(res.rewards, dtype=np.float64).reshape(-1)
             success = bool(res.success)
@@ -202,10 +213,11 @@ def run_episodes(
             transitions=transitions[i],
             env_return=float(returns[i]),
             max_reward=float(max_rewards[i]) if np.isfinite(max_rewards[i]) else 0.0,
-            success=bool(successes[i]),
+            success=bool(successes[i]) and not discarded[i],
             length=int(lengths[i]),
             num_queries=int(queries[i]),
             frames=np.stack(frames[i]).astype(np.uint8) if record_frames and frames[i] else None,
+            discarded=bool(discarded[i]),
         )
         for i in range(n)
     ]
