@@ -337,10 +337,13 @@ class Learner(flax.struct.PyTreeNode):
             return self.actor_def.apply({"params": actor_params}, observations)
         return self.actor_def.apply({"params": actor_params}, features)
 
-    def actor_temperature_step(self, observations, features, q_fn, temperature, key):
+    def actor_temperature_step(self, observations, features, q_fn, temperature, key, step):
         """SAC's actor step against `q_fn` (latents -> critic heads (N, B)) on `observations`
         (with critic `features` for a "shared" actor), then the temperature step on its
-        log-probs. Returns (actor, temp, metrics)."""
+        log-probs. `step`: the gradient steps run before this one (the critic's counter); with
+        `config.train_actor_steps` = N > 0 the actor and temperature keep their state for the
+        first N steps (critic-only updates; the metrics show what the step would have done).
+        Returns (actor, temp, metrics)."""
         actor, log_probs, actor_metrics = sac.actor_step(
             self.actor,
             lambda p: self.actor_distribution(p, observations, features),
@@ -350,7 +353,12 @@ class Learner(flax.struct.PyTreeNode):
             key,
         )
         temp, temp_metrics = sac.temperature_step(self.temp, log_probs, self.target_entropy)
-        return actor, temp, {**actor_metrics, **temp_metrics}
+        metrics = {**actor_metrics, **temp_metrics}
+        if self.config.train_actor_steps > 0:  # static: off leaves the step as it always was
+            (actor, temp), metrics["actor_updated"] = sac.delay_actor(
+                step, self.config.train_actor_steps, (self.actor, self.temp), (actor, temp)
+            )
+        return actor, temp, metrics
 
     def policy(self, observations: Any):
         """The current actor's distribution on (unaugmented) observations."""

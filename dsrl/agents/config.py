@@ -67,6 +67,9 @@ class SACConfig:
     jitter_hue: float = 0.03
     jitter_prob: float = 0.8
     aug_next: bool = True
+    # Critic-only updates for the first N gradient steps of the run (RLinf's `train_actor_steps`
+    # idea, counted in gradient steps here): the actor and temperature start at step N. 0: off.
+    train_actor_steps: int = 0
 
     def __post_init__(self):
         def need(cond: bool, msg: str):
@@ -121,6 +124,11 @@ class SACConfig:
         )
         need(0 <= self.dropout_rate < 1, f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         need(int(self.crop_padding) >= 0, f"crop_padding must be >= 0, got {self.crop_padding}")
+        need(
+            int(self.train_actor_steps) >= 0,
+            f"train_actor_steps must be >= 0 (0: the actor updates from the first step), got "
+            f"{self.train_actor_steps}",
+        )
         need(0 <= self.jitter_prob <= 1, f"jitter_prob must be in [0, 1], got {self.jitter_prob}")
         if isinstance(self.target_entropy, str) and self.target_entropy != "auto":
             try:

@@ -97,7 +97,8 @@ def critic_step(
         return critic_loss(qs, target), qs
 
     (loss, qs), grads = jax.value_and_grad(loss_fn, has_aux=True)(critic.params)
-    return critic.apply_gradients(grads=grads), {"critic_loss": loss, "q": qs.mean()}
+    metrics = {"critic_loss": loss, "q": qs.mean(), "critic_grad_norm": optax.global_norm(grads)}
+    return critic.apply_gradients(grads=grads), metrics
 
 
 def target_update(params: Any, target_params: Any, tau: float) -> Any:
@@ -131,6 +132,7 @@ def actor_step(
         "actor_loss": loss,
         "q_pi_in_actor": q.mean(),
         "actions_abs_max": jnp.abs(latents).max(),
+        "actor_grad_norm": optax.global_norm(grads),
         **policy_metrics(dist),
     }
     return actor.apply_gradients(grads=grads), log_probs, metrics
@@ -148,6 +150,18 @@ def temperature_step(
     loss, grads = jax.value_and_grad(loss_fn)(temp.params)
     metrics = {"entropy": entropy, "temperature": temperature(temp), "temperature_loss": loss}
     return temp.apply_gradients(grads=grads), metrics
+
+
+def delay_actor(
+    step: jax.Array, train_actor_steps: int, old: Any, new: Any
+) -> tuple[Any, jax.Array]:
+    """`new` once `step` (the critic's gradient-step counter before this step) has reached
+    `train_actor_steps`, else `old`: critic-only updates for the first `train_actor_steps`
+    gradient steps. A select on a traced counter, so the update compiles once. Returns the
+    chosen pytree and the 0/1 flag (the metric "actor_updated")."""
+    updating = step >= train_actor_steps
+    chosen = jax.tree.map(lambda n, o: jnp.where(updating, n, o), new, old)
+    return chosen, updating.astype(jnp.float32)
 
 
 # ---------------------------------------------------------------------------------- helpers

@@ -30,6 +30,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax.training.train_state import TrainState
 
 from dsrl.agents import sac, spec
@@ -242,6 +243,7 @@ def critic_actor_step(learner: NoiseAliasingLearner, batch: dict[str, Any], bp_p
         lambda z: learner.noise_qs(learner.noise_critic.params, obs, features, z),
         temperature,
         k_pi,
+        learner.action_critic.step,
     )
     metrics = {
         **critic_metrics,
@@ -296,6 +298,7 @@ def distill_step(learner: NoiseAliasingLearner, observations: dict[str, Any], bp
         "noise_critic_loss": loss,
         "noise_q": noise_qs.mean(),
         "distill_target_q": targets.mean(),
+        "noise_critic_grad_norm": optax.global_norm(grads),
     }
     noise_critic = learner.noise_critic.apply_gradients(grads=grads)
     return learner.replace(noise_critic=noise_critic, rng=rng), metrics

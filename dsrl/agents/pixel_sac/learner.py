@@ -99,6 +99,7 @@ def update_step(learner: PixelSACLearner, batch: dict[str, Any]):
         lambda z: head({"params": critic.params}, features, z, method="head"),
         temperature,
         k_pi,
+        learner.critic.step,
     )
 
     metrics = {
