@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from dsrl.envs.base import Env, EnvSpec, Observation
+from dsrl.envs.smoothing import ChunkSmoothing, SmoothedEnv, make_smoothed_env
 
 EnvFn = Callable[[], Env]
 
@@ -80,6 +82,8 @@ class ChunkResult:
     steps_executed: int
     frames: np.ndarray | None = None
     worker_restarted: bool = False
+    # The actions executed (steps_executed, A): the chunk as smoothed by a SmoothedEnv.
+    actions: np.ndarray | None = None
 
 
 def video_frame(obs: Observation, video_key: str = "pixels") -> np.ndarray:
@@ -94,7 +98,11 @@ def _video_frame(env: Env, obs: Observation) -> np.ndarray:
 
 
 def run_chunk(
-    env: Env, actions: np.ndarray, record_frames: bool = False, steps_left: int | None = None
+    env: Env,
+    actions: np.ndarray,
+    record_frames: bool = False,
+    steps_left: int | None = None,
+    tail: np.ndarray | None = None,
 ) -> ChunkResult:
     """Executes up to T = len(actions) steps of `env`, rendering only the step that is read.
 
@@ -104,10 +112,15 @@ def run_chunk(
     images are refreshed with `env.render_current()` when the env has one (LIBERO, Aloha) and
     are otherwise stale (harmless for training: a success observation is terminal, mask 0).
     With record_frames every step is rendered (full render cost) and its video frame kept.
+    A SmoothedEnv's chunk is smoothed first (dsrl.envs.smoothing); `tail` is the base policy's
+    plan beyond this chunk (the unexecuted rest), which the next chunk blends from.
     """
     actions = np.asarray(actions)
     if actions.ndim != 2 or actions.shape[0] == 0:
         raise ValueError(f"Expected a non-empty action chunk shaped (T, A), got {actions.shape}.")
+    raw = actions
+    if isinstance(env, SmoothedEnv):
+        actions = env.smoother.smooth(raw)
     horizon = actions.shape[0]
     render_at = horizon - 1 if steps_left is None else max(0, min(horizon, steps_left) - 1)
     rewards, frames = [], []
@@ -123,6 +136,8 @@ def run_chunk(
             if not render and hasattr(env, "render_current"):
                 obs = env.render_current()
             break
+    if isinstance(env, SmoothedEnv):
+        env.smoother.executed(raw, actions, len(rewards), tail)
     return ChunkResult(
         obs=obs,
         rewards=np.asarray(rewards, dtype=np.float32),
@@ -131,6 +146,7 @@ def run_chunk(
         truncated=bool(truncated),
         steps_executed=len(rewards),
         frames=np.stack(frames) if record_frames else None,
+        actions=np.asarray(actions[: len(rewards)]),
     )
 
 
@@ -378,6 +394,8 @@ class VectorEnv:
         build and a 50-step chunk with rendering takes seconds, on a loaded machine much more.
       max_worker_failures: a worker that stalls or dies this many times in a row (without a
         completed episode in between) raises WorkerFailedError instead of another restart.
+      smoothing: blend chunk boundaries and cap per-step action changes (ChunkSmoothing); each
+        env is wrapped in a SmoothedEnv where it lives (worker or this process). None: off.
     """
 
     def __init__(
@@ -390,6 +408,7 @@ class VectorEnv:
         reset_timeout_s: float = 300.0,
         step_timeout_s: float = 300.0,
         max_worker_failures: int = 3,
+        smoothing: ChunkSmoothing | None = None,
     ):
         if not env_fns:
             raise ValueError("VectorEnv needs at least one env_fn.")
@@ -413,6 +432,9 @@ class VectorEnv:
             raise ValueError(f"max_worker_failures must be >= 1, got {max_worker_failures}.")
         self.reset_timeout_s, self.step_timeout_s = float(reset_timeout_s), float(step_timeout_s)
         self.mode = mode
+        self.smoothing = smoothing if smoothing is not None and smoothing.enabled else None
+        if self.smoothing is not None:
+            env_fns = [functools.partial(make_smoothed_env, fn, self.smoothing) for fn in env_fns]
         self.num_envs = len(env_fns)
         self._closed = False
         if mode == "inline":
@@ -501,12 +523,15 @@ class VectorEnv:
         actions: np.ndarray,
         active: np.ndarray | Sequence[bool] | None = None,
         record_frames: bool = False,
+        tails: np.ndarray | None = None,
     ) -> list[ChunkResult | None]:
         """Executes actions[i] (T, A) in env i for every active env, in parallel across workers.
 
         actions: (N, T, A). active: bool (N,), None = all; inactive envs are not stepped and get
         None. Returns one ChunkResult per env (see ChunkResult); `worker_restarted` marks an env
-        whose worker stalled or died during the chunk (its episode is lost; reset it)."""
+        whose worker stalled or died during the chunk (its episode is lost; reset it).
+        tails: (N, R, A) the base policy's actions after each chunk (unexecuted), which chunk
+        smoothing blends the next chunk from; ignored without smoothing."""
         self._check_open()
         actions = np.asarray(actions)
         expected = (self.num_envs, self.spec.action_dim)
@@ -524,8 +549,14 @@ class VectorEnv:
                 f"envs {stale} were restarted after a worker failure (ChunkResult."
                 "worker_restarted) and must be reset before they are stepped again."
             )
+        use_tails = tails is not None and self.smoothing is not None
         payloads = [
-            (actions[i], record_frames, self.specs[i].max_episode_steps - self._elapsed[i])
+            (
+                actions[i],
+                record_frames,
+                self.specs[i].max_episode_steps - self._elapsed[i],
+                np.asarray(tails[i]) if use_tails else None,
+            )
             for i in indices
         ]
         if self._envs is not None:

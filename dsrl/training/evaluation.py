@@ -37,6 +37,17 @@ def eval_seeds(seed: int, num_episodes: int) -> list[int]:
     ]
 
 
+def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
+    """RLinf's per-episode env metrics, averaged over episodes: `env/episode_len` (env steps),
+    `env/return` (the agent's reward summed over the episode's queries, see
+    `run_episodes(step_penalty=...)`), `env/success_once` (succeeded at any step)."""
+    return {
+        "env/episode_len": float(np.mean([e.length for e in episodes])),
+        "env/return": float(np.mean([e.agent_return for e in episodes])),
+        "env/success_once": float(np.mean([e.success for e in episodes])),
+    }
+
+
 def summarize(episodes: Sequence[Episode], max_reward: float) -> dict[str, float]:
     """Success rate, mean env return, mean length, and the reference's `Reward >= r` fractions."""
     if not episodes:
@@ -46,6 +57,7 @@ def summarize(episodes: Sequence[Episode], max_reward: float) -> dict[str, float
         "avg_return": float(np.mean([e.env_return for e in episodes])),
         "avg_episode_len": float(np.mean([e.length for e in episodes])),
         "avg_num_queries": float(np.mean([e.num_queries for e in episodes])),
+        **episode_metrics(episodes),
     }
     # The reference logs, for each integer reward level, the fraction of episodes reaching it
     # (Aloha's staged 0..4 reward makes this a progress histogram).
@@ -62,6 +74,7 @@ def evaluate(
     *,
     num_video_episodes: int = 0,
     timer: Timer | None = None,
+    step_penalty: bool = True,
 ) -> EvalResult:
     """Run `len(seeds)` episodes in rounds of `vec_env.num_envs`, recording videos of the first
     `num_video_episodes` (agent-view frames, only in the first round).
@@ -80,6 +93,7 @@ def evaluate(
             round_seeds,
             discount=1.0,
             store_transitions=False,
+            step_penalty=step_penalty,
             record_frames=start == 0 and num_video_episodes > 0,
             timer=timer,
         )
@@ -94,6 +108,7 @@ def evaluate(
                 [seeds[k] for k in batch],
                 discount=1.0,
                 store_transitions=False,
+                step_penalty=step_penalty,
                 record_frames=any(k < num_video_episodes for k in batch),
                 timer=timer,
             )

@@ -37,7 +37,7 @@ from dsrl.agents import spec as transition_keys
 from dsrl.agents.spec import TransitionSpec
 from dsrl.envs.vector import VectorEnvError
 from dsrl.steering import Steering
-from dsrl.training.evaluation import EvalResult, eval_seeds, evaluate
+from dsrl.training.evaluation import EvalResult, episode_metrics, eval_seeds, evaluate
 from dsrl.training.rollout import AGENT_KEYS, Episode, run_episodes
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ class LoopConfig:
     start_online_trajs: int = 0  # ... and at least this many trajectories were collected
     first_update_grad_steps: int = 0  # extra gradient steps at the first update (real: 5000)
     discount: float = 0.999  # per env step; a transition's discount is discount**steps
+    # Reward per query: -1, 0 on success (True, the reference); 0, +1 on success (False).
+    use_step_penalty: bool = True
     eval_interval: int = 10_000
     eval_episodes: int = 10  # 0: no control evaluation (e.g. a real robot)
     eval_base_every_eval: bool = False  # also evaluate the base policy at every eval
@@ -285,6 +287,7 @@ class _Trainer:
             self.eval_seeds,
             num_video_episodes=num_video,
             timer=self.watch,
+            step_penalty=self.config.use_step_penalty,
         )
 
     def evaluate(self, state: LoopState, include_base: bool) -> dict[str, float]:
@@ -342,6 +345,7 @@ class _Trainer:
                 discount=cfg.discount,
                 transition_spec=self.transition_spec,
                 timer=self.watch,
+                step_penalty=cfg.use_step_penalty,
             )
         # Episodes lost to an env worker failure are not stored (ChunkResult.worker_restarted).
         episodes = [e for e in all_episodes if not e.discarded]
@@ -385,7 +389,13 @@ class _Trainer:
     def log_training(self, state: LoopState) -> None:
         row = _prefixed("training", self.last_update_metrics)
         row["replay_buffer_size"] = len(self.buffer)
+        row["replay_buffer/size"] = len(self.buffer)
+        capacity = getattr(self.buffer, "capacity", None)
+        if capacity:
+            row["replay_buffer/capacity"] = capacity
+            row["replay_buffer/utilization"] = len(self.buffer) / capacity
         if self.last_episodes:
+            row |= episode_metrics(self.last_episodes)
             row["episode_return (exploration)"] = float(
                 np.mean([e.env_return for e in self.last_episodes])
             )

@@ -9,6 +9,7 @@ One *query* is one decision of the RL agent. For `num_envs` parallel envs it cos
 
 Each env contributes ONE transition per query (DSRL's decision-level MDP):
   reward -1 per query, 0 on the query in which the task succeeded (mask 0: a true terminal);
+  with `step_penalty=False` (RLinf's `use_step_penalty: False`) 0 per query and +1 on success;
   a timeout keeps mask 1 (the critic still bootstraps); a termination without success (not
   produced by our envs, but allowed by the Env contract) gets reward -1 and mask 0;
   discount = gamma ** steps_executed, the true length of a final partial chunk.
@@ -59,6 +60,8 @@ class Episode:
     success: bool
     length: int  # env steps executed
     num_queries: int
+    # The return of the agent's reward (the per-query rewards above), stored or not.
+    agent_return: float = 0.0
     frames: np.ndarray | None = None  # uint8 (T, H, W, 3) agent-view frames when recorded
     # The env's worker stalled or died mid-episode (ChunkResult.worker_restarted): the episode
     # is incomplete, its transitions were dropped, and it is neither a success nor a failure.
@@ -113,6 +116,7 @@ def run_episodes(
     transition_spec: TransitionSpec = TransitionSpec(),
     record_frames: bool = False,
     timer: Timer | None = None,
+    step_penalty: bool = True,
 ) -> list[Episode]:
     """Run one episode in each of the first `len(seeds)` envs of `vec_env`, in lock-step.
 
@@ -125,6 +129,9 @@ def run_episodes(
     for: `action_chunks` adds the executed "action_chunks" (query_freq, robot action dim) and the
     "noise" (H, D) that produced them; `policy_observation_keys` adds those base-policy
     observation keys to the stored "observations" / "next_observations".
+
+    step_penalty: the agent's reward is -1 per query and 0 on success (the reference); False:
+    0 per query and +1 on success (RLinf's `use_step_penalty: False`, reward_coef 1).
     """
     timer = timer or NullTimer()
     num_envs = int(vec_env.num_envs)
@@ -139,6 +146,8 @@ def run_episodes(
     active[:n] = True
     transitions: list[list[dict[str, Any]]] = [[] for _ in range(n)]
     returns = np.zeros(n)
+    agent_returns = np.zeros(n)
+    penalty = -1.0 if step_penalty else 0.0
     max_rewards = np.full(n, -np.inf)
     successes = np.zeros(n, dtype=bool)
     lengths = np.zeros(n, dtype=np.int64)
@@ -160,8 +169,11 @@ def run_episodes(
             chunks = steering.base_policy.sample_actions(stack_observations(obs_list), noise)
         executed = np.asarray(chunks, dtype=np.float32)[:, : steering.query_freq]
         with timer.section("env"):
+            kwargs = {}
+            if getattr(vec_env, "smoothing", None) is not None:  # the plan past this chunk
+                kwargs["tails"] = np.asarray(chunks, dtype=np.float32)[:, steering.query_freq :]
             results = vec_env.step_chunk(
-                executed, active=active.copy(), record_frames=record_frames
+                executed, active=active.copy(), record_frames=record_frames, **kwargs
             )
         for i in np.flatnonzero(active[:n]):
             res = results[i]
@@ -184,11 +196,13 @@ def run_episodes(
             truncated = bool(res.truncated) or lengths[i] >= max_steps
             done = terminated or truncated
             successes[i] |= success
+            reward = penalty + (1.0 if success else 0.0)
+            agent_returns[i] += reward
             if store_transitions:
                 transition = {
                     transition_keys.OBSERVATIONS: agent_observation(obs_list[i]),
                     transition_keys.LATENTS: latents[i],
-                    transition_keys.REWARDS: np.float32(0.0 if success else -1.0),
+                    transition_keys.REWARDS: np.float32(reward),
                     transition_keys.MASKS: np.float32(0.0 if terminated else 1.0),
                     transition_keys.DISCOUNTS: np.float32(discount**steps),
                     transition_keys.NEXT_OBSERVATIONS: agent_observation(res.obs),
@@ -216,6 +230,7 @@ def run_episodes(
             success=bool(successes[i]) and not discarded[i],
             length=int(lengths[i]),
             num_queries=int(queries[i]),
+            agent_return=float(agent_returns[i]),
             frames=np.stack(frames[i]).astype(np.uint8) if record_frames and frames[i] else None,
             discarded=bool(discarded[i]),
         )

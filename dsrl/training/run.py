@@ -84,9 +84,16 @@ class EnvSection:
     robot: str = "droid"  # droid only: "droid" (hardware) or "sim" (a simulated RobotEnv)
     use_prefix_feature: bool = False  # droid only: append Pi0's prefix feature to the state
     prefix_feature_dim: int = 2048
+    # Smooth chunk boundaries (dsrl.envs.smoothing), the same in sim and on the real robot:
+    blend_steps: int = 0  # first steps of a new chunk cross-faded from the previous plan
+    max_action_delta: float = 0.0  # cap on the per-step, per-dimension action change; 0: none
 
     def __post_init__(self):
         object.__setattr__(self, "kwargs", dict(self.kwargs))
+        _need(self.blend_steps >= 0, "env.blend_steps", ">= 0 (0: no blending)", self.blend_steps)
+        delta = self.max_action_delta
+        ok = isinstance(delta, int | float) and math.isfinite(delta) and delta >= 0
+        _need(ok, "env.max_action_delta", "a finite number >= 0 (0: no cap)", delta)
         _need(self.mode in ENV_MODES, "env.mode", f"one of {ENV_MODES}", self.mode)
         for name in ("num_envs", "image_size", "prefix_feature_dim"):
             value = getattr(self, name)
@@ -328,6 +335,10 @@ FLAGS = {
     "tau": "agent.tau",
     "critic_reduction": "agent.critic_reduction",
     "encoder_type": "agent.encoder",
+    "use_step_penalty": "loop.use_step_penalty",
+    "train_actor_steps": "agent.train_actor_steps",
+    "blend_steps": "env.blend_steps",
+    "max_action_delta": "env.max_action_delta",
 }
 # The real-robot launcher's own flags (the reference's run_real.sh names).
 REAL_FLAGS = {
@@ -815,6 +826,7 @@ def build_run(
 
 def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
     from dsrl.data.replay_buffer import ReplayBuffer
+    from dsrl.envs.smoothing import ChunkSmoothing
     from dsrl.envs.vector import VectorEnv
     from dsrl.utils.checkpoints import RunCheckpointer
     from dsrl.utils.logging import RunLogger
@@ -824,6 +836,7 @@ def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
     if callable(getattr(base_policy, "close", None)):
         resources.callback(base_policy.close)
     steering = make_steering(config, base_policy)
+    smoothing = ChunkSmoothing(config.env.blend_steps, config.env.max_action_delta)
     robot_env = None
     if config.env.name == "droid":
         if keyboard is None:
@@ -833,7 +846,7 @@ def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
         resources.callback(keyboard.close)  # the env closes it too; closing twice is harmless
         robot_env = _make_robot_env(config, base_policy, keyboard, robot)
         resources.callback(robot_env.close)  # restores the terminal
-        vec_env = VectorEnv([lambda: robot_env], mode="inline")
+        vec_env = VectorEnv([lambda: robot_env], mode="inline", smoothing=smoothing)
     else:
         from dsrl.envs import make_env
 
@@ -843,7 +856,9 @@ def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
             config.env.image_size
         )
         env_fn = functools.partial(make_env, config.env.name, **kwargs)
-        vec_env = VectorEnv([env_fn] * config.env.num_envs, mode=config.env.mode)
+        vec_env = VectorEnv(
+            [env_fn] * config.env.num_envs, mode=config.env.mode, smoothing=smoothing
+        )
     resources.callback(vec_env.close)
     agent = make_agent(config, vec_env.spec.observation_spec, steering)
     spec = agent.transition_spec()
