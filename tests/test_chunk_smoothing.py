@@ -73,6 +73,8 @@ def test_bad_settings_name_the_setting(kwargs, message):
     (name,) = kwargs
     with pytest.raises(run_lib.ConfigError, match=f"{section[name]} must be .*--{name}"):
         run_lib.load_config("demo", flags={name: str(kwargs[name])})
+    default = run_lib.load_config("demo").env  # off by default
+    assert (default.blend_steps, default.max_action_delta) == (0, 0.0)
 
 
 def test_off_is_todays_chunks_exactly():
@@ -126,14 +128,3 @@ def test_the_real_robot_receives_the_smoothed_chunks():
         chunk[..., 0] = 1.0
         venv.step_chunk(chunk)
     np.testing.assert_allclose([a[0] for a in robot.actions], [0, 0, 0.25, 0.5, 0.75])
-
-
-def test_build_run_hands_the_smoothing_to_the_env(tmp_path):
-    config = run_lib.load_config(
-        "demo",
-        flags={"blend_steps": "2", "max_action_delta": "0.3", "logdir": str(tmp_path)},
-        overrides=[("loop.eval_episodes", "0"), ("env.num_envs", "1")],
-    )
-    with run_lib.build_run(config, log=lambda *_: None) as run:
-        assert run.vec_env.smoothing == ChunkSmoothing(2, 0.3)
-    assert run_lib.load_config("demo").env.blend_steps == 0  # off by default

@@ -24,7 +24,8 @@ from test_pixel_sac import SPEC, A, random_batches, tiny_config  # noqa: E402
 
 
 def _same(a, b) -> bool:
-    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return all(np.array_equal(x, y) for x, y in pairs)
 
 
 def test_train_actor_steps_keeps_the_actor_for_n_steps_then_moves_it():
@@ -36,7 +37,8 @@ def test_train_actor_steps_keeps_the_actor_for_n_steps_then_moves_it():
     first, m1 = learner.update(random_batches(rng, 2))
     assert _same(first.actor.params, learner.actor.params) and _same(first.temp, learner.temp)
     assert not _same(first.critic.params, learner.critic.params)
-    assert m1["actor_updated"] == 0.0 and np.isfinite(m1["actor_grad_norm"])
+    assert m1["actor_updated"] == 0.0
+    assert m1["critic_grad_norm"] > 0 and m1["actor_grad_norm"] > 0  # what the step would do
     second, m2 = first.update(random_batches(rng, 2))
     assert m2["actor_updated"] == 1.0
     assert not _same(second.actor.params, learner.actor.params)
@@ -45,18 +47,6 @@ def test_train_actor_steps_keeps_the_actor_for_n_steps_then_moves_it():
     assert learner_lib.UPDATE.compile_count() - before == 1
     with pytest.raises(ValueError, match="train_actor_steps must be >= 0"):
         PixelSACLearner.create(0, SPEC, A, tiny_config(train_actor_steps=-1))
-
-
-def test_gradient_norms_are_reported_for_both_algorithms():
-    import test_noise_aliasing as na
-
-    learner = PixelSACLearner.create(0, SPEC, A, tiny_config())
-    _, metrics = learner.update(random_batches(np.random.default_rng(1), 1))
-    assert metrics["critic_grad_norm"] > 0 and metrics["actor_grad_norm"] > 0
-    assert "actor_updated" not in metrics  # off: the step is today's
-    _, metrics = na.make_learner().update(na.make_batch(np.random.default_rng(1), (1, 8)))
-    for key in ("critic_grad_norm", "actor_grad_norm", "noise_critic_grad_norm"):
-        assert metrics[key] > 0, key
 
 
 def test_step_penalty_switch_changes_the_stored_rewards():

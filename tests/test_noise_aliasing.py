@@ -261,6 +261,8 @@ def test_update_compiles_once_and_changes_every_network(mode):
     assert [r.compile_count() - b for r, b in zip(runners, before, strict=True)] == [1, 1]
     for name in ("noise_critic_loss", "critic_loss", "actor_loss", "temperature"):
         assert np.isfinite(metrics[name])
+    for name in ("critic_grad_norm", "actor_grad_norm", "noise_critic_grad_norm"):
+        assert metrics[name] > 0, name
     for name in ("actor", "action_critic", "noise_critic"):
         old = jax.tree.leaves(getattr(initial, name).params)
         new = jax.tree.leaves(getattr(learner, name).params)

@@ -104,6 +104,8 @@ def test_update_returns_reference_metrics_and_compiles_once(learner):
         new, metrics = new.update(random_batches(rng, k))
     assert learner_lib.UPDATE.compile_count() - before == 1
     assert REFERENCE_METRICS <= set(metrics)
+    assert metrics["critic_grad_norm"] > 0 and metrics["actor_grad_norm"] > 0
+    assert "actor_updated" not in metrics  # train_actor_steps off: today's step
     assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
     assert int(new.critic.step) == 10 and int(learner.critic.step) == 0  # old learner untouched
     assert metrics["temperature"] < 1.0  # entropy > target: temperature decreased
