@@ -49,6 +49,22 @@ def test_train_actor_steps_keeps_the_actor_for_n_steps_then_moves_it():
         PixelSACLearner.create(0, SPEC, A, tiny_config(train_actor_steps=-1))
 
 
+@pytest.mark.slow
+def test_train_actor_steps_delays_the_dsrl_na_actor_too():
+    import test_noise_aliasing as na
+
+    learner = na.make_learner(train_actor_steps=3)
+    rng = np.random.default_rng(1)
+    first, m1 = learner.update(na.make_batch(rng, (2, 8)))
+    assert _same(first.actor.params, learner.actor.params) and m1["actor_updated"] == 0.0
+    assert _same(first.temp.params, learner.temp.params)
+    second, m2 = first.update(na.make_batch(rng, (2, 8)))
+    assert not _same(second.actor.params, learner.actor.params) and m2["actor_updated"] == 1.0
+    assert (int(second.actor.step), int(second.action_critic.step)) == (1, 4)
+    for key in ("critic_grad_norm", "actor_grad_norm", "noise_critic_grad_norm"):
+        assert m2[key] > 0, key
+
+
 def test_step_penalty_switch_changes_the_stored_rewards():
     """Same seeds and noise: with the penalty -1 per query and 0 on success; without it 0 per
     query and +1 on success. Everything else, and env/return as the sum, follows."""
