@@ -33,7 +33,7 @@ if __name__ == "__main__":  # may re-execute itself once, before the heavy impor
 from dsrl import presets  # noqa: E402
 from dsrl.training import run as run_lib  # noqa: E402
 
-SIM_PRESETS = sorted(name for name in presets.PRESETS if name != "real")
+SIM_PRESETS = sorted(name for name, module in presets.PRESETS.items() if module != "real")
 
 
 def build_parser():
