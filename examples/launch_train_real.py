@@ -54,7 +54,9 @@ def parse_config(argv: list[str] | None = None):
 def main(argv: list[str] | None = None, *, keyboard=None, robot=None) -> int:
     """`keyboard` defaults to the terminal, `robot` to DROID's RobotEnv (or the simulated one
     with `--robot sim`); tests pass scripted ones."""
-    run, _ = run_lib.start(build_parser(), argv, preset="real", keyboard=keyboard, robot=robot)
+    run, args = run_lib.start(build_parser(), argv, preset="real", keyboard=keyboard, robot=robot)
+    if args.eval_only:  # evaluated already; `run` is the EvalOnlyResult
+        return 0
     with run:
         result = run.train()
     print(

@@ -70,7 +70,9 @@ def demo_summary(result, run_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run, _ = run_lib.start(build_parser(), argv, preset="demo")
+    run, args = run_lib.start(build_parser(), argv, preset="demo")
+    if args.eval_only:  # evaluated already; `run` is the EvalOnlyResult
+        return 0
     start = time.perf_counter()
     with run:
         result = run.train()

@@ -666,6 +666,9 @@ def make_parser(description: str, flags: Mapping[str, str]) -> argparse.Argument
         if name not in flags:
             parser.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no_progress", action="store_true", help="hide the tqdm bar")
+    from dsrl.training import eval_only
+
+    eval_only.add_arguments(parser)  # --eval_only, --checkpoint_step, --eval_seeds, ...
     return parser
 
 
@@ -675,6 +678,9 @@ def parse_args(
     """(RunConfig, parsed flags) of a command line. The preset is `--env` where the parser has
     it, else `preset`; a resumed run keeps its own (a different `--env` is an error)."""
     args, extra = parser.parse_known_args(argv)
+    from dsrl.training import eval_only
+
+    eval_only.check_arguments(args)  # `--eval_only RUN_DIR` reads RUN_DIR's config
     flags = {name: getattr(args, name) for name in {**FLAGS, **REAL_FLAGS} if hasattr(args, name)}
     config = load_config(
         getattr(args, "env", None) or (None if args.resume else preset),
@@ -714,14 +720,19 @@ def start(
     preset: str | None,
     log: Any = print,
     **kwargs: Any,
-) -> tuple[Run, argparse.Namespace]:
+) -> tuple[Any, argparse.Namespace]:
     """Parse the command line and build the run; a bad value ends the process with one error
     line naming it (exit status 2, argparse's), before any work. Flags that do nothing in this
-    run are named once (`notices`)."""
+    run are named once (`notices`). With `--eval_only` nothing is trained: the evaluation runs
+    here and its `dsrl.training.eval_only.EvalOnlyResult` is returned instead of a Run."""
     try:
         config, args = parse_args(parser, argv, preset)
         for line in notices(config, args):
             log(f"[dsrl] note: {line}")
+        if args.eval_only:
+            from dsrl.training import eval_only
+
+            return eval_only.run(config, args, log=log, **kwargs), args
         return build_run(config, args.resume, log=log, **kwargs), args
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
@@ -927,17 +938,18 @@ def build_run(
         raise
 
 
-def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
-    from dsrl.data.replay_buffer import ReplayBuffer
+def make_vec_env(
+    config: RunConfig,
+    base_policy: Any,
+    resources: contextlib.ExitStack,
+    keyboard: Any = None,
+    robot: Any = None,
+) -> Any:
+    """The run's vector env (closed by `resources`): `num_envs` workers of the configured env,
+    or the robot (env "droid") as one inline env with the operator keyboard, whose DroidEnv is
+    the vector env's `robot_env`. Without `env.add_states` the agent sees no state."""
     from dsrl.envs.vector import VectorEnv
-    from dsrl.utils.checkpoints import RunCheckpointer
-    from dsrl.utils.logging import RunLogger
 
-    # Closed last (an ExitStack unwinds in reverse): the base policy may be a server connection.
-    base_policy = make_base_policy(config)
-    if callable(getattr(base_policy, "close", None)):
-        resources.callback(base_policy.close)
-    steering = make_steering(config, base_policy)
     robot_env = None
     if config.env.name == "droid":
         if keyboard is None:
@@ -967,6 +979,22 @@ def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
         vec_env = VectorEnv([env_fn] * config.env.num_envs, mode=config.env.mode)
     resources.callback(vec_env.close)
     check_num_cameras(config, vec_env.spec.observation_spec)
+    vec_env.robot_env = robot_env
+    return vec_env
+
+
+def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
+    from dsrl.data.replay_buffer import ReplayBuffer
+    from dsrl.utils.checkpoints import RunCheckpointer
+    from dsrl.utils.logging import RunLogger
+
+    # Closed last (an ExitStack unwinds in reverse): the base policy may be a server connection.
+    base_policy = make_base_policy(config)
+    if callable(getattr(base_policy, "close", None)):
+        resources.callback(base_policy.close)
+    steering = make_steering(config, base_policy)
+    vec_env = make_vec_env(config, base_policy, resources, keyboard, robot)
+    robot_env = vec_env.robot_env
     agent = make_agent(config, vec_env.spec.observation_spec, steering)
     spec = agent.transition_spec()
     if config.replay.store_action_chunks:
@@ -999,6 +1027,9 @@ def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
         wandb_mode=config.log.wandb_mode,
     )
     resources.callback(logger.close)
+    from dsrl.training.plots import PlotOnEvaluation
+
+    logger = PlotOnEvaluation(logger, run_dir, log=log)  # success_vs_env_steps.png per eval
     log(f"[dsrl] run dir: {run_dir}")
     return Run(
         config=config,
