@@ -33,14 +33,11 @@ if __name__ == "__main__":  # may re-execute itself once, before the heavy impor
 from dsrl import presets  # noqa: E402
 from dsrl.training import run as run_lib  # noqa: E402
 
-
 REAL_PRESETS = sorted(name for name, module in presets.PRESETS.items() if module == "real")
 
 
 def build_parser():
-    parser = run_lib.make_parser(
-        __doc__.split("\n\n")[0], {**run_lib.FLAGS, **run_lib.REAL_FLAGS}
-    )
+    parser = run_lib.make_parser(__doc__.split("\n\n")[0], {**run_lib.FLAGS, **run_lib.REAL_FLAGS})
     # The reference's run_real.sh passes --env franka_droid; every name is the real preset.
     parser.add_argument("--env", choices=REAL_PRESETS, default=None, help="the preset (real)")
     return parser

@@ -60,7 +60,9 @@ def _fake_upstream(tmp_path: Path, suite: str) -> Path:
     for task in task_suite.tasks:
         bddl = root / "bddl_files" / task.problem_folder / task.bddl_file
         bddl.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file, bddl)
+        shutil.copy(
+            Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file, bddl
+        )
         states = load_initial_states(
             Path(get_libero_path("init_states")) / task.problem_folder / task.init_states_file
         )

@@ -656,7 +656,9 @@ def make_parser(description: str, flags: Mapping[str, str]) -> argparse.Argument
         elif name in LIST_FLAGS:
             kwargs |= {"nargs": "+", "help": f"sets {path} (one value per layer)"}
         elif name in IGNORED_FLAGS:
-            kwargs["help"] = f"accepted for the reference's scripts; does nothing: {IGNORED_FLAGS[name]}"
+            kwargs["help"] = (
+                f"accepted for the reference's scripts; does nothing: {IGNORED_FLAGS[name]}"
+            )
         elif name == "use_prefix_feature":
             kwargs |= {"action": "store_true"}
         elif path in CHOICES:
