@@ -8,11 +8,13 @@
         --left_camera_id 2455... --right_camera_id 2662... --wrist_camera_id 1383...
     python examples/launch_train_real.py --resume runs/dsrl_pi0_real_20250101_120000_s0
     python examples/launch_train_real.py --robot sim --pi0_remote 127.0.0.1:8000  # dry run
+    python examples/launch_train_real.py --eval_only runs/dsrl_pi0_real_... --eval_episodes 10
 
 Operator keys: Enter starts an episode after the scene reset, `q` stops it early, `1`/`0` label
 success/failure. The preset is `dsrl/presets/real.py`; the simulation launcher's reference flags
 plus the robot's (`dsrl.training.run.REAL_FLAGS`: cameras, `--instruction`, `--robot`, ...)
-override it, and so does `--config.<path>=<value>`. The run is built by the same
+override it, and so does `--config.<path>=<value>`; `--env franka_droid` (the reference's
+run_real.sh flag) names this preset. The run is built by the same
 `dsrl.training.run.build_run` as in simulation (one inline env with the operator keyboard) and
 trained by the same loop. `--algorithm dsrl_na` needs a base policy with a pure-JAX sampler,
 which a policy server is not: the learner says so before training starts.
