@@ -74,10 +74,12 @@ def test_reference_flag_lines_parse_unchanged(sim, real, script):
 
 
 @pytest.mark.slow
-def test_libero_flag_line_builds_a_run_with_a_tiny_50_step_pi0(sim, tmp_path, capsys):
-    """The whole LIBERO run is built (real LIBERO worker, tiny Pi0 with the reference's 50-step
-    chunk so --query_freq 20 fits, the reference's learner) and one query is executed."""
-    argv = shlex.split(REFERENCE["libero"]) + TINY_PI0 + HORIZON_50 + ["--logdir", str(tmp_path)]
+@pytest.mark.parametrize("script, action_dim", [("libero", 7), ("aloha", 14)])
+def test_sim_flag_lines_build_a_run_with_a_tiny_50_step_pi0(sim, tmp_path, script, action_dim):
+    """The whole run is built (a real LIBERO / Aloha worker, a tiny Pi0 with the reference's
+    50-step chunk so --query_freq 20 / 50 fits, the reference's learner) and Pi0 is queried."""
+    pytest.importorskip({"libero": "libero", "aloha": "gym_aloha"}[script])
+    argv = shlex.split(REFERENCE[script]) + TINY_PI0 + HORIZON_50 + ["--logdir", str(tmp_path)]
     run, _ = run_lib.start(sim.build_parser(), argv, preset="demo")
     with run:
         assert run.steering.base_policy.noise_shape == (50, 32)
@@ -87,7 +89,7 @@ def test_libero_flag_line_builds_a_run_with_a_tiny_50_step_pi0(sim, tmp_path, ca
         obs = stack_observations(run.vec_env.reset([0]))
         noise = np.zeros((1, 50, 32), np.float32)
         chunk = run.steering.base_policy.sample_actions(obs, noise)
-        assert chunk.shape == (1, 50, 7)
+        assert chunk.shape == (1, 50, action_dim)
     assert (run.run_dir / "config.json").is_file()
 
 
