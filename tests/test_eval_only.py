@@ -123,3 +123,18 @@ def test_eval_only_bad_input_is_one_clear_line(launcher, capsys, argv, message):
         launcher.main([*argv, "--env", "demo"])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_read_only_checkpointer_reads_and_refuses_to_write(finished_run, tmp_path):
+    from dsrl.utils.checkpoints import RunCheckpointer
+
+    before = _snapshot(finished_run)
+    checkpointer = RunCheckpointer(finished_run, read_only=True)
+    assert checkpointer.all_steps() == [16, 32]
+    with pytest.raises(RuntimeError, match="read-only"):
+        checkpointer.save(48, {"x": 1})
+    checkpointer.close()
+    assert _snapshot(finished_run) == before
+    with pytest.raises(FileNotFoundError, match="no checkpoints/"):
+        RunCheckpointer(tmp_path, read_only=True)
+    assert not (tmp_path / "checkpoints").exists()

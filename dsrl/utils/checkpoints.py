@@ -31,6 +31,7 @@ replacement never completed).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -49,6 +50,20 @@ from etils import epath
 from dsrl.data.replay_buffer import LayoutMismatchError, ReplayBuffer
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _quiet_absl(phrase: str):
+    """Drops absl log records that mention `phrase` (underscores read as spaces)."""
+    absl_log = logging.getLogger("absl")
+    quiet = logging.Filter()
+    quiet.filter = lambda record: phrase not in record.getMessage().replace("_", " ")
+    absl_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        absl_log.removeFilter(quiet)
+
 
 _FORMAT_VERSION = 1
 _ARRAYS, _META, _BUFFER = "state", "state_meta", "replay_buffer"
@@ -239,18 +254,20 @@ class RunCheckpointer:
             raise FileNotFoundError(f"{Path(run_dir)} has no checkpoints/ directory to read")
         if self.directory.is_dir() and not read_only:
             self._recover_replaced_steps()
-        options = ocp.CheckpointManagerOptions(
-            # Garbage collection is ours (`_collect_garbage`): orbax would delete old steps as
-            # soon as a new one is finalised, before its checksums are written.
-            max_to_keep=None,
-            create=not read_only,
-            # A crash leaves `<step>.orbax-checkpoint-tmp-*`; a restarted run removes it.
-            cleanup_tmp_directories=not read_only,
-            read_only=read_only,
-            # The replay buffer is mutated right after save returns, so the save must be complete.
-            enable_async_checkpointing=False,
-        )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # orbax warns that a read-only manager will not save: that is the point of one.
+        with _quiet_absl("read only") if read_only else contextlib.nullcontext():
+            options = ocp.CheckpointManagerOptions(
+                # Garbage collection is ours (`_collect_garbage`): orbax would delete old steps as
+                # soon as a new one is finalised, before its checksums are written.
+                max_to_keep=None,
+                create=not read_only,
+                # A crash leaves `<step>.orbax-checkpoint-tmp-*`; a restarted run removes it.
+                cleanup_tmp_directories=not read_only,
+                read_only=read_only,
+                # The replay buffer is mutated right after save returns, so the save must be complete.
+                enable_async_checkpointing=False,
+            )
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         """The newest checkpoint step on disk (intact or not: `restore` checks), or None."""
@@ -270,6 +287,8 @@ class RunCheckpointer:
         of the buffer holds NaN or inf. Saving a step that already exists (a final save right
         after an interval save at the same step) replaces it; the old one is moved aside and
         deleted only once the new one is verified."""
+        if self.read_only:
+            raise RuntimeError(f"{self.directory} was opened read-only: nothing can be saved")
         _refuse_non_finite(step, state, buffer, self.latest_step(), self.directory)
         arrays, meta = _split_state(state)
         meta["has_replay_buffer"] = buffer is not None
