@@ -8,11 +8,13 @@
         --left_camera_id 2455... --right_camera_id 2662... --wrist_camera_id 1383...
     python examples/launch_train_real.py --resume runs/dsrl_pi0_real_20250101_120000_s0
     python examples/launch_train_real.py --robot sim --pi0_remote 127.0.0.1:8000  # dry run
+    python examples/launch_train_real.py --eval_only runs/dsrl_pi0_real_... --eval_episodes 10
 
 Operator keys: Enter starts an episode after the scene reset, `q` stops it early, `1`/`0` label
 success/failure. The preset is `dsrl/presets/real.py`; the simulation launcher's reference flags
 plus the robot's (`dsrl.training.run.REAL_FLAGS`: cameras, `--instruction`, `--robot`, ...)
-override it, and so does `--config.<path>=<value>`. The run is built by the same
+override it, and so does `--config.<path>=<value>`; `--env franka_droid` (the reference's
+run_real.sh flag) names this preset. The run is built by the same
 `dsrl.training.run.build_run` as in simulation (one inline env with the operator keyboard) and
 trained by the same loop. `--algorithm dsrl_na` needs a base policy with a pure-JAX sampler,
 which a policy server is not: the learner says so before training starts.
@@ -30,11 +32,17 @@ if __name__ == "__main__":  # may re-execute itself once, before the heavy impor
 
     restart_with_hugepages()
 
+from dsrl import presets  # noqa: E402
 from dsrl.training import run as run_lib  # noqa: E402
+
+REAL_PRESETS = sorted(name for name, module in presets.PRESETS.items() if module == "real")
 
 
 def build_parser():
-    return run_lib.make_parser(__doc__.split("\n\n")[0], {**run_lib.FLAGS, **run_lib.REAL_FLAGS})
+    parser = run_lib.make_parser(__doc__.split("\n\n")[0], {**run_lib.FLAGS, **run_lib.REAL_FLAGS})
+    # The reference's run_real.sh passes --env franka_droid; every name is the real preset.
+    parser.add_argument("--env", choices=REAL_PRESETS, default=None, help="the preset (real)")
+    return parser
 
 
 def parse_config(argv: list[str] | None = None):
@@ -45,7 +53,9 @@ def parse_config(argv: list[str] | None = None):
 def main(argv: list[str] | None = None, *, keyboard=None, robot=None) -> int:
     """`keyboard` defaults to the terminal, `robot` to DROID's RobotEnv (or the simulated one
     with `--robot sim`); tests pass scripted ones."""
-    run, _ = run_lib.start(build_parser(), argv, preset="real", keyboard=keyboard, robot=robot)
+    run, args = run_lib.start(build_parser(), argv, preset="real", keyboard=keyboard, robot=robot)
+    if args.eval_only:  # evaluated already; `run` is the EvalOnlyResult
+        return 0
     with run:
         result = run.train()
     print(

@@ -4,6 +4,9 @@
     python examples/launch_train_sim.py --env libero --seed 0 --max_steps 500000 ...
     python examples/launch_train_sim.py --env libero --config.agent.num_qs=2 --config.env.num_envs=4
     python examples/launch_train_sim.py --resume runs/dsrl_pi0_libero_20250101_120000_s0
+    python examples/launch_train_sim.py --eval_only runs/dsrl_demo_20250101_120000_s0 \
+        --checkpoint_step 1000 --eval_episodes 50 --eval_seeds 0,1,2   # evaluate, no training
+    python examples/launch_train_sim.py --eval_only --base_policy_only --env libero
 
 The preset `dsrl/presets/<env>.py` gives every value; the reference's flag names
 (`--batch_size --max_steps --multi_grad_step --query_freq --action_magnitude --resize_image
@@ -33,7 +36,7 @@ if __name__ == "__main__":  # may re-execute itself once, before the heavy impor
 from dsrl import presets  # noqa: E402
 from dsrl.training import run as run_lib  # noqa: E402
 
-SIM_PRESETS = sorted(name for name in presets.PRESETS if name != "real")
+SIM_PRESETS = sorted(name for name, module in presets.PRESETS.items() if module != "real")
 
 
 def build_parser():
@@ -70,7 +73,9 @@ def demo_summary(result, run_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run, _ = run_lib.start(build_parser(), argv, preset="demo")
+    run, args = run_lib.start(build_parser(), argv, preset="demo")
+    if args.eval_only:  # evaluated already; `run` is the EvalOnlyResult
+        return 0
     start = time.perf_counter()
     with run:
         result = run.train()

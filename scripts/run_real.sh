@@ -23,6 +23,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 export EXP="${EXP:-./runs}"
 
 exec python examples/launch_train_real.py \
+  --env franka_droid \
   --robot "$ROBOT" \
   --pi0_remote "$POLICY_SERVER" \
   --left_camera_id "${LEFT_CAMERA_ID:-left0}" \
@@ -36,6 +37,7 @@ exec python examples/launch_train_real.py \
   --discount 0.99 \
   --seed 0 \
   --max_steps 500000 \
+  --eval_interval 2000 \
   --log_interval 100 \
   --multi_grad_step 30 \
   --resize_image 128 \

@@ -57,9 +57,10 @@ def validate_observation_spec(observation_spec: Mapping[str, Any]) -> dict[str, 
         raise ValueError(
             f"observation_spec['pixels'] dtype must be uint8, got {np.dtype(pix_dtype)}; {fix}"
         )
-    if len(state_shape) != 1 or int(state_shape[0]) <= 0:
+    # d = 0: the agent sees no state (the reference's --add_states 0, dsrl.envs.wrappers).
+    if len(state_shape) != 1 or int(state_shape[0]) < 0:
         raise ValueError(
-            f"observation_spec['state'] shape must be (d,) with d > 0, got {state_shape}; {fix}"
+            f"observation_spec['state'] shape must be (d,) with d >= 0, got {state_shape}; {fix}"
         )
     return {PIXELS: tuple(int(s) for s in pix_shape), STATE: (int(state_shape[0]),)}
 

@@ -67,7 +67,13 @@ def pool_features(feature_map: jax.Array, pooling: str, softmax_temperature: flo
     if pooling == "avg":
         return feature_map.mean(axis=(1, 2))
     if pooling == "spatial_softmax":
-        return SpatialSoftmax(temperature=softmax_temperature, name="spatial_softmax")(feature_map)
+        # A temperature <= 0 (the reference's -1) means a learned one, starting at 1.
+        learned = softmax_temperature <= 0
+        return SpatialSoftmax(
+            temperature=1.0 if learned else softmax_temperature,
+            learnable_temperature=learned,
+            name="spatial_softmax",
+        )(feature_map)
     raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
 
 

@@ -16,6 +16,7 @@ PRESETS = {
     "aloha": "aloha",
     "aloha_cube": "aloha",
     "real": "real",
+    "franka_droid": "real",  # the reference's run_real.sh name
 }
 
 

@@ -73,3 +73,34 @@ def plot_success(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+class PlotOnEvaluation:
+    """A run logger that redraws `run_dir/success_vs_env_steps.png` whenever a logged row holds
+    an evaluation success rate (every run's plot at every evaluation, not only the demo's).
+
+    Drawing reads metrics.jsonl and takes a fraction of a second; it happens once per evaluation.
+    A plot that cannot be drawn (e.g. matplotlib missing) is reported once and never stops the run.
+    Everything else is the wrapped logger's."""
+
+    def __init__(self, logger: Any, run_dir: str | os.PathLike, log: Any = print):
+        self.logger = logger
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "success_vs_env_steps.png"
+        self._log = log
+        self._failed = False
+
+    def log(self, metrics: Any, step: int) -> None:
+        self.logger.log(metrics, step=step)
+        if self._failed or not any(key in metrics for key, _, _ in CURVES):
+            return
+        try:
+            plot_success(self.run_dir, self.path)
+        except Exception as e:  # noqa: BLE001 - a plot must never end a training run
+            self._failed = True
+            self._log(f"[dsrl] could not draw {self.path} ({e}); plots are off for this run")
+
+    def __getattr__(self, name: str) -> Any:  # log_video, close, run_dir of the logger, ...
+        if name == "logger":
+            raise AttributeError(name)
+        return getattr(self.logger, name)

@@ -87,6 +87,12 @@ class EnvSection:
     # Smooth chunk boundaries (dsrl.envs.smoothing), the same in sim and on the real robot:
     blend_steps: int = 0  # first steps of a new chunk cross-faded from the previous plan
     max_action_delta: float = 0.0  # cap on the per-step, per-dimension action change; 0: none
+    # False: the agent sees the image only (the reference's --add_states 0; the base policy
+    # still reads the robot state, see dsrl.envs.wrappers.DropAgentState).
+    add_states: bool = True
+    # The reference's --num_cameras: RGB cameras stacked on the agent's pixel channels; checked
+    # against the env when the run is built. 0: whatever the env gives.
+    num_cameras: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "kwargs", dict(self.kwargs))
@@ -99,6 +105,7 @@ class EnvSection:
             value = getattr(self, name)
             _need(_positive_int(value), f"env.{name}", "> 0 (a positive integer)", value)
         _need(self.robot in ("droid", "sim"), "env.robot", "'droid' or 'sim'", self.robot)
+        _need(self.num_cameras >= 0, "env.num_cameras", ">= 0 (0: any)", self.num_cameras)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,10 +118,25 @@ class BasePolicySection:
     remote: str = ""  # host:port of a policy server instead of a local model
     num_steps: int = 0  # flow-integration steps; 0: the policy's default
     tokenizer_path: str = ""
+    # Pi0's chunk length (e.g. 50, the reference's LIBERO/Aloha horizon, on the `tiny` variant);
+    # 0: the variant's own (full/dummy 50, tiny 10). A local Pi0 only.
+    action_horizon: int = 0
 
     def __post_init__(self):
         _need(self.kind in ("flow_mlp", "pi0"), "base_policy.kind", "flow_mlp or pi0", self.kind)
         _need(self.num_steps >= 0, "base_policy.num_steps", ">= 0", self.num_steps)
+        _need(self.action_horizon >= 0, "base_policy.action_horizon", ">= 0", self.action_horizon)
+        if self.action_horizon and (self.kind != "pi0" or self.remote):
+            raise ConfigError(
+                f"base_policy.action_horizon={self.action_horizon} sets the chunk length of a "
+                "local Pi0 only; "
+                + (
+                    "a policy server's chunk length is the served model's (set it there)"
+                    if self.remote
+                    else f"the {self.kind} base policy's horizon is fixed by its checkpoint"
+                )
+                + ": remove --config.base_policy.action_horizon"
+            )
         if self.remote:
             from dsrl.base_policies.remote import parse_address
 
@@ -339,7 +361,22 @@ FLAGS = {
     "train_actor_steps": "agent.train_actor_steps",
     "blend_steps": "env.blend_steps",
     "max_action_delta": "env.max_action_delta",
+    # The reference's encoder flags (its learner's constructor arguments).
+    "cnn_features": "agent.cnn_features",
+    "cnn_strides": "agent.cnn_strides",
+    "cnn_padding": "agent.cnn_padding",
+    "latent_dim": "agent.bottleneck_dim",  # the reference's name of the bottleneck width
+    "dropout_rate": "agent.dropout_rate",
+    "aug_next": "agent.aug_next",
+    "softmax_temperature": "agent.softmax_temperature",
+    "use_spatial_softmax": "agent.encoder_pooling",  # 1: "spatial_softmax", 0: "flatten"
+    "use_bottleneck": "agent.use_bottleneck",  # checked, not stored: see _flag_value
+    "encoder_norm": "agent.encoder_norm",  # accepted, does nothing: see IGNORED_FLAGS
+    "num_cameras": "env.num_cameras",
+    "add_states": "env.add_states",
 }
+# Flags that take several values (`--cnn_features 32 32 32 32`, the reference's nargs='+').
+LIST_FLAGS = ("hidden_dims", "cnn_features", "cnn_strides")
 # The real-robot launcher's own flags (the reference's run_real.sh names).
 REAL_FLAGS = {
     "left_camera_id": "env.kwargs.left_camera_id",
@@ -351,8 +388,14 @@ REAL_FLAGS = {
     "num_initial_traj_collect": "loop.start_online_trajs",
     "use_prefix_feature": "env.use_prefix_feature",
 }
-# Accepted for compatibility with the reference's scripts; they change nothing here.
-IGNORED_FLAGS = ("launch_group_id", "suffix", "add_states")
+# Accepted for compatibility with the reference's scripts; they change nothing here, and a run
+# given one says so once at start-up (`notices`).
+IGNORED_FLAGS = {
+    "launch_group_id": "the W&B group is the run directory's name here",
+    "suffix": "the run directory is <logdir>/<prefix>_<time>_s<seed>",
+    "encoder_norm": "the 'small' encoder has no normalisation layer (as in the reference, which "
+    "also ignored it); 'resnet' always uses GroupNorm",
+}
 CHOICES = {
     "steering.noise_mode": NOISE_MODES,
     "agent.algorithm": ALGORITHMS,
@@ -376,6 +419,29 @@ LEGACY_KEYS = {
 # Version-1 sections whose keys moved as a whole.
 LEGACY_SECTIONS = {"env_kwargs": "env.kwargs", "noise_kwargs": "steering"}
 _FLAG_OF = {path: flag for flag, path in {**FLAGS, **REAL_FLAGS}.items()}
+_FLAG_OF["agent.encoder_pooling"] = "config.agent.encoder_pooling"
+
+
+def _flag_value(name: str, value: Any) -> Any:
+    """A reference flag's value as its RunConfig field takes it (None: nothing to set)."""
+    if name in LIST_FLAGS and isinstance(value, list):
+        if name == "hidden_dims" and len(value) == 1:
+            return int(value[0])  # one value N means (N, N, N): the learner's rule
+        return tuple(int(v) for v in value)
+    if name == "use_spatial_softmax":
+        on = parse_text(str(value), bool, f"--{name}")
+        return "spatial_softmax" if on else "flatten"
+    if name == "use_bottleneck":
+        if not parse_text(str(value), bool, f"--{name}"):
+            raise ConfigError(
+                "--use_bottleneck 0 is not supported: the encoder's features always pass through "
+                "the bottleneck (Dense -> LayerNorm -> tanh, as in the reference's default); "
+                "change its width with --latent_dim, or drop the flag"
+            )
+        return None
+    if name in IGNORED_FLAGS:
+        return None
+    return value
 
 
 def canonical_path(key: str) -> str:
@@ -572,10 +638,10 @@ def load_config(
     # The algorithm first: it decides which learner options exist.
     ordered = sorted((flags or {}).items(), key=lambda kv: kv[0] != "algorithm")
     for name, value in ordered:
+        if value is not None:
+            value = _flag_value(name, value)
         if value is None:
             continue
-        if name == "hidden_dims" and isinstance(value, list):
-            value = int(value[0]) if len(value) == 1 else tuple(int(v) for v in value)
         apply(tree, {**FLAGS, **REAL_FLAGS}[name], value, where=f"--{name}")
     for key, value in overrides:
         apply(tree, key, value, where=f"--config.{key}")
@@ -598,14 +664,24 @@ def make_parser(description: str, flags: Mapping[str, str]) -> argparse.Argument
         kwargs: dict[str, Any] = {"default": None, "help": f"sets {path}"}
         if name == "hidden_dims":
             kwargs |= {"nargs": "+", "help": "one value N means (N, N, N)"}
+        elif name in LIST_FLAGS:
+            kwargs |= {"nargs": "+", "help": f"sets {path} (one value per layer)"}
+        elif name in IGNORED_FLAGS:
+            kwargs["help"] = (
+                f"accepted for the reference's scripts; does nothing: {IGNORED_FLAGS[name]}"
+            )
         elif name == "use_prefix_feature":
             kwargs |= {"action": "store_true"}
         elif path in CHOICES:
             kwargs["choices"] = CHOICES[path]
         parser.add_argument(f"--{name}", **kwargs)
     for name in IGNORED_FLAGS:
-        parser.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS)
+        if name not in flags:
+            parser.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no_progress", action="store_true", help="hide the tqdm bar")
+    from dsrl.training import eval_only
+
+    eval_only.add_arguments(parser)  # --eval_only, --checkpoint_step, --eval_seeds, ...
     return parser
 
 
@@ -615,6 +691,9 @@ def parse_args(
     """(RunConfig, parsed flags) of a command line. The preset is `--env` where the parser has
     it, else `preset`; a resumed run keeps its own (a different `--env` is an error)."""
     args, extra = parser.parse_known_args(argv)
+    from dsrl.training import eval_only
+
+    eval_only.check_arguments(args)  # `--eval_only RUN_DIR` reads RUN_DIR's config
     flags = {name: getattr(args, name) for name in {**FLAGS, **REAL_FLAGS} if hasattr(args, name)}
     config = load_config(
         getattr(args, "env", None) or (None if args.resume else preset),
@@ -626,14 +705,48 @@ def parse_args(
     return dataclasses.replace(config, loop=progress), args
 
 
+def notices(config: RunConfig, args: argparse.Namespace) -> list[str]:
+    """One line per flag that was given but changes nothing in this run (printed once at
+    start-up, so a reference script's flag never looks as if it had an effect it has not)."""
+    out = []
+    for name, why in IGNORED_FLAGS.items():
+        if getattr(args, name, None) is not None:
+            out.append(f"--{name} is accepted for the reference's scripts and does nothing: {why}")
+    learner = dict(config.agent.learner)
+    pooling = learner.get("encoder_pooling", "flatten")
+    if getattr(args, "softmax_temperature", None) is not None and pooling != "spatial_softmax":
+        out.append(
+            f"--softmax_temperature does nothing with encoder_pooling={pooling!r} (the reference's "
+            "'small' encoder ignored it too); pass --use_spatial_softmax 1 to use it"
+        )
+    if getattr(args, "eval_interval", None) is not None and config.loop.eval_episodes == 0:
+        out.append(
+            "--eval_interval does nothing: control evaluation is off (eval_episodes 0; on a real "
+            "robot each evaluation episode costs robot time); pass --eval_episodes N to evaluate"
+        )
+    return out
+
+
 def start(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None, preset: str | None, **kwargs: Any
-) -> tuple[Run, argparse.Namespace]:
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    preset: str | None,
+    log: Any = print,
+    **kwargs: Any,
+) -> tuple[Any, argparse.Namespace]:
     """Parse the command line and build the run; a bad value ends the process with one error
-    line naming it (exit status 2, argparse's), before any work."""
+    line naming it (exit status 2, argparse's), before any work. Flags that do nothing in this
+    run are named once (`notices`). With `--eval_only` nothing is trained: the evaluation runs
+    here and its `dsrl.training.eval_only.EvalOnlyResult` is returned instead of a Run."""
     try:
         config, args = parse_args(parser, argv, preset)
-        return build_run(config, args.resume, **kwargs), args
+        for line in notices(config, args):
+            log(f"[dsrl] note: {line}")
+        if args.eval_only:
+            from dsrl.training import eval_only
+
+            return eval_only.run(config, args, log=log, **kwargs), args
+        return build_run(config, args.resume, log=log, **kwargs), args
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
 
@@ -693,7 +806,21 @@ def make_base_policy(config: RunConfig) -> Any:
         kwargs["tokenizer_path"] = bp.tokenizer_path
     if bp.num_steps:
         kwargs["num_steps"] = bp.num_steps
+    if bp.action_horizon:
+        kwargs["action_horizon"] = bp.action_horizon  # a Pi0Config override of the variant
     return Pi0Policy.from_checkpoint(bp.checkpoint, **kwargs)
+
+
+def check_num_cameras(config: RunConfig, observation_spec: Mapping[str, Any]) -> None:
+    """The reference's --num_cameras against the channels of the env's agent pixels."""
+    want = config.env.num_cameras
+    channels = int(observation_spec["pixels"][0][-1])
+    if want and channels != 3 * want:
+        raise ConfigError(
+            f"--num_cameras {want} expects {3 * want} pixel channels, but the {config.env.name} "
+            f"env gives the agent {channels} ({channels // 3} RGB camera(s)); pass "
+            f"--num_cameras {channels // 3} or leave it out (the env decides)"
+        )
 
 
 def make_steering(config: RunConfig, base_policy: Any) -> Steering:
@@ -824,18 +951,19 @@ def build_run(
         raise
 
 
-def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
-    from dsrl.data.replay_buffer import ReplayBuffer
+def make_vec_env(
+    config: RunConfig,
+    base_policy: Any,
+    resources: contextlib.ExitStack,
+    keyboard: Any = None,
+    robot: Any = None,
+) -> Any:
+    """The run's vector env (closed by `resources`): `num_envs` workers of the configured env,
+    or the robot (env "droid") as one inline env with the operator keyboard, whose DroidEnv is
+    the vector env's `robot_env`. Without `env.add_states` the agent sees no state."""
     from dsrl.envs.smoothing import ChunkSmoothing
     from dsrl.envs.vector import VectorEnv
-    from dsrl.utils.checkpoints import RunCheckpointer
-    from dsrl.utils.logging import RunLogger
 
-    # Closed last (an ExitStack unwinds in reverse): the base policy may be a server connection.
-    base_policy = make_base_policy(config)
-    if callable(getattr(base_policy, "close", None)):
-        resources.callback(base_policy.close)
-    steering = make_steering(config, base_policy)
     smoothing = ChunkSmoothing(config.env.blend_steps, config.env.max_action_delta)
     robot_env = None
     if config.env.name == "droid":
@@ -846,20 +974,44 @@ def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
         resources.callback(keyboard.close)  # the env closes it too; closing twice is harmless
         robot_env = _make_robot_env(config, base_policy, keyboard, robot)
         resources.callback(robot_env.close)  # restores the terminal
-        vec_env = VectorEnv([lambda: robot_env], mode="inline", smoothing=smoothing)
+        agent_env = robot_env
+        if not config.env.add_states:
+            from dsrl.envs.wrappers import DropAgentState
+
+            agent_env = DropAgentState(robot_env)
+        vec_env = VectorEnv([lambda: agent_env], mode="inline", smoothing=smoothing)
     else:
-        from dsrl.envs import make_env
+        from dsrl.envs.wrappers import make_agent_env
 
         kwargs = dict(config.env.kwargs)
         # The demo env calls its agent image size `image_size`; the robot envs `resize_image`.
         kwargs["image_size" if config.env.name == "demo" else "resize_image"] = (
             config.env.image_size
         )
-        env_fn = functools.partial(make_env, config.env.name, **kwargs)
+        env_fn = functools.partial(
+            make_agent_env, config.env.name, add_states=config.env.add_states, **kwargs
+        )
         vec_env = VectorEnv(
             [env_fn] * config.env.num_envs, mode=config.env.mode, smoothing=smoothing
         )
     resources.callback(vec_env.close)
+    check_num_cameras(config, vec_env.spec.observation_spec)
+    vec_env.robot_env = robot_env
+    return vec_env
+
+
+def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
+    from dsrl.data.replay_buffer import ReplayBuffer
+    from dsrl.utils.checkpoints import RunCheckpointer
+    from dsrl.utils.logging import RunLogger
+
+    # Closed last (an ExitStack unwinds in reverse): the base policy may be a server connection.
+    base_policy = make_base_policy(config)
+    if callable(getattr(base_policy, "close", None)):
+        resources.callback(base_policy.close)
+    steering = make_steering(config, base_policy)
+    vec_env = make_vec_env(config, base_policy, resources, keyboard, robot)
+    robot_env = vec_env.robot_env
     agent = make_agent(config, vec_env.spec.observation_spec, steering)
     spec = agent.transition_spec()
     if config.replay.store_action_chunks:
@@ -892,6 +1044,9 @@ def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
         wandb_mode=config.log.wandb_mode,
     )
     resources.callback(logger.close)
+    from dsrl.training.plots import PlotOnEvaluation
+
+    logger = PlotOnEvaluation(logger, run_dir, log=log)  # success_vs_env_steps.png per eval
     log(f"[dsrl] run dir: {run_dir}")
     return Run(
         config=config,

@@ -31,6 +31,7 @@ replacement never completed).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -49,6 +50,20 @@ from etils import epath
 from dsrl.data.replay_buffer import LayoutMismatchError, ReplayBuffer
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _quiet_absl(phrase: str):
+    """Drops absl log records that mention `phrase` (underscores read as spaces)."""
+    absl_log = logging.getLogger("absl")
+    quiet = logging.Filter()
+    quiet.filter = lambda record: phrase not in record.getMessage().replace("_", " ")
+    absl_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        absl_log.removeFilter(quiet)
+
 
 _FORMAT_VERSION = 1
 _ARRAYS, _META, _BUFFER = "state", "state_meta", "replay_buffer"
@@ -226,24 +241,33 @@ class RunCheckpointer:
     its checksum manifest written. `max_to_keep` steps are kept (the newest verified one always).
     """
 
-    def __init__(self, run_dir: str | os.PathLike, max_to_keep: int = 2):
+    def __init__(self, run_dir: str | os.PathLike, max_to_keep: int = 2, read_only: bool = False):
+        """read_only: restore only, and change nothing on disk (no directory created, no
+        interrupted save cleaned up): for reading a run that may still be training, e.g. an
+        evaluation-only run (dsrl.training.eval_only)."""
         if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1:
             raise ValueError(f"max_to_keep must be an int >= 1, got {max_to_keep!r}.")
         self.directory = Path(run_dir).absolute() / "checkpoints"
         self.max_to_keep = max_to_keep
-        if self.directory.is_dir():
+        self.read_only = read_only
+        if read_only and not self.directory.is_dir():
+            raise FileNotFoundError(f"{Path(run_dir)} has no checkpoints/ directory to read")
+        if self.directory.is_dir() and not read_only:
             self._recover_replaced_steps()
-        options = ocp.CheckpointManagerOptions(
-            # Garbage collection is ours (`_collect_garbage`): orbax would delete old steps as
-            # soon as a new one is finalised, before its checksums are written.
-            max_to_keep=None,
-            create=True,
-            # A crash leaves `<step>.orbax-checkpoint-tmp-*`; a restarted run removes it.
-            cleanup_tmp_directories=True,
-            # The replay buffer is mutated right after save returns, so the save must be complete.
-            enable_async_checkpointing=False,
-        )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # orbax warns that a read-only manager will not save: that is the point of one.
+        with _quiet_absl("read only") if read_only else contextlib.nullcontext():
+            options = ocp.CheckpointManagerOptions(
+                # Garbage collection is ours (`_collect_garbage`): orbax would delete old steps as
+                # soon as a new one is finalised, before its checksums are written.
+                max_to_keep=None,
+                create=not read_only,
+                # A crash leaves `<step>.orbax-checkpoint-tmp-*`; a restarted run removes it.
+                cleanup_tmp_directories=not read_only,
+                read_only=read_only,
+                # The replay buffer is mutated right after save returns, so the save must be complete.
+                enable_async_checkpointing=False,
+            )
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         """The newest checkpoint step on disk (intact or not: `restore` checks), or None."""
@@ -263,6 +287,8 @@ class RunCheckpointer:
         of the buffer holds NaN or inf. Saving a step that already exists (a final save right
         after an interval save at the same step) replaces it; the old one is moved aside and
         deleted only once the new one is verified."""
+        if self.read_only:
+            raise RuntimeError(f"{self.directory} was opened read-only: nothing can be saved")
         _refuse_non_finite(step, state, buffer, self.latest_step(), self.directory)
         arrays, meta = _split_state(state)
         meta["has_replay_buffer"] = buffer is not None
@@ -335,6 +361,7 @@ class RunCheckpointer:
         template_state: Any,
         step: int | None = None,
         example_transition: dict[str, Any] | None = None,
+        load_buffer: bool = True,
     ) -> tuple[Any, ReplayBuffer | None] | None:
         """Restores (state, buffer) from `step`, by default the newest intact step; None if the
         run has no checkpoint.
@@ -347,20 +374,23 @@ class RunCheckpointer:
         `template_state` has the structure, shapes and dtypes of the saved state (e.g. a freshly
         created learner with the same config); values are taken from disk. Restored arrays have
         the template's types: jax arrays (on the template's sharding), numpy arrays, typed PRNG
-        keys, numpy Generators. `buffer` is None when the checkpoint was saved without one.
+        keys, numpy Generators. `buffer` is None when the checkpoint was saved without one, or
+        with `load_buffer=False` (the agent alone, e.g. for an evaluation).
         """
         self._manager.reload()
         if step is not None:
             if step not in self.all_steps():
                 raise FileNotFoundError(f"No checkpoint for step {step} in {self.directory}.")
-            return self._restore_step(step, template_state, example_transition)
+            return self._restore_step(step, template_state, example_transition, load_buffer)
         steps = self.all_steps()
         if not steps:
             return None
         failures: list[tuple[int, Exception]] = []
         for candidate in reversed(steps):
             try:
-                result = self._restore_step(candidate, template_state, example_transition)
+                result = self._restore_step(
+                    candidate, template_state, example_transition, load_buffer
+                )
             except Exception as err:  # noqa: BLE001 - any failure means: try the older step
                 log.warning(
                     "Checkpoint step %d in %s cannot be restored and was skipped: %s",
@@ -388,7 +418,11 @@ class RunCheckpointer:
         ) from failures[0][1]
 
     def _restore_step(
-        self, step: int, template_state: Any, example_transition: dict[str, Any] | None
+        self,
+        step: int,
+        template_state: Any,
+        example_transition: dict[str, Any] | None,
+        load_buffer: bool = True,
     ) -> tuple[Any, ReplayBuffer | None]:
         where = self.directory / str(step)
         if not _verify_manifest(where):
@@ -423,7 +457,8 @@ class RunCheckpointer:
         items: dict[str, Any] = {}
         if targets:
             items[_ARRAYS] = ocp.args.StandardRestore(targets)
-        if meta["has_replay_buffer"]:
+        with_buffer = bool(meta["has_replay_buffer"]) and load_buffer
+        if with_buffer:
             items[_BUFFER] = ReplayBufferRestore(example_transition)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items)) if items else {}
         arrays = restored[_ARRAYS] if targets else {}
@@ -432,7 +467,7 @@ class RunCheckpointer:
         for index, (record, leaf) in enumerate(zip(meta["leaves"], template_leaves, strict=True)):
             leaves.append(_rebuild_leaf(record, leaf, arrays.get(f"leaf_{index:05d}")))
         state = jax.tree_util.tree_unflatten(treedef, leaves)
-        buffer = restored.get(_BUFFER) if meta["has_replay_buffer"] else None
+        buffer = restored.get(_BUFFER) if with_buffer else None
         # Random bytes in an unverified step, or NaN saved before saves were checked, would
         # otherwise train into NaN silently.
         bad = _non_finite_leaves(state) + (buffer.non_finite_fields() if buffer else [])

@@ -1,0 +1,302 @@
+"""Evaluation-only runs: a trained agent (or the base policy alone) on fixed seeds, no training.
+
+    python examples/launch_train_sim.py --eval_only runs/dsrl_demo_20250101_120000_s0
+    python examples/launch_train_sim.py --eval_only <run_dir> --checkpoint_step 1000 \
+        --eval_episodes 50 --num_envs 8 --eval_seeds 0,1,2,3
+    python examples/launch_train_sim.py --eval_only --base_policy_only --env libero
+
+From a run directory: its config.json (flags given again override it, e.g. `--eval_episodes`,
+`--num_envs`), the agent of the newest intact checkpoint or of `--checkpoint_step`, read without
+changing anything in the run directory (no checkpoint clean-up, no metrics appended). Everything
+the evaluation writes goes to a new `<run_dir>/eval_<step>_<YYYYmmdd_HHMMSS>/`:
+
+    summary.json  the run, checkpoint step, seeds and, per noise source, the metrics (success
+                  rate, return, length, ...) and every episode's seed, success, return, length
+    table.txt     the table printed at the end
+    videos/       the first `num_video_episodes` episodes of the actor (sampled latents)
+    config.json   the config the evaluation ran with
+
+The noise sources are the training loop's (dsrl.training.evaluation): the actor's mode
+(deterministic), its sampled latents, and the base policy with i.i.d. noise and with the warm-up
+family, each on the same seeds and with the loop's noise generators. The default seeds are the
+run's own evaluation seeds (`eval_seeds(seed, eval_episodes)`), so the deterministic success of
+the checkpoint an evaluation was logged at is reproduced exactly. `--eval_seeds 0,1,2` gives the
+env reset seeds themselves (one episode each); a single number is a base seed in place of the
+run's `--seed`.
+
+`--base_policy_only` evaluates the base policy alone (no agent, no checkpoint needed): with a run
+directory on its config, else on a preset (`--env`), writing `<logdir>/<prefix>_eval_base_<time>/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsrl.training import loop
+from dsrl.training.evaluation import EvalResult, eval_seeds, evaluate
+
+SUMMARY_FILE = "summary.json"
+TABLE_FILE = "table.txt"
+# (summary key, table label), in the order evaluated and printed.
+SOURCES = (
+    ("actor_mode", "DSRL, deterministic (actor mode)"),
+    ("actor_sampled", "DSRL, sampled latents"),
+    ("base_iid", "base policy, i.i.d. noise"),
+    ("base_warmup", "base policy, warm-up noise family"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The evaluation-only flags (both launchers)."""
+    parser.add_argument(
+        "--eval_only",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="RUN_DIR",
+        help="evaluate, do not train: a run directory (or --resume RUN_DIR), or with "
+        "--base_policy_only a preset; writes RUN_DIR/eval_<step>_<time>/",
+    )
+    parser.add_argument(
+        "--checkpoint_step",
+        type=int,
+        default=None,
+        help="with --eval_only: the checkpoint step to evaluate (default: the newest intact)",
+    )
+    parser.add_argument(
+        "--eval_seeds",
+        default=None,
+        help="with --eval_only: env reset seeds '0,1,2' (one episode each), or one base seed "
+        "(default: the run's own evaluation seeds)",
+    )
+    parser.add_argument(
+        "--base_policy_only",
+        action="store_true",
+        help="with --eval_only: evaluate the base policy alone (i.i.d. and warm-up noise)",
+    )
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Eval-only flags without --eval_only, or --eval_only without anything to evaluate, are
+    errors naming the fix; `--eval_only RUN_DIR` becomes `args.resume`."""
+    eval_only = getattr(args, "eval_only", None)
+    given = [
+        f"--{name}"
+        for name in ("checkpoint_step", "eval_seeds")
+        if getattr(args, name, None) is not None
+    ]
+    if getattr(args, "base_policy_only", False):
+        given.append("--base_policy_only")
+    if not eval_only:
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to --eval_only runs; add --eval_only")
+        return
+    if isinstance(eval_only, str):
+        if args.resume and Path(args.resume) != Path(eval_only):
+            raise ValueError(
+                f"--eval_only {eval_only} and --resume {args.resume} name two runs; pass one"
+            )
+        args.resume = eval_only
+    if not args.resume and not args.base_policy_only:
+        raise ValueError(
+            "--eval_only needs a run directory (--eval_only RUN_DIR or --resume RUN_DIR), or "
+            "--base_policy_only to evaluate the base policy alone on a preset"
+        )
+    if args.checkpoint_step is not None and (args.base_policy_only or args.checkpoint_step < 0):
+        raise ValueError(
+            "--checkpoint_step needs an agent's run directory (not --base_policy_only) and a "
+            f"step >= 0, got {args.checkpoint_step}"
+        )
+
+
+def parse_seeds(text: str | None, seed: int, episodes: int) -> list[int]:
+    """The env reset seeds of an evaluation: the run's own (`text` None), from a base seed (one
+    number) or as listed ('0,1,2')."""
+    if text is None:
+        return eval_seeds(seed, episodes)
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if not values or any(v < 0 for v in values):
+        raise ValueError(
+            f"--eval_seeds {text!r}: expected non-negative integers, '0,1,2' (reset seeds) or "
+            "one base seed"
+        )
+    if len(values) == 1 and "," not in str(text):
+        return eval_seeds(values[0], episodes)
+    return values
+
+
+@dataclasses.dataclass
+class EvalOnlyResult:
+    out_dir: Path
+    summary: dict[str, Any]
+    table: str
+
+
+def _episode_rows(result: EvalResult, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    return [
+        {
+            "seed": int(seed),
+            "success": bool(e.success),
+            "return": float(e.env_return),
+            "length": int(e.length),
+            "discarded": bool(e.discarded),
+        }
+        for seed, e in zip(seeds, result.episodes, strict=True)
+    ]
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    lines = [f"{'policy':<36} {'success':>7} {'return':>8} {'length':>7}", "-" * 61]
+    for key, label in SOURCES:
+        if key in summary["sources"]:
+            m = summary["sources"][key]["metrics"]
+            lines.append(
+                f"{label:<36} {m['success_rate']:>7.2f} {m['avg_return']:>8.2f} "
+                f"{m['avg_episode_len']:>7.1f}"
+            )
+    where = f"checkpoint step {summary['checkpoint_step']}"
+    if summary["checkpoint_step"] is None:
+        where = "base policy alone"
+    lines.append(
+        f"{summary['episodes']} episodes per policy ({where}, {summary['env_steps']} env steps "
+        f"trained); seeds: {summary['seeds_from']}"
+    )
+    return "\n".join(lines)
+
+
+def run(
+    config: Any,
+    args: argparse.Namespace,
+    *,
+    keyboard: Any = None,
+    robot: Any = None,
+    log: Any = print,
+) -> EvalOnlyResult:
+    """Evaluate as `args` asks (see the module docstring) and write the eval folder."""
+    from dsrl.training import run as run_lib
+    from dsrl.utils.checkpoints import RunCheckpointer
+    from dsrl.utils.logging import RunLogger
+
+    cfg = config.loop
+    run_dir = Path(args.resume) if args.resume else None
+    episodes = cfg.eval_episodes
+    explicit = args.eval_seeds is not None and "," in str(args.eval_seeds)
+    if episodes < 1 and not explicit:
+        raise ValueError(
+            f"eval_episodes is {episodes} in this config; pass --eval_episodes N (or "
+            "--eval_seeds 0,1,2) to evaluate"
+        )
+    seeds = parse_seeds(args.eval_seeds, cfg.seed, episodes)
+    seeds_from = (
+        f"the run's evaluation seeds (seed {cfg.seed})"
+        if args.eval_seeds is None
+        else f"--eval_seeds {args.eval_seeds}"
+    )
+    with contextlib.ExitStack() as resources:
+        base_policy = run_lib.make_base_policy(config)
+        if callable(getattr(base_policy, "close", None)):
+            resources.callback(base_policy.close)
+        steering = run_lib.make_steering(config, base_policy)
+        vec_env = run_lib.make_vec_env(config, base_policy, resources, keyboard, robot)
+        agent, state, step = None, loop.LoopState(), None
+        if not args.base_policy_only:
+            template = run_lib.make_agent(config, vec_env.spec.observation_spec, steering)
+            checkpointer = RunCheckpointer(run_dir, read_only=True)
+            resources.callback(checkpointer.close)
+            restored = checkpointer.restore(
+                loop.checkpoint_template(template), step=args.checkpoint_step, load_buffer=False
+            )
+            if restored is None:
+                raise FileNotFoundError(
+                    f"{run_dir} has no checkpoint to evaluate yet; wait for its first "
+                    "checkpoint_interval, or pass --base_policy_only"
+                )
+            tree, _ = restored
+            agent = tree["agent"]
+            state = loop.LoopState.from_tree(tree["counters"])
+            step = state.grad_steps
+        stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+        if run_dir is not None:
+            name = f"eval_{step}_{stamp}" if step is not None else f"eval_base_{stamp}"
+            out_dir = run_dir / name
+        else:
+            out_dir = Path(config.log.logdir) / f"{config.log.prefix}_eval_base_{stamp}"
+        out_dir.mkdir(parents=True, exist_ok=False)
+        logger = RunLogger(out_dir, config.to_tree(), project="", wandb_mode="disabled")
+        resources.callback(logger.close)
+        log(f"[dsrl] evaluating {'the base policy' if agent is None else f'step {step}'} of "
+            f"{run_dir or config.env.name} on {len(seeds)} seeds -> {out_dir}")  # fmt: skip
+
+        results: dict[str, EvalResult] = {}
+        holder = {"agent": agent}
+
+        def sampled(obs):
+            latents, holder["agent"] = holder["agent"].sample_actions(obs)
+            return latents
+
+        def run_source(key: str, source: Any, videos: int = 0) -> None:
+            results[key] = evaluate(vec_env, steering, source, seeds, num_video_episodes=videos)
+
+        videos = cfg.num_video_episodes
+        if agent is not None:
+            # The loop's order: sampled first (it advances the agent's key), then the mode.
+            run_source("actor_sampled", steering.agent_source(sampled), videos)
+            run_source("actor_mode", steering.agent_source(agent.eval_actions))
+            videos = 0
+        # The loop's fixed generators: the same base-policy noise as the run's evaluations.
+        run_source("base_iid", steering.iid_source(np.random.default_rng([cfg.seed, 3])), videos)
+        run_source("base_warmup", steering.warmup_source(np.random.default_rng([cfg.seed, 4])))
+
+        prefixes = {
+            "actor_sampled": "evaluation",
+            "actor_mode": "evaluation_mode",
+            "base_iid": "evaluation_base_iid",
+            "base_warmup": "evaluation_base_warmup",
+        }
+        row = {
+            f"{prefixes[k]}/{name}": value
+            for k, r in results.items()
+            for name, value in r.metrics.items()
+        }
+        logger.log(row, step=step or 0)
+        video_source = "actor_sampled" if agent is not None else "base_iid"
+        for i, frames in enumerate(results[video_source].videos):
+            logger.log_video(f"eval_video/{i}", frames, step=step or 0, fps=cfg.video_fps)
+        summary = {
+            "run_dir": str(run_dir) if run_dir else None,
+            "env": config.env.name,
+            "checkpoint_step": step,
+            "env_steps": state.env_steps,
+            "episodes": len(seeds),
+            "seeds": [int(s) for s in seeds],
+            "seeds_from": seeds_from,
+            "num_envs": int(vec_env.num_envs),
+            "sources": {
+                key: {
+                    "label": dict(SOURCES)[key],
+                    "metrics": results[key].metrics,
+                    "episodes": _episode_rows(results[key], seeds),
+                }
+                for key, _ in SOURCES
+                if key in results
+            },
+        }
+        table = format_table(summary)
+        (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        (out_dir / TABLE_FILE).write_text(table + "\n")
+    log(table)
+    log(f"[dsrl] evaluation written to {out_dir}")
+    return EvalOnlyResult(out_dir=out_dir, summary=summary, table=table)

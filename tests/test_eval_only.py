@@ -1,0 +1,140 @@
+"""Evaluation-only runs (`--eval_only`) on a real finished demo run, and every run's plot.
+
+One short demo run is trained through the sim launcher; the evaluation of its final checkpoint
+must reproduce the run's last deterministic success (and its base-policy baseline) on the same
+seeds, change nothing in the run directory but add its eval folder, and honour explicit seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from dsrl.utils.logging import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = [
+    "--env", "demo", "--max_steps", "32", "--start_online_updates", "20", "--batch_size", "16",
+    "--multi_grad_step", "1", "--update_block", "16", "--eval_interval", "1000",
+    "--eval_episodes", "6", "--num_envs", "3", "--checkpoint_interval", "16",
+    "--hidden_dims", "16", "--no_progress",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def launcher():
+    spec = importlib.util.spec_from_file_location(
+        "launch_train_sim_eval", ROOT / "examples" / "launch_train_sim.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def finished_run(launcher, tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("runs")
+    assert launcher.main([*TRAIN, "--logdir", str(logdir)]) == 0
+    (run_dir,) = [p for p in logdir.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def _snapshot(run_dir: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(run_dir)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in run_dir.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_every_run_writes_its_plot_at_each_evaluation(finished_run):
+    png = finished_run / "success_vs_env_steps.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_only_reproduces_the_runs_last_deterministic_success(launcher, finished_run, capsys):
+    rows = [r for r in read_metrics(finished_run) if "evaluation_mode/success_rate" in r]
+    last, first = rows[-1], rows[0]
+    before = _snapshot(finished_run)
+    capsys.readouterr()
+    assert launcher.main(["--eval_only", str(finished_run), "--no_progress"]) == 0
+    printed = capsys.readouterr().out
+    (out,) = [p for p in finished_run.iterdir() if p.name.startswith("eval_")]
+    assert out.name.startswith(f"eval_{last['step']}_")
+    # Nothing in the run directory changed but the new folder.
+    after = {k: v for k, v in _snapshot(finished_run).items() if not k.startswith(out.name)}
+    assert after == before
+
+    summary = json.loads((out / "summary.json").read_text())
+    sources = summary["sources"]
+    assert summary["checkpoint_step"] == last["step"] and summary["episodes"] == 6
+    mode = sources["actor_mode"]["metrics"]
+    assert mode["success_rate"] == last["evaluation_mode/success_rate"]
+    assert mode["avg_episode_len"] == last["evaluation_mode/avg_episode_len"]
+    # The base policy with the loop's own noise generators: the run's step-0 baselines.
+    for key, prefix in (("base_iid", "evaluation_base_iid"), ("base_warmup", "evaluation_base_warmup")):  # fmt: skip
+        assert sources[key]["metrics"]["success_rate"] == first[f"{prefix}/success_rate"]
+    assert set(sources) == {"actor_mode", "actor_sampled", "base_iid", "base_warmup"}
+    table = (out / "table.txt").read_text()
+    assert "DSRL, deterministic (actor mode)" in table and table.strip() in printed
+    assert sorted(p.suffix for p in (out / "videos").iterdir()) == [".mp4"] * 2
+
+
+def test_eval_only_with_listed_seeds_and_a_checkpoint_step(launcher, finished_run, capsys):
+    argv = ["--eval_only", str(finished_run), "--checkpoint_step", "16",
+            "--eval_seeds", "4,5,6,7", "--num_envs", "2", "--no_progress"]  # fmt: skip
+    assert launcher.main(argv) == 0
+    (out,) = [p for p in finished_run.iterdir() if p.name.startswith("eval_16_")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [4, 5, 6, 7] and summary["num_envs"] == 2
+    assert [e["seed"] for e in summary["sources"]["actor_mode"]["episodes"]] == [4, 5, 6, 7]
+
+    with pytest.raises(SystemExit) as exit_info:
+        launcher.main(["--eval_only", str(finished_run), "--checkpoint_step", "7"])
+    assert exit_info.value.code == 2
+    assert "No checkpoint for step 7" in capsys.readouterr().err
+
+
+def test_base_policy_alone_without_a_run(launcher, tmp_path):
+    argv = ["--eval_only", "--base_policy_only", "--env", "demo", "--eval_episodes", "4",
+            "--num_envs", "4", "--logdir", str(tmp_path), "--no_progress"]  # fmt: skip
+    assert launcher.main(argv) == 0
+    (out,) = list(tmp_path.iterdir())
+    assert out.name.startswith("dsrl_demo_eval_base_")
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["sources"]) == {"base_iid", "base_warmup"}
+    assert summary["checkpoint_step"] is None and len(summary["seeds"]) == 4
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--eval_only"], "--eval_only needs a run directory"),
+        (["--checkpoint_step", "3"], "only apply to --eval_only runs"),
+        (["--eval_only", "--base_policy_only", "--eval_seeds", "a,b"], "--eval_seeds 'a,b'"),
+    ],
+)
+def test_eval_only_bad_input_is_one_clear_line(launcher, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        launcher.main([*argv, "--env", "demo"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_read_only_checkpointer_reads_and_refuses_to_write(finished_run, tmp_path):
+    from dsrl.utils.checkpoints import RunCheckpointer
+
+    before = _snapshot(finished_run)
+    checkpointer = RunCheckpointer(finished_run, read_only=True)
+    assert checkpointer.all_steps() == [16, 32]
+    with pytest.raises(RuntimeError, match="read-only"):
+        checkpointer.save(48, {"x": 1})
+    checkpointer.close()
+    assert _snapshot(finished_run) == before
+    with pytest.raises(FileNotFoundError, match="no checkpoints/"):
+        RunCheckpointer(tmp_path, read_only=True)
+    assert not (tmp_path / "checkpoints").exists()
