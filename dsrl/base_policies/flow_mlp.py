@@ -48,6 +48,9 @@ class FlowMLPConfig:
     hidden_dims: tuple[int, ...] = (128, 128, 128)
     time_embed_dim: int = 32
     num_steps: int = 10
+    # The state is multiplied by this before the network reads it (e.g. 10 for poses in metres,
+    # so that centimetre differences are not lost against unit-scale activations).
+    state_scale: float = 1.0
 
     def __post_init__(self):
         if self.noise_dim < self.action_dim:
@@ -92,7 +95,12 @@ class VelocityField(nn.Module):
         c = self.config
         batch = x_t.shape[0]
         h = jnp.concatenate(
-            [x_t.reshape(batch, -1), time_embedding(t, c.time_embed_dim), state], axis=-1
+            [
+                x_t.reshape(batch, -1),
+                time_embedding(t, c.time_embed_dim),
+                state * c.state_scale,
+            ],
+            axis=-1,
         )
         for width in c.hidden_dims:
             h = nn.swish(nn.Dense(width)(h))
