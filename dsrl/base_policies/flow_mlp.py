@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import pathlib
@@ -30,8 +31,11 @@ import numpy as np
 from flax import traverse_util
 
 DEMO_ASSET_DIR = pathlib.Path(__file__).resolve().parents[1] / "assets" / "flow_mlp_demo"
+LIBERO_ASSET_DIR = pathlib.Path(__file__).resolve().parents[1] / "assets" / "flow_mlp_libero"
 _CONFIG_FILE = "config.json"
 _PARAMS_FILE = "params.npz"
+# Optional: sha256 of params.npz, checked at load when present (shipped assets carry one).
+_HASH_FILE = "params.sha256"
 
 Params = Mapping[str, Any]
 
@@ -106,6 +110,18 @@ class VelocityField(nn.Module):
             h = nn.swish(nn.Dense(width)(h))
         out = nn.Dense(c.horizon * c.noise_dim, kernel_init=nn.initializers.zeros)(h)
         return out.reshape(batch, c.horizon, c.noise_dim)
+
+
+def _sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+def write_params_hash(directory: str | pathlib.Path) -> str:
+    """Writes params.sha256 next to params.npz (checked by FlowMLPPolicy.load); returns it."""
+    directory = pathlib.Path(directory)
+    digest = _sha256(directory / _PARAMS_FILE)
+    (directory / _HASH_FILE).write_text(f"{digest}  {_PARAMS_FILE}\n")
+    return digest
 
 
 def init_params(config: FlowMLPConfig, seed: int) -> Params:
@@ -227,6 +243,15 @@ class FlowMLPPolicy:
                 "(write one with FlowMLPPolicy.save or scripts/pretrain_flow_mlp.py)."
             )
         config = FlowMLPConfig.from_json(json.loads(config_path.read_text()))
+        hash_path = directory / _HASH_FILE
+        if hash_path.is_file():
+            expected_hash = hash_path.read_text().split()[0]
+            actual_hash = _sha256(params_path)
+            if actual_hash != expected_hash:
+                raise ValueError(
+                    f"{params_path} has sha256 {actual_hash}, but {hash_path} says "
+                    f"{expected_hash}: the checkpoint is damaged or was replaced without its hash."
+                )
         with np.load(params_path) as data:
             flat = {k: np.asarray(data[k]) for k in data.files}
         params = traverse_util.unflatten_dict(flat, sep="/")
@@ -239,6 +264,11 @@ class FlowMLPPolicy:
                 f"config's {expected}. Re-save both together."
             )
         return cls(config, params)
+
+    @classmethod
+    def load_libero(cls) -> FlowMLPPolicy:
+        """The shipped base policy for the LIBERO CPU proof (`dsrl.envs.libero_scripted`)."""
+        return cls.load(LIBERO_ASSET_DIR)
 
     @classmethod
     def load_demo(cls) -> FlowMLPPolicy:
