@@ -3,8 +3,9 @@
     python scripts/compare_algorithms.py                       # 3 seeds each, demo preset
     python scripts/compare_algorithms.py --seeds 0 1 --max_env_steps 8000 --out /tmp/cmp
 
-Each run is the demo preset (`examples/configs/demo.py`) through the same launcher code path as
-`examples/launch_train_sim.py --env demo --algorithm {pixel_sac,dsrl_na}`, so both algorithms
+Each run is the demo preset (`dsrl/presets/demo.py`) built by the launchers' `build_run`
+(`dsrl.training.run`), as `examples/launch_train_sim.py --env demo --algorithm {pixel_sac,dsrl_na}`
+does, so both algorithms
 see the same env, base policy, noise parameterisation, UTD (`multi_grad_step`), batch size,
 networks and evaluation seeds. A run stops at its first evaluation with success >= threshold
 (`--no_early_stop` runs the whole budget) or when `--max_env_steps` is spent.
@@ -22,7 +23,6 @@ seed never got there), "na_over_sac", ...}.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -46,16 +46,6 @@ if __name__ == "__main__":
     restart_with_hugepages()
 
 ALGORITHMS = {"sac": "pixel_sac", "na": "dsrl_na"}
-
-
-def _load_launcher():
-    spec = importlib.util.spec_from_file_location(
-        "launch_train_sim", ROOT / "examples" / "launch_train_sim.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 class _Reached(Exception):
@@ -90,17 +80,13 @@ def steps_to_threshold(rows: list[dict[str, float]], metric: str, threshold: flo
     return float("inf")
 
 
-def time_updates(launcher, config, run, blocks: int) -> float:
+def time_updates(config, run, blocks: int) -> float:
     """Seconds per gradient step of a fresh learner on the run's buffer (compile excluded)."""
-    agent = launcher.make_agent(
-        config,
-        run.vec_env.spec.observation_spec,
-        run.steering.noise_param.action_dim,
-        run.steering.base_policy,
-        run.steering.noise_param,
-    )
-    block = int(config.update_block) or int(config.multi_grad_step)
-    batch_size = min(int(config.batch_size), len(run.buffer))  # a tiny budget's small buffer
+    from dsrl.training import run as run_lib
+
+    agent = run_lib.make_agent(config, run.vec_env.spec.observation_spec, run.steering)
+    block = config.loop.block
+    batch_size = min(config.loop.batch_size, len(run.buffer))  # a tiny budget's small buffer
     agent, _ = agent.update(run.buffer.sample(batch_size, num_batches=block))
     times = []
     for _ in range(blocks):
@@ -111,36 +97,36 @@ def time_updates(launcher, config, run, blocks: int) -> float:
     return float(np.median(times)) / block
 
 
-def run_one(launcher, algorithm: str, seed: int, args, logdir: Path) -> dict[str, Any]:
+def run_one(algorithm: str, seed: int, args, logdir: Path) -> dict[str, Any]:
     from dsrl.training import loop
+    from dsrl.training import run as run_lib
 
-    argv = [
-        "--env", "demo", "--algorithm", algorithm, "--seed", str(seed),
-        "--max_env_steps", str(args.max_env_steps), "--max_steps", str(10**9),
-        "--eval_interval", str(args.eval_interval), "--eval_episodes", str(args.eval_episodes),
-        "--wandb_mode", "disabled", "--logdir", str(logdir),
-    ]  # fmt: skip
-    config, _ = launcher.parse_config(argv + list(args.config))
-    config.num_video_episodes = 0
-    run = launcher.build_run(config)
-    run.logger.close()
+    flags = {
+        "algorithm": algorithm, "seed": str(seed), "max_env_steps": str(args.max_env_steps),
+        "max_steps": str(10**9), "eval_interval": str(args.eval_interval),
+        "eval_episodes": str(args.eval_episodes), "wandb_mode": "disabled", "logdir": str(logdir),
+    }  # fmt: skip
+    overrides = [("loop.num_video_episodes", "0"), ("loop.progress", "false")]
+    config = run_lib.load_config(
+        "demo", flags=flags, overrides=overrides + run_lib.config_overrides(args.config)
+    )
     recorder = _EvalRecorder(args.metric, args.threshold, not args.no_early_stop)
-    loop_cfg = launcher.make_loop_config(config, run.agent, progress=False)
-    start = time.perf_counter()
-    try:
-        loop.train(
-            env=run.vec_env,
-            steering=run.steering,
-            agent=run.agent,
-            buffer=run.buffer,
-            config=loop_cfg,
-            logger=recorder,
-        )
-    except _Reached:
-        pass
-    wall = time.perf_counter() - start
-    sec_per_step = time_updates(launcher, config, run, args.timing_blocks)
-    run.vec_env.close()
+    with run_lib.build_run(config) as run:
+        start = time.perf_counter()
+        try:
+            loop.train(
+                env=run.vec_env,
+                steering=run.steering,
+                agent=run.agent,
+                buffer=run.buffer,
+                config=config.loop,
+                logger=recorder,
+                transition_spec=run.transition_spec,
+            )
+        except _Reached:
+            pass
+        wall = time.perf_counter() - start
+        sec_per_step = time_updates(config, run, args.timing_blocks)
     return {
         "algorithm": algorithm,
         "seed": seed,
@@ -202,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "--metric",
         default="evaluation_mode/success_rate",
         choices=("evaluation_mode/success_rate", "evaluation/success_rate"),
-        help="deterministic actor (default) or sampled actions",
+        help="deterministic actor (default) or sampled latents",
     )
     parser.add_argument("--no_early_stop", action="store_true")
     parser.add_argument("--timing_blocks", type=int, default=5)
@@ -212,12 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     args.config = extra
     out = Path(args.out or tempfile.mkdtemp(prefix="dsrl_compare_"))
     out.mkdir(parents=True, exist_ok=True)
-    launcher = _load_launcher()
-
     results = []
     for seed in args.seeds:  # seed-major: a cut-short comparison still pairs the algorithms
         for key in args.algorithms:
-            res = run_one(launcher, ALGORITHMS[key], seed, args, out / "runs")
+            res = run_one(ALGORITHMS[key], seed, args, out / "runs")
             results.append(res)
             print(
                 f"[compare] {key} seed {seed}: steps to {args.threshold} = "

@@ -43,7 +43,7 @@ from dsrl.envs.demo import (  # noqa: E402
     evaluate_noise_strategy,
     scripted_action,
 )
-from dsrl.envs.steering import make_noise_param  # noqa: E402
+from dsrl.steering import make_noise_param  # noqa: E402
 
 
 def collect_demonstrations(

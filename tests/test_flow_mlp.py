@@ -18,7 +18,7 @@ from dsrl.base_policies.flow_mlp import (
     init_params,
 )
 from dsrl.envs.demo import DemoEnv, evaluate_noise_strategy
-from dsrl.envs.steering import make_noise_param
+from dsrl.steering import make_noise_param
 
 QUERY_FREQ = 8
 

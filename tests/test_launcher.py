@@ -1,15 +1,21 @@
-"""examples/launch_train_sim.py: presets, reference flag names, --config overrides, clear errors,
-and scripts/plot_run.py on a real run directory."""
+"""examples/launch_train_sim.py and dsrl.training.run: presets, reference flag names, --config
+overrides, clear errors before any work, the run directory's life cycle, and scripts/plot_run.py
+on a real run directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from dsrl.training import run as run_lib
 from dsrl.utils.logging import RunLogger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,31 +34,34 @@ def launcher():
 
 def test_libero_preset_has_the_reference_values(launcher):
     config, _ = launcher.parse_config(["--env", "libero"])
-    assert (config.batch_size, config.discount, config.max_steps) == (256, 0.999, 500_000)
-    assert (config.eval_interval, config.log_interval, config.eval_episodes) == (10_000, 500, 10)
-    assert (config.multi_grad_step, config.start_online_updates, config.resize_image) == (
+    loop, steering = config.loop, config.steering
+    assert (loop.batch_size, loop.discount, loop.max_steps) == (256, 0.999, 500_000)
+    assert (loop.eval_interval, loop.log_interval, loop.eval_episodes) == (10_000, 500, 10)
+    assert (loop.multi_grad_step, loop.start_online_updates, config.env.image_size) == (
         20,
         500,
         64,
     )
-    assert (config.action_magnitude, config.query_freq) == (1.0, 20)
-    assert tuple(config.agent.hidden_dims) == (128, 128, 128) and config.agent.num_qs == 10
-    assert (config.env_kwargs.suite, config.env_kwargs.task_id) == ("libero_90", 57)
+    assert (steering.action_magnitude, steering.query_freq) == (1.0, 20)
+    learner = config.learner_config()
+    assert tuple(learner.hidden_dims) == (128, 128, 128) and learner.num_qs == 10
+    assert (config.env.kwargs["suite"], config.env.kwargs["task_id"]) == ("libero_90", 57)
     assert config.base_policy.checkpoint == "gs://openpi-assets/checkpoints/pi0_libero"
 
 
 def test_aloha_preset_has_the_reference_values(launcher):
     config, _ = launcher.parse_config(["--env", "aloha_cube"])
-    assert (config.max_steps, config.multi_grad_step, config.start_online_updates) == (
+    loop = config.loop
+    assert (loop.max_steps, loop.multi_grad_step, loop.start_online_updates) == (
         3_000_000,
         20,
         1000,
     )
-    assert (config.action_magnitude, config.query_freq, config.agent.target_entropy) == (
-        2.0,
-        50,
-        0.0,
-    )
+    assert (
+        config.steering.action_magnitude,
+        config.steering.query_freq,
+        config.learner_config().target_entropy,
+    ) == (2.0, 50, 0.0)
     assert config.base_policy.checkpoint.endswith("pi0_aloha_sim")
 
 
@@ -73,19 +82,38 @@ def test_reference_flags_and_config_overrides_beat_the_preset(launcher):
             "--config.num_envs", "4",
             "--config.eval_base_every_eval=true",
             "--config.agent.cnn_strides=2,2,2,2",
+            "--config.agent.color_jitter=false",
         ]
     )  # fmt: skip
-    assert config.batch_size == 64 and config.max_steps == 1_000_000
-    assert tuple(config.agent.hidden_dims) == (256, 256, 256)
-    assert config.agent.target_entropy == 0.0 and config.agent.num_qs == 2
-    assert config.query_freq == 10 and config.noise_mode == "full"
+    learner = config.learner_config()
+    assert config.loop.batch_size == 64 and config.loop.max_steps == 1_000_000
+    assert tuple(learner.hidden_dims) == (256, 256, 256)
+    assert learner.target_entropy == 0.0 and learner.num_qs == 2
+    assert config.steering.query_freq == 10 and config.steering.noise_mode == "full"
     assert config.base_policy.remote == "gpu-box:8000"
-    assert config.agent.encoder_sharing == "shared" and config.num_envs == 4
-    assert config.eval_base_every_eval is True
-    assert tuple(config.agent.cnn_strides) == (2, 2, 2, 2)
+    assert learner.encoder_sharing == "shared" and config.env.num_envs == 4
+    assert config.loop.eval_base_every_eval is True
+    assert tuple(learner.cnn_strides) == (2, 2, 2, 2)
+    # A learner option the preset does not set is still read with the learner's type.
+    assert learner.color_jitter is False
     # Several --hidden_dims values are taken as given.
     config, _ = launcher.parse_config(["--env", "demo", "--hidden_dims", "32", "64"])
-    assert tuple(config.agent.hidden_dims) == (32, 64)
+    assert tuple(config.learner_config().hidden_dims) == (32, 64)
+
+
+def test_today_paths_and_legacy_flat_keys_reach_the_same_field(launcher):
+    new, _ = launcher.parse_config(["--config.env.num_envs=3", "--config.loop.seed=7"])
+    old, _ = launcher.parse_config(["--config.num_envs=3", "--config.seed=7"])
+    flag, _ = launcher.parse_config(["--num_envs", "3", "--seed", "7"])
+    assert new == old == flag and new.env.num_envs == 3 and new.loop.seed == 7
+    # How K gradient steps run is the execution section, whatever the spelling.
+    a, _ = launcher.parse_config(
+        ["--config.agent.update_mode=loop", "--config.agent.scan_length=5"]
+    )
+    b, _ = launcher.parse_config(
+        ["--config.execution.mode=loop", "--config.execution.scan_length=5"]
+    )
+    assert a == b and (a.execution.mode, a.execution.scan_length) == ("loop", 5)
 
 
 @pytest.mark.parametrize(
@@ -102,6 +130,8 @@ def test_reference_flags_and_config_overrides_beat_the_preset(launcher):
         (["--config.num_envs=0"], "num_envs must be > 0"),
         (["--bogus"], "unrecognised argument"),
         (["--resume", "/nonexistent/run"], "no config.json"),
+        (["--config.agent.hiden_dims=3"], "unknown learner option(s) ['hiden_dims']"),
+        (["--config.loop.no_such=1"], "unknown config key 'loop.no_such'"),
     ],
 )
 def test_bad_flags_give_clear_errors(launcher, capsys, argv, message):
@@ -111,39 +141,30 @@ def test_bad_flags_give_clear_errors(launcher, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
-def test_unknown_learner_option_names_the_valid_ones(launcher):
-    from dsrl.agents.pixel_sac.learner import PixelSACLearner
-
-    config, _ = launcher.parse_config(["--env", "demo", "--config.agent.hiden_dims=3"])
+def test_unknown_learner_option_names_the_valid_ones():
     with pytest.raises(
         ValueError, match=r"unknown learner option\(s\) \['hiden_dims'\].*hidden_dims"
     ):
-        launcher.agent_config(config, PixelSACLearner.default_config())
-    good = launcher.agent_config(
-        launcher.parse_config(["--env", "demo", "--action_magnitude", "2.5"])[0],
-        PixelSACLearner.default_config(),
-    )
+        run_lib.load_config("demo", overrides=[("agent.hiden_dims", "3")])
+    good = run_lib.load_config("demo", flags={"action_magnitude": "2.5"}).learner_config()
     assert good.action_magnitude == 2.5 and tuple(good.hidden_dims) == (64, 64)
+    # The learner's discount is the loop's: one value, set once.
+    na = run_lib.load_config("demo", flags={"algorithm": "dsrl_na", "discount": "0.9"})
+    if "discount" in {f.name for f in dataclasses.fields(type(na.learner_config()))}:
+        assert na.learner_config().discount == 0.9
 
 
-def test_dsrl_na_is_selected_lazily(launcher):
+def test_dsrl_na_is_built_with_the_steering(launcher):
+    from dsrl.agents.noise_aliasing import NoiseAliasingLearner
+    from dsrl.envs.demo import DemoEnv
+
     config, _ = launcher.parse_config(
         ["--env", "demo", "--algorithm", "dsrl_na", "--resize_image", "16", "--hidden_dims", "16"]
     )
-    try:
-        from dsrl.agents.noise_aliasing import NoiseAliasingLearner
-    except ImportError:
-        with pytest.raises(ValueError, match="--algorithm pixel_sac"):
-            launcher.make_agent(config, {"pixels": ((16, 16, 3), "uint8")}, 2)
-        return
-    from dsrl.envs.demo import DemoEnv
-    from dsrl.envs.steering import make_noise_param
-
-    policy = launcher.make_base_policy(config)
-    noise_param = make_noise_param("repeat", policy.noise_shape, config.action_magnitude)
-    spec = DemoEnv(image_size=16).spec
-    agent = launcher.make_agent(config, spec.observation_spec, 2, policy, noise_param)
+    steering = run_lib.make_steering(config, run_lib.make_base_policy(config))
+    agent = run_lib.make_agent(config, DemoEnv(image_size=16).spec.observation_spec, steering)
     assert isinstance(agent, NoiseAliasingLearner)
+    assert agent.transition_spec().action_chunks
 
 
 def test_plot_run_draws_success_vs_env_steps(tmp_path):
@@ -196,7 +217,205 @@ def test_run_scripts_pass_the_preset_values_through_the_launcher(launcher, scrip
     argv = ["/tmp/logs" if t == '"$LOGDIR"' else t for t in argv]
     from_script, _ = launcher.parse_config(argv)
     preset, _ = launcher.parse_config(["--env", env])
-    for key in ("batch_size", "discount", "max_steps", "multi_grad_step", "query_freq",
-                "action_magnitude", "start_online_updates", "eval_interval", "seed"):  # fmt: skip
-        assert from_script[key] == preset[key], key
-    assert tuple(from_script.agent.hidden_dims) == tuple(preset.agent.hidden_dims)
+    for key in ("batch_size", "discount", "max_steps", "multi_grad_step",
+                "start_online_updates", "eval_interval", "seed"):  # fmt: skip
+        assert getattr(from_script.loop, key) == getattr(preset.loop, key), key
+    assert from_script.steering == preset.steering
+    assert from_script.learner_config().hidden_dims == preset.learner_config().hidden_dims
+
+
+# ------------------------------------------------------------------- bad input, run directory
+
+
+def _launch(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "launch_train_sim.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+
+
+def test_bad_launcher_input_fails_in_one_line_before_any_work(tmp_path):
+    """Each bad value: exit status 2, one error line naming the value and how to fix it, no
+    traceback, and no run directory (nothing was started)."""
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    logdir = tmp_path / "runs"
+    cases = [
+        (["--max_steps", "-1"], ["max_steps", "-1", "budget"]),
+        (["--checkpoint_interval", "0"], ["checkpoint_interval", "0", "-1"]),
+        (["--action_magnitude", "inf"], ["action_magnitude", "inf", "--action_magnitude"]),
+        (["--eval_episodes", "-3"], ["eval_episodes", "-3", "0 to turn control evaluation off"]),
+        (["--logdir", str(not_a_dir / "runs")], [str(not_a_dir), "not a directory", "writable"]),
+    ]
+    for argv, words in cases:
+        args = ["--env", "demo", "--logdir", str(logdir), "--no_progress", *argv]
+        result = _launch(*args)
+        assert result.returncode == 2, (argv, result.stderr[-2000:])
+        errors = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "usage:" not in result.stderr  # the error line alone, not the whole usage
+        for word in words:
+            assert word in errors[0], (word, errors[0])
+        assert not logdir.exists() or not any(logdir.iterdir()), argv
+
+
+def test_a_launch_that_fails_while_building_leaves_no_run_directory(tmp_path):
+    logdir = tmp_path / "runs"
+    missing = tmp_path / "no_such_policy.npz"
+    result = _launch(
+        "--env", "demo", "--logdir", str(logdir), "--no_progress",
+        f"--config.base_policy.checkpoint={missing}",
+    )  # fmt: skip
+    assert result.returncode == 2 and str(missing) in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert logdir.is_dir() and not any(logdir.iterdir())
+
+
+def test_corrupt_or_newer_config_json_is_named_in_the_error(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text('{"env": {"name": "demo"')
+    with pytest.raises(run_lib.ConfigError, match=r"config\.json is not valid JSON"):
+        run_lib.load_config(resume=run_dir)
+    (run_dir / "config.json").write_text('{"version": 99, "env": {"name": "demo"}}')
+    with pytest.raises(run_lib.ConfigError, match="config version 99; this dsrl reads"):
+        run_lib.load_config(resume=run_dir)
+    (run_dir / "config.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit) as excinfo:
+        launcher_main(["--resume", str(run_dir)])
+    assert excinfo.value.code == 2
+    err = capsys.readouterr().err
+    assert str(run_dir / "config.json") in err and "not a config mapping" in err
+
+
+def test_a_version_1_config_json_reads_as_todays_config(tmp_path):
+    """A run directory written before the sectioned config (flat keys, learner execution keys
+    under agent, noise_kwargs) resumes with the same values."""
+    flat = {
+        "env": "demo", "env_kwargs": {}, "env_mode": "inline", "num_envs": 8,
+        "resize_image": 32,
+        "base_policy": {"kind": "flow_mlp", "checkpoint": "", "remote": ""},
+        "noise_mode": "repeat", "noise_kwargs": {"num_basis": 2}, "action_magnitude": 1.5,
+        "query_freq": 8, "algorithm": "pixel_sac",
+        "agent": {"hidden_dims": [64, 64], "num_qs": 2, "target_entropy": "auto",
+                  "cnn_features": [16, 16], "cnn_strides": [2, 2], "latent_dim": 32,
+                  "actor_lr": 3e-4, "color_jitter": False, "update_mode": "loop"},
+        "seed": 0, "batch_size": 128, "discount": 0.99, "max_steps": 1500,
+        "max_env_steps": -1, "multi_grad_step": 4, "update_block": 32,
+        "start_online_updates": 200, "eval_interval": 250, "eval_episodes": 32,
+        "eval_base_every_eval": False, "num_video_episodes": 2, "video_fps": 10,
+        "log_interval": 250, "checkpoint_interval": -1, "replay_buffer_capacity": 50000,
+        "store_action_chunks": False, "prefix": "dsrl_demo", "wandb_project": "DSRL_demo",
+        "wandb_mode": "disabled", "logdir": "runs",
+    }  # fmt: skip
+    run_dir = tmp_path / "old_run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(flat))
+    old = run_lib.load_config(resume=run_dir)
+    today = run_lib.load_config(  # the old run's values where today's demo preset differs
+        "demo",
+        overrides=[
+            ("execution.mode", "loop"),
+            ("steering.num_basis", "2"),
+            ("loop.checkpoint_interval", "-1"),
+        ],
+    )
+    assert old == today
+    # Written back, it is today's layout with its version.
+    run_lib.write_config_file(run_dir, old)
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["version"] == run_lib.CONFIG_VERSION and saved["env"]["num_envs"] == 8
+    assert run_lib.load_config(resume=run_dir) == today
+
+
+def launcher_main(argv):
+    spec = importlib.util.spec_from_file_location(
+        "launch_train_sim_main", ROOT / "examples" / "launch_train_sim.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+def _tiny_demo(logdir: Path, *extra: str) -> list[str]:
+    return [
+        "--env", "demo", "--logdir", str(logdir), "--no_progress", "--wandb_mode", "disabled",
+        "--resize_image", "16", "--num_envs", "2", "--batch_size", "8",
+        "--start_online_updates", "20", "--multi_grad_step", "1", "--update_block", "4",
+        "--eval_episodes", "0", "--hidden_dims", "16", "--config.agent.cnn_features=8",
+        "--config.agent.cnn_strides=2", "--config.agent.bottleneck_dim=8", *extra,
+    ]  # fmt: skip
+
+
+def test_a_failed_resume_leaves_config_json_and_the_run_as_they_were(tmp_path, capsys):
+    """A resume with a bad override, or with one that cannot restore (another image size), fails
+    with a clear error and does not touch config.json; the plain resume then still works, and
+    only then is config.json rewritten (with the values given again)."""
+    argv = _tiny_demo(tmp_path, "--max_steps", "8", "--checkpoint_interval", "4")
+    assert launcher_main(argv) == 0
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    saved = (run_dir / "config.json").read_bytes()
+    assert json.loads(saved)["version"] == run_lib.CONFIG_VERSION
+    capsys.readouterr()
+    for bad, message in [
+        (["--config.agent.hiden_dims=3"], "unknown learner option(s) ['hiden_dims']"),
+        (["--resize_image", "32"], "different config"),
+        (["--env", "libero"], "does not match the resumed run's env 'demo'"),
+    ]:
+        with pytest.raises(SystemExit) as excinfo:
+            launcher_main(["--resume", str(run_dir), "--no_progress", *bad])
+        assert excinfo.value.code == 2
+        assert message in capsys.readouterr().err, bad
+        assert (run_dir / "config.json").read_bytes() == saved, bad
+    assert launcher_main(["--resume", str(run_dir), "--no_progress", "--max_steps", "12"]) == 0
+    assert "resumed" in capsys.readouterr().out
+    assert run_lib.load_config(resume=run_dir).loop.max_steps == 12
+    steps = [int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert max(steps) == 12
+
+
+@pytest.mark.slow
+def test_a_run_directory_written_before_the_run_config_resumes(tmp_path, capsys):
+    """tests/data/run_v1_demo is a tiny demo run written by the code before RunConfig (flat
+    config.json without a version, the learner's `latent_dim`, a replay buffer of format 1 with
+    "actions"), stopped at gradient step 8. It resumes to step 12 and is then today's layout."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(ROOT / "tests" / "data" / "run_v1_demo", run_dir)
+    assert "version" not in json.loads((run_dir / "config.json").read_text())
+    assert launcher_main(["--resume", str(run_dir), "--max_steps", "12", "--no_progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"resumed {run_dir} at gradient step 8, 184 env steps, buffer 27" in out
+    config = run_lib.load_config(resume=run_dir)
+    assert json.loads((run_dir / "config.json").read_text())["version"] == run_lib.CONFIG_VERSION
+    assert config.env.image_size == 16 and config.learner_config().bottleneck_dim == 8
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 12 and rows[-1]["replay_buffer_size"] >= 27
+
+
+def test_run_real_sh_flags_parse_to_the_real_preset(tmp_path):
+    """scripts/run_real.sh, run by bash, hands the real launcher flags that agree with the real
+    preset (a stand-in `python` on PATH records the command line instead of starting a robot)."""
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nshift\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "ROBOT": "sim",
+           "POLICY_SERVER": "127.0.0.1:8000"}  # fmt: skip
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "run_real.sh"), "--seed", "3"],
+        env=env, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    spec = importlib.util.spec_from_file_location(
+        "launch_train_real_flags", ROOT / "examples" / "launch_train_real.py"
+    )
+    real = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real)
+    from_script, _ = real.parse_config(out.stdout.splitlines())
+    preset, _ = real.parse_config([])
+    assert from_script.loop == dataclasses.replace(preset.loop, seed=3)  # "$@" wins
+    assert from_script.steering == preset.steering
+    assert from_script.learner_config() == preset.learner_config()
+    assert (from_script.env.robot, from_script.base_policy.remote) == ("sim", "127.0.0.1:8000")

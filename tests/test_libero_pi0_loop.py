@@ -26,6 +26,7 @@ from dsrl.base_policies.pi0.config import Pi0Config  # noqa: E402
 from dsrl.base_policies.pi0.tokenizer import train_sentencepiece_model  # noqa: E402
 from dsrl.envs import make_env  # noqa: E402
 from dsrl.training import loop  # noqa: E402
+from dsrl.training import run as run_lib  # noqa: E402
 from dsrl.utils.checkpoints import RunCheckpointer  # noqa: E402
 from dsrl.utils.logging import read_metrics  # noqa: E402
 
@@ -137,10 +138,16 @@ def test_launcher_steers_tiny_pi0_on_real_libero(tmp_path, pi0_files):
     assert train_rows[-1]["step"] == 2 and np.isfinite(train_rows[-1]["training/critic_loss"])
 
     # -- the checkpoint: counters and the replay buffer (one transition per query).
-    config, _ = launcher.parse_config(["--resume", str(run_dir)])
-    env = make_env("libero", **ENV_KWARGS, resize_image=int(config.resize_image))
+    config = run_lib.load_config(resume=run_dir)
+    env = make_env("libero", **ENV_KWARGS, resize_image=config.env.image_size)
+    policy = Pi0Policy.from_checkpoint(
+        ckpt, "libero", variant="tiny", dtype="float32", tokenizer_path=tokenizer,
+        num_steps=NUM_STEPS,
+    )  # fmt: skip
     try:
-        template = launcher.make_agent(config, env.spec.observation_spec, CFG.action_dim)
+        steering = run_lib.make_steering(config, policy)
+        assert steering.latent_dim == CFG.action_dim
+        template = run_lib.make_agent(config, env.spec.observation_spec, steering)
         saved = RunCheckpointer(run_dir)
         _, state, buffer = loop.restore(saved, template)
         saved.close()
@@ -156,17 +163,13 @@ def test_launcher_steers_tiny_pi0_on_real_libero(tmp_path, pi0_files):
         np.testing.assert_array_equal(batch["rewards"], [-1.0, -1.0])
         np.testing.assert_array_equal(batch["masks"], [1.0, 1.0])  # a timeout bootstraps
         np.testing.assert_allclose(batch["discounts"], [GAMMA**8, GAMMA**6], rtol=1e-6)
-        assert batch["actions"].shape == (2, CFG.action_dim)
-        # "repeat" noise: the agent's 32-d action is the noise at every chunk step.
+        assert batch["latents"].shape == (2, CFG.action_dim)
+        # "repeat" noise: the agent's 32-d latent is the noise at every chunk step.
         np.testing.assert_array_equal(
-            batch["noise"], np.repeat(batch["actions"][:, None], CFG.action_horizon, axis=1)
+            batch["noise"], np.repeat(batch["latents"][:, None], CFG.action_horizon, axis=1)
         )
 
         # -- replay in a fresh env with a freshly loaded Pi0: the executed chunks are Pi0's.
-        policy = Pi0Policy.from_checkpoint(
-            ckpt, "libero", variant="tiny", dtype="float32", tokenizer_path=tokenizer,
-            num_steps=NUM_STEPS,
-        )  # fmt: skip
         (reset_seed,) = loop.train_seeds(SEED, 0, 1)
         env.reset(seed=reset_seed)  # the first episode after construction differs by ~1e-6
         env.step(np.zeros(7), render=False)
@@ -195,9 +198,9 @@ def test_launcher_steers_tiny_pi0_on_real_libero(tmp_path, pi0_files):
 
 @pytest.mark.slow
 def test_libero_evaluation_video_frames_stack(pi0_files):
-    from dsrl.envs.steering import make_noise_param
     from dsrl.envs.vector import VectorEnv
-    from dsrl.training.rollout import Steering, run_episodes
+    from dsrl.steering import Steering, make_noise_param
+    from dsrl.training.rollout import run_episodes
 
     ckpt, tokenizer = pi0_files
     policy = Pi0Policy.from_checkpoint(

@@ -18,13 +18,15 @@ import numpy as np
 import pytest
 
 from dsrl.agents.pixel_sac.learner import PixelSACLearner
+from dsrl.agents.spec import TransitionSpec
 from dsrl.base_policies.flow_mlp import FlowMLPPolicy
 from dsrl.data.replay_buffer import ReplayBuffer
 from dsrl.envs.demo import DemoEnv
-from dsrl.envs.steering import make_noise_param
 from dsrl.envs.vector import VectorEnv
+from dsrl.steering import Steering, make_noise_param
 from dsrl.training import loop
-from dsrl.training.rollout import Steering, run_episodes
+from dsrl.training import run as run_lib
+from dsrl.training.rollout import run_episodes
 from dsrl.utils.checkpoints import RunCheckpointer
 from dsrl.utils.logging import RunLogger, read_metrics
 
@@ -60,7 +62,7 @@ def _steering(policy) -> Steering:
     return Steering(policy, make_noise_param("repeat", policy.noise_shape, AM), QUERY_FREQ)
 
 
-def _agent(spec, action_dim: int, seed: int = 0):
+def _agent(spec, latent_dim: int, seed: int = 0):
     cfg = PixelSACLearner.default_config()
     cfg.update(
         hidden_dims=(16, 16),
@@ -71,7 +73,7 @@ def _agent(spec, action_dim: int, seed: int = 0):
         action_magnitude=AM,
         color_jitter=False,
     )
-    return PixelSACLearner.create(seed, spec.observation_spec, action_dim, cfg)
+    return PixelSACLearner.create(seed, spec.observation_spec, latent_dim, cfg)
 
 
 def _loop_config(**overrides) -> loop.LoopConfig:
@@ -129,8 +131,8 @@ def test_steered_rollout_stores_one_transition_per_query(base_policy):
             np.testing.assert_array_equal(
                 a["next_observations"]["state"], b["observations"]["state"]
             )
-        actions = np.stack([t["actions"] for t in ts])
-        assert actions.shape == (len(ts), 2) and np.all(np.abs(actions) <= AM)
+        latents = np.stack([t["latents"] for t in ts])
+        assert latents.shape == (len(ts), 2) and np.all(np.abs(latents) <= AM)
 
 
 def test_rollout_with_chunks_and_episode_replay_matches_single_env(base_policy):
@@ -144,14 +146,14 @@ def test_rollout_with_chunks_and_episode_replay_matches_single_env(base_policy):
             steering.warmup_source(np.random.default_rng(1)),
             [11, 12],
             discount=0.99,
-            store_chunks=True,
+            transition_spec=TransitionSpec(action_chunks=True),
         )
     env = DemoEnv(image_size=16)
     env.reset(seed=11)
     steps = 0
     for t in episode.transitions:
         assert t["action_chunks"].shape == (QUERY_FREQ, 2) and t["noise"].shape == (8, 2)
-        np.testing.assert_allclose(t["noise"], np.repeat(t["actions"][None], 8, axis=0))
+        np.testing.assert_allclose(t["noise"], np.repeat(t["latents"][None], 8, axis=0))
         for action in t["action_chunks"]:
             obs, _, term, trunc, info = env.step(action)
             steps += 1
@@ -172,8 +174,8 @@ def _components(tmp_path, base_policy, num_envs=2, seed=0):
     vec = _vec(num_envs)
     steering = _steering(base_policy)
     spec = vec.spec
-    agent = _agent(spec, steering.noise_param.action_dim, seed)
-    buffer = ReplayBuffer(loop.example_transition(spec.observation_spec, 2), 10_000, seed)
+    agent = _agent(spec, steering.latent_dim, seed)
+    buffer = ReplayBuffer(loop.example_transition(spec.observation_spec, steering), 10_000, seed)
     logger = RunLogger(tmp_path, {"test": True}, project="t", wandb_mode="disabled")
     return vec, steering, agent, buffer, logger, RunCheckpointer(tmp_path)
 
@@ -357,10 +359,10 @@ def test_launcher_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
         proc.wait()
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     # What the checkpoint holds, read here with the run's own config.
-    launcher = _load_launcher()
-    config, _ = launcher.parse_config(["--resume", str(run_dir)])
+    config = run_lib.load_config(resume=run_dir)
     spec = DemoEnv(image_size=16).spec
-    template = launcher.make_agent(config, spec.observation_spec, 2)
+    steering = run_lib.make_steering(config, FlowMLPPolicy.load_demo())
+    template = run_lib.make_agent(config, spec.observation_spec, steering)
     saved = RunCheckpointer(run_dir)
     agent, state, buffer = loop.restore(saved, template)
     saved.close()

@@ -19,7 +19,7 @@ from dsrl.agents.noise_aliasing import (
     losses,
 )
 from dsrl.agents.noise_aliasing import learner as na_learner
-from dsrl.envs.steering import make_noise_param
+from dsrl.steering import make_noise_param
 
 HORIZON, NOISE_DIM, ROBOT_DIM, QUERY_FREQ = 4, 3, 2, 3
 IMAGE, STATE_DIM, POLICY_DIM = 16, 3, 2
@@ -295,72 +295,25 @@ def test_bad_inputs_name_the_problem():
 # ----------------------------------------------------------------------------- end to end
 
 
-def _load_launcher():
-    import importlib.util
-    import pathlib
-    import sys
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "launch_train_sim.py"
-    name = "launch_train_sim_for_na_test"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_short_demo_run_through_the_launcher(tmp_path):
     """`--algorithm dsrl_na` on the demo: the buffer stores the executed chunks, the noise and the
     base policy's observation; the loop runs NA updates and logs their metrics."""
-    from dsrl.training import loop
+    from dsrl.training import run as run_lib
 
-    launcher = _load_launcher()
-    config, _ = launcher.parse_config(
-        [
-            "--env",
-            "demo",
-            "--algorithm",
-            "dsrl_na",
-            "--max_steps",
-            "64",
-            "--eval_interval",
-            "64",
-            "--eval_episodes",
-            "4",
-            "--start_online_updates",
-            "30",
-            "--batch_size",
-            "32",
-            "--logdir",
-            str(tmp_path),
-            "--wandb_mode",
-            "disabled",
-            "--num_envs",
-            "4",
-            "--update_block",
-            "16",
-        ]  # fmt: skip
+    flags = {
+        "algorithm": "dsrl_na", "max_steps": "64", "eval_interval": "64", "eval_episodes": "4",
+        "start_online_updates": "30", "batch_size": "32", "logdir": str(tmp_path),
+        "wandb_mode": "disabled", "num_envs": "4", "update_block": "16",
+    }  # fmt: skip
+    config = run_lib.load_config(
+        "demo", flags=flags, overrides=[("loop.num_video_episodes", "0"), ("loop.progress", "0")]
     )
-    config.num_video_episodes = 0
-    run = launcher.build_run(config)
-    assert isinstance(run.agent, NoiseAliasingLearner)
-    try:
-        result = loop.train(
-            env=run.vec_env,
-            steering=run.steering,
-            agent=run.agent,
-            buffer=run.buffer,
-            config=launcher.make_loop_config(config, run.agent, progress=False),
-            logger=run.logger,
-        )
-    finally:
-        run.logger.close()
-        run.vec_env.close()
+    with run_lib.build_run(config) as run:
+        assert isinstance(run.agent, NoiseAliasingLearner)
+        result = run.train()
     assert result.state.grad_steps >= 64
     stored = run.buffer.sample(8)
-    q = int(config.query_freq)
+    q = config.steering.query_freq
     assert stored["action_chunks"].shape == (1, 8, q, run.steering.base_policy.action_dim)
     assert stored["noise"].shape == (1, 8, *run.steering.base_policy.noise_shape)
     assert stored["observations"]["policy_state"].shape == (1, 8, 2)
@@ -369,9 +322,9 @@ def test_short_demo_run_through_the_launcher(tmp_path):
         {"policy_state": stored["observations"]["policy_state"][0]}, stored["noise"][0]
     )
     np.testing.assert_allclose(chunks[:, :q], stored["action_chunks"][0], atol=1e-5)
-    # ... and the stored noise is the noise parameterisation of the stored agent action.
+    # ... and the stored noise is the noise parameterisation of the stored latent.
     np.testing.assert_allclose(
-        run.steering.noise_param.to_noise(stored["actions"][0]), stored["noise"][0], atol=1e-6
+        run.steering.noise_param.to_noise(stored["latents"][0]), stored["noise"][0], atol=1e-6
     )
     rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     training = [r for r in rows if "training/noise_critic_loss" in r]

@@ -227,3 +227,27 @@ def test_real_loop_end_to_end_with_resume(tmp_path):
         last = [r for r in rows if "num_online_trajs" in r][-1]
         assert last["num_online_trajs"] == 3 and last["env_steps"] == 43
         assert "episode 3" in kb2.prompts[0]
+
+
+def test_real_launcher_rejects_dsrl_na_on_a_policy_server_before_training(tmp_path, capsys):
+    """DSRL-NA runs the base policy inside its jitted update; a policy server cannot be run
+    there. The real launcher says so (the learner's own message) before any episode, closes the
+    keyboard and leaves no run directory."""
+    from dsrl.serving import PolicyServer
+
+    launcher = _launcher()
+    with PolicyServer(DroidKeyedPolicy(), port=0).running() as server:
+        kb = ScriptedKeyboard(answers=["\n", "1"])
+        argv = [
+            "--robot", "sim", "--pi0_remote", f"127.0.0.1:{server.port}", "--algorithm",
+            "dsrl_na", *[f"--{k}={v}" for k, v in IDS.items()], "--resize_image", "32",
+            "--hidden_dims", "16", "--wandb_mode", "disabled", "--logdir", str(tmp_path),
+            "--no_progress", "--config.env_kwargs.control_hz=0",
+        ]  # fmt: skip
+        with pytest.raises(SystemExit) as excinfo:
+            launcher.main(argv, keyboard=kb)
+    assert excinfo.value.code == 2
+    err = capsys.readouterr().err
+    assert "pure-JAX sampler" in err and "--algorithm pixel_sac" in err
+    assert kb.prompts == []  # no episode was started
+    assert list(tmp_path.iterdir()) == []

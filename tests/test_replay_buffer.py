@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,3 +280,40 @@ def _leaves(tree: dict) -> list[np.ndarray]:
         value = tree[key]
         out.extend(_leaves(value) if isinstance(value, dict) else [value])
     return out
+
+
+def test_a_buffer_written_before_the_latents_rename_loads_with_latents(tmp_path):
+    """tests/data/replay_buffer_v1 was written by the format-1 code (the agent's output stored
+    as "actions"), with the inserts and sampling below. It loads with "latents" and continues
+    exactly like a buffer that stored "latents" from the start."""
+    old = ReplayBuffer.load(Path(__file__).parent / "data" / "replay_buffer_v1")
+
+    def latent_transition(i: int) -> dict:
+        transition = make_transition(i)
+        transition["latents"] = transition.pop("actions")
+        return transition
+
+    buffer = ReplayBuffer(latent_transition(0), capacity=7, seed=3)
+    i = 0
+    for length in (4, 3, 5):
+        for _ in range(length):
+            buffer.insert(latent_transition(i))
+            i += 1
+        buffer.end_trajectory()
+    buffer.insert(latent_transition(100))
+    buffer.sample(3, num_batches=2)
+
+    assert "actions" not in old.example_transition()
+    assert old.trajectory_bounds == buffer.trajectory_bounds and len(old) == len(buffer)
+    everything = np.arange(len(buffer))
+    np.testing.assert_array_equal(old.get(everything)["latents"], buffer.get(everything)["latents"])
+    for a, b in zip(
+        _leaves(old.sample(4, num_batches=2)), _leaves(buffer.sample(4, num_batches=2)), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    # Saved again, it is today's format and reads back unchanged.
+    old.save(tmp_path / "again")
+    again = ReplayBuffer.load(tmp_path / "again", example_transition=latent_transition(0))
+    np.testing.assert_array_equal(
+        again.get(everything)["latents"], buffer.get(everything)["latents"]
+    )

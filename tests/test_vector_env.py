@@ -12,7 +12,7 @@ import pytest
 
 from dsrl.envs import make_env
 from dsrl.envs.base import Env, EnvSpec
-from dsrl.envs.vector import ChunkResult, VectorEnv, VectorEnvError, run_chunk
+from dsrl.envs.vector import ChunkResult, VectorEnv, VectorEnvError, WorkerFailedError, run_chunk
 
 
 class CounterEnv(Env):
@@ -157,9 +157,11 @@ def test_worker_exception_names_env_and_traceback():
 
 @pytest.mark.slow
 def test_dead_worker_and_failed_construction_are_reported():
-    with VectorEnv([_counter(die_at=1)]) as venv:
+    # With no restart allowed, a death is reported with its exit code (tests/test_faults_workers
+    # covers the restarts).
+    with VectorEnv([_counter(die_at=1)], max_worker_failures=1) as venv:
         venv.reset([0])
-        with pytest.raises(VectorEnvError, match="died.*exit code 3"):
+        with pytest.raises(WorkerFailedError, match="died.*exit code 3"):
             venv.step_chunk(_chunk(1, 2))
     with pytest.raises(VectorEnvError, match="fail_init was set"):
         VectorEnv([_counter(fail_init=True)])

@@ -205,7 +205,7 @@ class FlowMLPPolicy:
             raise ValueError(
                 f"FlowMLPPolicy.sample_actions: noise has shape {noise.shape}, expected "
                 f"(B, {self.noise_shape[0]}, {self.noise_shape[1]}); map agent actions through a "
-                "NoiseParam (dsrl.envs.steering) first."
+                "NoiseParam (dsrl.steering) first."
             )
         if noise.shape[0] != state.shape[0]:
             raise ValueError(

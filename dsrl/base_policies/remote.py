@@ -2,7 +2,8 @@
 
 `RemotePolicy` implements the BasePolicy contract over the openpi websocket protocol
 (`dsrl/serving/server.py`): `noise_shape` and `action_dim` come from the server's metadata,
-`sample_actions(observation, noise)` sends ONE batched request per call. Requests are
+`sample_actions(observation, noise)` sends ONE batched request per call (several when the batch
+exceeds the server's `max_batch`, announced in its metadata). Requests are
 idempotent (the actions are a deterministic function of observation and noise), so a dropped
 connection is re-opened with exponential backoff and the request re-sent; after `max_attempts`
 failures it raises `RemotePolicyError` naming the server address. An error reply from the
@@ -187,8 +188,15 @@ class RemotePolicy:
                 f"noise has shape {noise.shape}, expected (B, *{self.noise_shape}) for the "
                 f"policy served at {self.uri}"
             )
-        reply = self.request({"method": "infer_batch", "obs": observation, "noise": noise})
-        return np.asarray(reply["actions"], np.float32)
+        # The server refuses batches over its max_batch (it compiles only up to it): split.
+        max_batch = int(self.metadata.get("max_batch") or 0) or max(len(noise), 1)
+        chunks = []
+        for lo in range(0, max(len(noise), 1), max_batch):
+            hi = lo + max_batch
+            obs = observation if len(noise) <= max_batch else _slice_batch(observation, lo, hi)
+            reply = self.request({"method": "infer_batch", "obs": obs, "noise": noise[lo:hi]})
+            chunks.append(np.asarray(reply["actions"], np.float32))
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     def infer(self, observation: dict[str, Any], noise: np.ndarray | None = None) -> dict:
         """One unbatched observation, openpi style; noise (H, D) or None (server draws it)."""
@@ -201,3 +209,15 @@ class RemotePolicy:
         """Pi0 prefix feature pooled over valid tokens, for one unbatched observation."""
         reply = self.request({"method": "get_prefix_feature", "obs": observation})
         return np.asarray(reply["prefix_feature"], np.float32)
+
+
+def _slice_batch(tree: Any, lo: int, hi: int) -> Any:
+    """Rows lo:hi of every batched leaf; a single string (one prompt for all) is kept whole."""
+    if isinstance(tree, dict):
+        return {k: _slice_batch(v, lo, hi) for k, v in tree.items()}
+    if isinstance(tree, str | bytes):
+        return tree
+    if isinstance(tree, list | tuple):
+        return list(tree[lo:hi])
+    array = np.asarray(tree)
+    return array[lo:hi] if array.ndim else tree

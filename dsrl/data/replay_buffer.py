@@ -3,8 +3,8 @@
 One transition is one base-policy query (see DESIGN.md, "Transitions"), e.g.
 
     {"observations": {"pixels": uint8 (H, W, C), "state": float32 (d,)},
-     "actions": float32 (A,), "rewards": float32 (), "masks": float32 (), "discounts": float32 (),
-     "next_observations": {...same as observations...}}
+     "latents": float32 (latent_dim,), "rewards": float32 (), "masks": float32 (),
+     "discounts": float32 (), "next_observations": {...same as observations...}}
 
 Storage is preallocated from an example transition: one array of shape (capacity, *leaf_shape) per
 leaf, in the leaf's own dtype (uint8 pixels stay uint8). When full, the oldest transition is
@@ -30,7 +30,15 @@ Transition = dict[str, Any]
 LeafPath = tuple[str, ...]
 
 _META_FILE = "replay_buffer.json"
-_FORMAT_VERSION = 1
+# 2: the agent's output is stored as "latents" (dsrl.agents.spec). Format 1 called it "actions";
+# `load` renames it, so buffers and checkpoints written before the rename still resume.
+_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+_RENAMED_IN_V2 = {("actions",): ("latents",)}
+
+
+class LayoutMismatchError(ValueError):
+    """A saved buffer's keys, shapes or dtypes differ from the expected transition layout."""
 
 
 def _flatten(tree: Mapping[str, Any], prefix: LeafPath = ()) -> Iterator[tuple[LeafPath, Any]]:
@@ -273,6 +281,20 @@ class ReplayBuffer:
             self.get(np.arange(bounds[i][0], bounds[i][1]) % self._capacity) for i in sorted(chosen)
         ]
 
+    def non_finite_fields(self) -> list[str]:
+        """Names of the stored float fields holding NaN or inf (with a count and a first slot)."""
+        bad = []
+        for path, array in self._storage.items():
+            if np.issubdtype(array.dtype, np.inexact):
+                finite = np.isfinite(array[: self._size])
+                if not finite.all():
+                    rows = np.flatnonzero(~finite.reshape(self._size, -1).all(axis=1))
+                    bad.append(
+                        f"replay buffer field '{_name(path)}' ({len(rows)} transitions, first at "
+                        f"slot {rows[0]})"
+                    )
+        return bad
+
     # ----------------------------------------------------------------------------------------
     # Persistence
 
@@ -346,30 +368,54 @@ class ReplayBuffer:
                 f"{directory} holds no saved replay buffer ({_META_FILE} is missing); it was never "
                 "saved there or the save did not complete."
             )
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format_version") != _FORMAT_VERSION:
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
             raise ValueError(
-                f"Replay buffer in {directory} has format {meta.get('format_version')}, "
-                f"this code reads format {_FORMAT_VERSION}."
+                f"{meta_file} is not valid JSON ({err}): the file is truncated or damaged."
+            ) from None
+        meta = meta if isinstance(meta, dict) else {}
+        version = meta.get("format_version")
+        if version not in _READABLE_VERSIONS:
+            raise ValueError(
+                f"Replay buffer in {directory} has format {version}, this code reads formats "
+                f"{list(_READABLE_VERSIONS)}."
             )
+        # Leaf i of the metadata is file leaf_{i:03d}; format 1 paths are renamed to today's.
+        disk_paths = [tuple(leaf["path"]) for leaf in meta["leaves"]]
+        if version == 1:
+            disk_paths = [_RENAMED_IN_V2.get(path, path) for path in disk_paths]
         saved = _unflatten(
-            {tuple(leaf["path"]): np.zeros(leaf["shape"], leaf["dtype"]) for leaf in meta["leaves"]}
+            {
+                path: np.zeros(leaf["shape"], leaf["dtype"])
+                for path, leaf in zip(disk_paths, meta["leaves"], strict=True)
+            }
         )
         buffer = cls(saved, capacity=meta["capacity"], seed=0)
         if example_transition is not None:
             expected = cls(example_transition, capacity=1, seed=0)._spec
             if expected != buffer._spec:
-                raise ValueError(
+                raise LayoutMismatchError(
                     f"The replay buffer in {directory} does not match the expected transition "
                     f"layout ({_spec_diff(buffer._spec, expected)}): it was written by a run with "
                     "a different config (observation/action layout). Use a fresh run directory."
                 )
         size = meta["size"]
-        for index, path in enumerate(buffer._storage):
+        for index, path in enumerate(disk_paths):
             # mmap + copy into the preallocated ring: no second full-size copy in memory.
-            on_disk = np.load(directory / f"leaf_{index:03d}.npy", mmap_mode="r")
+            leaf_file = directory / f"leaf_{index:03d}.npy"
+            try:
+                on_disk = np.load(leaf_file, mmap_mode="r")
+            except (OSError, ValueError) as err:
+                raise ValueError(
+                    f"Replay buffer file {leaf_file} ('{_name(path)}') is unreadable ({err}): it "
+                    "is missing, truncated or damaged."
+                ) from None
             if on_disk.shape != (size, *buffer._spec[path][0]):
-                raise ValueError(f"Corrupt replay buffer file for '{_name(path)}' in {directory}.")
+                raise ValueError(
+                    f"Replay buffer file {leaf_file} ('{_name(path)}') holds shape "
+                    f"{on_disk.shape}, {_META_FILE} says {(size, *buffer._spec[path][0])}."
+                )
             buffer._storage[path][:size] = on_disk
             del on_disk
         buffer._size = size

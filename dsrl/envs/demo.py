@@ -47,7 +47,7 @@ from dsrl.envs.base import Env, EnvSpec, Observation
 LEFT, RIGHT = 0, 1
 
 # The settings the shipped base policy was measured with (see the module docstring); the demo
-# training preset (examples/configs/demo.py) should start from these.
+# training preset (dsrl/presets/demo.py) should start from these.
 RECOMMENDED_PRESET = {
     "image_size": 32,
     "max_episode_steps": 48,

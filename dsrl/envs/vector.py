@@ -10,16 +10,26 @@ one IPC round trip and one render per chunk instead of T. Two modes:
   * "inline": the envs live in this process and run one after the other; for cheap envs such
     as the numpy demo, where IPC would cost more than the env.
 
-A worker exception is re-raised here as VectorEnvError naming the env, the worker and its
-traceback; a worker that dies is reported the same way, with its exit code.
+A Python exception inside an env is re-raised here as VectorEnvError naming the env, the worker
+and its traceback (a bug: hiding it would hide it everywhere). A worker that stalls or dies (a
+simulator deadlock, a segfault, the OOM killer) must not hang or end a day-long run: every wait on
+a worker has a deadline (`start_timeout_s`, `reset_timeout_s`, `step_timeout_s`), and a worker
+that misses it or dies is killed and restarted from the same env_fn. A failed reset is retried
+on the new worker; a failed chunk comes back as a ChunkResult with `worker_restarted=True` (the
+episode is discarded by the rollout). `worker_restarts` counts the restarts; a worker that fails
+`max_worker_failures` times in a row without completing an episode raises WorkerFailedError.
 """
 
 from __future__ import annotations
 
 import atexit
 import dataclasses
+import logging
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
+import threading
+import time
 import traceback
 import weakref
 from collections.abc import Callable, Sequence
@@ -31,9 +41,19 @@ from dsrl.envs.base import Env, EnvSpec, Observation
 
 EnvFn = Callable[[], Env]
 
+log = logging.getLogger(__name__)
+
 
 class VectorEnvError(RuntimeError):
     """An env worker failed; the message names the env and carries the worker's traceback."""
+
+
+class WorkerFailedError(VectorEnvError):
+    """One env worker stalled or died `max_worker_failures` times in a row."""
+
+
+class _WorkerDied(VectorEnvError):
+    """The worker's end of the pipe closed: the process is gone."""
 
 
 @dataclasses.dataclass
@@ -46,6 +66,10 @@ class ChunkResult:
     terminated / truncated: the episode ended (success / time limit) on the last executed step.
     steps_executed: <= T; the chunk stops early when the episode ends.
     frames: uint8 (steps_executed, H, W, 3) video frames (every step rendered) when requested.
+    worker_restarted: the env's worker stalled or died during this chunk and was restarted: the
+      episode is lost. Discard it (its earlier transitions included); `obs` is the last
+      observation before the failure, nothing was executed, truncated is True, and the env must
+      be reset before it is stepped again.
     """
 
     obs: Observation
@@ -55,6 +79,7 @@ class ChunkResult:
     truncated: bool
     steps_executed: int
     frames: np.ndarray | None = None
+    worker_restarted: bool = False
 
 
 def video_frame(obs: Observation, video_key: str = "pixels") -> np.ndarray:
@@ -148,29 +173,71 @@ def _worker(index: int, env_fn: EnvFn, conn) -> None:
             conn.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkerFailure:
+    """A worker that stalled past its deadline or died during a call; it has been restarted."""
+
+    reason: str
+
+
 class _SubprocessWorkers:
-    def __init__(self, env_fns: Sequence[EnvFn], start_method: str):
-        ctx = mp.get_context(start_method)
-        self.names = [f"env {i}" for i in range(len(env_fns))]
-        self.conns, self.procs = [], []
-        for i, fn in enumerate(env_fns):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=_worker, args=(i, fn, child), daemon=True, name=f"dsrl-env-{i}"
-            )
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
-        self.specs = [self._receive(i, "construction") for i in range(len(env_fns))]
+    """One process per env. Every wait has a deadline; a worker that misses it or dies is
+    killed and restarted from the same env_fn (WorkerFailure in its result slot), and one that
+    fails `max_worker_failures` times in a row raises WorkerFailedError."""
+
+    def __init__(
+        self,
+        env_fns: Sequence[EnvFn],
+        start_method: str,
+        *,
+        start_timeout_s: float,
+        max_worker_failures: int,
+    ):
+        self._ctx = mp.get_context(start_method)
+        self.env_fns = list(env_fns)
+        self.start_timeout_s = start_timeout_s
+        self.max_worker_failures = max_worker_failures
+        n = len(self.env_fns)
+        self.names = [f"env {i}" for i in range(n)]
+        self.conns: list[Any] = [None] * n
+        self.procs: list[Any] = [None] * n
+        self.restarts = [0] * n
+        self.failures_in_a_row = [0] * n
+        for i in range(n):
+            self._launch(i)
+        try:
+            # A failure here is most likely the config (a missing asset, a bad kwarg): raise it
+            # instead of restarting.
+            self.specs = [self._await_start(i) for i in range(n)]
+        except BaseException:
+            self.close()
+            raise
         self.names = [f"env {i} ({spec.name})" for i, spec in enumerate(self.specs)]
+
+    def _launch(self, i: int) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(
+            target=_worker, args=(i, self.env_fns[i], child), daemon=True, name=f"dsrl-env-{i}"
+        )
+        proc.start()
+        child.close()  # the worker holds the only other end: its death reads as EOF here
+        self.conns[i], self.procs[i] = parent, proc
+
+    def _await_start(self, i: int) -> EnvSpec:
+        if not self.conns[i].poll(self.start_timeout_s):
+            raise VectorEnvError(
+                f"Worker {self.names[i]} did not finish building its env within "
+                f"{self.start_timeout_s:g} s (start_timeout_s); raise it if the env is slow to "
+                "load, else the simulator hangs on start."
+            )
+        return self._receive(i, "construction")
 
     def _receive(self, i: int, what: str):
         try:
             status, payload = self.conns[i].recv()
-        except (EOFError, ConnectionResetError, BrokenPipeError):
+        except (EOFError, ConnectionResetError, BrokenPipeError, OSError):
             self.procs[i].join(timeout=5)
-            raise VectorEnvError(
+            raise _WorkerDied(
                 f"Worker {self.names[i]} died during {what} (exit code {self.procs[i].exitcode}); "
                 "check its stderr (out of memory? a crash in the simulator?)."
             ) from None
@@ -178,43 +245,118 @@ class _SubprocessWorkers:
             raise VectorEnvError(f"Worker {self.names[i]} failed during {what}:\n{payload}")
         return payload
 
-    def call(self, indices: Sequence[int], command: str, payloads: Sequence[Any]) -> list[Any]:
+    def _kill(self, i: int) -> None:
+        proc = self.procs[i]
+        if proc.is_alive():
+            proc.kill()  # SIGKILL also ends a stopped (SIGSTOP) process
+        proc.join(timeout=10)
+        self.conns[i].close()
+
+    def _restart(self, i: int, reason: str) -> None:
+        """Replaces worker i after `reason`; raises WorkerFailedError after too many in a row."""
+        while True:
+            self._kill(i)
+            self.failures_in_a_row[i] += 1
+            if self.failures_in_a_row[i] >= self.max_worker_failures:
+                raise WorkerFailedError(
+                    f"Worker {self.names[i]} failed {self.failures_in_a_row[i]} times in a row "
+                    f"(last: {reason}); stopping instead of restarting it again. Check the "
+                    "simulator (its stderr above), or raise the deadlines (reset_timeout_s, "
+                    "step_timeout_s) if it is only slow."
+                )
+            self.restarts[i] += 1
+            log.warning(
+                "Worker %s %s; restarting it (restart %d, failure %d in a row). Its episode is "
+                "discarded.",
+                self.names[i],
+                reason,
+                self.restarts[i],
+                self.failures_in_a_row[i],
+            )
+            self._launch(i)
+            try:
+                self._await_start(i)
+                return
+            except VectorEnvError as err:
+                reason = f"could not be restarted ({_first_line(err)})"
+
+    def call(
+        self, indices: Sequence[int], command: str, payloads: Sequence[Any], timeout_s: float
+    ) -> list[Any]:
+        """Sends `command` to the workers `indices` and waits for all of them until one shared
+        deadline (they run in parallel). A worker that misses it or dies is restarted and gets
+        a WorkerFailure; an exception inside an env is raised as VectorEnvError."""
+        failures: dict[int, str] = {}
         for i, payload in zip(indices, payloads, strict=True):
             try:
                 self.conns[i].send((command, payload))
             except (BrokenPipeError, ConnectionResetError, OSError):
-                self.procs[i].join(timeout=5)
-                raise VectorEnvError(
-                    f"Worker {self.names[i]} is gone (exit code {self.procs[i].exitcode}); "
-                    f"cannot send {command!r}."
-                ) from None
-        # Receive from every worker before raising, so no reply is left in a pipe.
-        results, first_error = [], None
-        for i in indices:
-            try:
-                results.append(self._receive(i, command))
-            except VectorEnvError as err:
-                results.append(None)
-                first_error = first_error or err
-        if first_error is not None:
-            raise first_error
-        return results
+                self.procs[i].join(timeout=1)
+                failures[i] = f"was gone before {command!r} (exit code {self.procs[i].exitcode})"
+        deadline = time.monotonic() + timeout_s
+        waiting = {self.conns[i]: i for i in indices if i not in failures}
+        replies: dict[int, Any] = {}
+        errors: dict[int, VectorEnvError] = {}
+        while waiting:
+            ready = mp_connection.wait(list(waiting), timeout=max(deadline - time.monotonic(), 0))
+            if not ready:
+                break
+            for conn in ready:
+                i = waiting.pop(conn)
+                # `ready` means the reply has begun; a worker stopped half-way through sending a
+                # large one (video frames) would block recv forever. Past the deadline the
+                # watchdog kills it, which ends recv with EOF.
+                watchdog = threading.Timer(
+                    max(deadline - time.monotonic(), 0) + 1.0, self.procs[i].kill
+                )
+                watchdog.start()
+                try:
+                    replies[i] = self._receive(i, command)
+                except _WorkerDied:
+                    stalled = watchdog.finished.is_set()
+                    how = "stalled while sending its reply to" if stalled else "died during"
+                    failures[i] = f"{how} {command!r} (exit code {self.procs[i].exitcode})"
+                except VectorEnvError as err:
+                    errors[i] = err  # a Python exception in the env: a bug to report, not hide
+                finally:
+                    watchdog.cancel()
+        for i in waiting.values():
+            state = "alive but not answering" if self.procs[i].is_alive() else "dead"
+            failures[i] = f"did not answer {command!r} within {timeout_s:g} s ({state})"
+        for i in sorted(failures):
+            self._restart(i, failures[i])
+        if errors:
+            raise errors[min(errors)]
+        return [WorkerFailure(failures[i]) if i in failures else replies[i] for i in indices]
+
+    def episode_completed(self, i: int) -> None:
+        """A whole episode ran without a failure: worker i is healthy again."""
+        self.failures_in_a_row[i] = 0
 
     def close(self) -> None:
         for conn, proc in zip(self.conns, self.procs, strict=True):
-            if proc.is_alive():
+            if proc is not None and proc.is_alive():
                 try:
                     conn.send(("close", None))
-                    conn.recv()
+                    if conn.poll(5):
+                        conn.recv()
+                    else:
+                        proc.kill()  # stalled: it would never answer, nor exit by itself
                 except (EOFError, BrokenPipeError, ConnectionResetError, OSError):
                     pass
         for conn, proc in zip(self.conns, self.procs, strict=True):
+            if proc is None:
+                continue
             proc.join(timeout=10)
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()
                 proc.join(timeout=5)
             conn.close()
         self.conns, self.procs = [], []
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _close_at_exit(ref: weakref.ReferenceType) -> None:
@@ -231,10 +373,23 @@ class VectorEnv:
         `functools.partial(make_env, "libero", task_id=3)`), one per worker.
       mode: "subprocess" or "inline".
       start_method: multiprocessing start method for "subprocess" ("spawn" or "forkserver").
+      start_timeout_s / reset_timeout_s / step_timeout_s: deadlines for building an env, a
+        reset, and one chunk ("subprocess" only). Generous by default: LIBERO takes ~10-60 s to
+        build and a 50-step chunk with rendering takes seconds, on a loaded machine much more.
+      max_worker_failures: a worker that stalls or dies this many times in a row (without a
+        completed episode in between) raises WorkerFailedError instead of another restart.
     """
 
     def __init__(
-        self, env_fns: Sequence[EnvFn], mode: str = "subprocess", start_method: str = "spawn"
+        self,
+        env_fns: Sequence[EnvFn],
+        mode: str = "subprocess",
+        start_method: str = "spawn",
+        *,
+        start_timeout_s: float = 600.0,
+        reset_timeout_s: float = 300.0,
+        step_timeout_s: float = 300.0,
+        max_worker_failures: int = 3,
     ):
         if not env_fns:
             raise ValueError("VectorEnv needs at least one env_fn.")
@@ -245,6 +400,18 @@ class VectorEnv:
                 f"start_method must be 'spawn' or 'forkserver', got {start_method!r} (fork is "
                 "unsafe with JAX and GL contexts in the parent)."
             )
+        for name, value in (
+            ("start_timeout_s", start_timeout_s),
+            ("reset_timeout_s", reset_timeout_s),
+            ("step_timeout_s", step_timeout_s),
+        ):
+            if not value > 0 or value == float("inf"):
+                raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}.")
+        if isinstance(max_worker_failures, bool) or not isinstance(max_worker_failures, int):
+            raise ValueError(f"max_worker_failures must be an int, got {max_worker_failures!r}.")
+        if max_worker_failures < 1:
+            raise ValueError(f"max_worker_failures must be >= 1, got {max_worker_failures}.")
+        self.reset_timeout_s, self.step_timeout_s = float(reset_timeout_s), float(step_timeout_s)
         self.mode = mode
         self.num_envs = len(env_fns)
         self._closed = False
@@ -254,7 +421,12 @@ class VectorEnv:
             self._workers = None
         else:
             self._envs = None
-            self._workers = _SubprocessWorkers(env_fns, start_method)
+            self._workers = _SubprocessWorkers(
+                env_fns,
+                start_method,
+                start_timeout_s=float(start_timeout_s),
+                max_worker_failures=max_worker_failures,
+            )
             specs = self._workers.specs
         for i, spec in enumerate(specs[1:], start=1):
             if (spec.observation_spec, spec.action_dim) != (
@@ -268,8 +440,23 @@ class VectorEnv:
                 )
         self.specs: list[EnvSpec] = specs
         self._elapsed = [0] * self.num_envs  # steps since each env's reset, for render timing
+        # The observation each env last returned: what a discarded chunk reports (ChunkResult).
+        self._last_obs: list[Observation | None] = [None] * self.num_envs
+        self._needs_reset = [False] * self.num_envs  # a restarted worker has a fresh env
         self.spec: EnvSpec = specs[0]
         atexit.register(_close_at_exit, weakref.ref(self))
+
+    @property
+    def worker_restarts(self) -> int:
+        """Env workers restarted so far after stalling or dying (0 in "inline" mode)."""
+        return sum(self._workers.restarts) if self._workers is not None else 0
+
+    @property
+    def worker_pids(self) -> list[int | None]:
+        """Process id of each env's worker (None in "inline" mode); changes on a restart."""
+        if self._workers is None:
+            return [None] * self.num_envs
+        return [proc.pid for proc in self._workers.procs]
 
     def _check_open(self) -> None:
         if self._closed:
@@ -291,9 +478,22 @@ class VectorEnv:
         if self._envs is not None:
             obs = [self._envs[i].reset(seed=s) for i, s in zip(indices, seeds, strict=True)]
         else:
-            obs = self._workers.call(indices, "reset", seeds)
-        for i in indices:
+            obs = self._workers.call(indices, "reset", seeds, self.reset_timeout_s)
+            # A worker that failed the reset was restarted: reset it again, with the same seed
+            # (no episode has started, so nothing is lost). `call` raises after too many.
+            while retry := [k for k, o in enumerate(obs) if isinstance(o, WorkerFailure)]:
+                again = self._workers.call(
+                    [indices[k] for k in retry],
+                    "reset",
+                    [seeds[k] for k in retry],
+                    self.reset_timeout_s,
+                )
+                for k, o in zip(retry, again, strict=True):
+                    obs[k] = o
+        for i, o in zip(indices, obs, strict=True):
             self._elapsed[i] = 0
+            self._last_obs[i] = o
+            self._needs_reset[i] = False
         return obs
 
     def step_chunk(
@@ -305,7 +505,8 @@ class VectorEnv:
         """Executes actions[i] (T, A) in env i for every active env, in parallel across workers.
 
         actions: (N, T, A). active: bool (N,), None = all; inactive envs are not stepped and get
-        None. Returns one ChunkResult per env (see ChunkResult)."""
+        None. Returns one ChunkResult per env (see ChunkResult); `worker_restarted` marks an env
+        whose worker stalled or died during the chunk (its episode is lost; reset it)."""
         self._check_open()
         actions = np.asarray(actions)
         expected = (self.num_envs, self.spec.action_dim)
@@ -318,6 +519,11 @@ class VectorEnv:
         if active.shape != (self.num_envs,):
             raise ValueError(f"active must be shaped ({self.num_envs},), got {active.shape}.")
         indices = [i for i in range(self.num_envs) if active[i]]
+        if stale := [i for i in indices if self._needs_reset[i]]:
+            raise ValueError(
+                f"envs {stale} were restarted after a worker failure (ChunkResult."
+                "worker_restarted) and must be reset before they are stepped again."
+            )
         payloads = [
             (actions[i], record_frames, self.specs[i].max_episode_steps - self._elapsed[i])
             for i in indices
@@ -325,12 +531,30 @@ class VectorEnv:
         if self._envs is not None:
             outputs = [run_chunk(self._envs[i], *p) for i, p in zip(indices, payloads, strict=True)]
         else:
-            outputs = self._workers.call(indices, "step_chunk", payloads)
+            outputs = self._workers.call(indices, "step_chunk", payloads, self.step_timeout_s)
         results: list[ChunkResult | None] = [None] * self.num_envs
         for i, res in zip(indices, outputs, strict=True):
+            if isinstance(res, WorkerFailure):
+                res = self._discarded_chunk(i)
+            else:
+                self._elapsed[i] += res.steps_executed
+                self._last_obs[i] = res.obs
+                if self._workers is not None and (res.terminated or res.truncated):
+                    self._workers.episode_completed(i)
             results[i] = res
-            self._elapsed[i] += res.steps_executed
         return results
+
+    def _discarded_chunk(self, i: int) -> ChunkResult:
+        self._needs_reset[i] = True
+        return ChunkResult(
+            obs=self._last_obs[i],
+            rewards=np.zeros(0, np.float32),
+            success=False,
+            terminated=False,
+            truncated=True,
+            steps_executed=0,
+            worker_restarted=True,
+        )
 
     def close(self) -> None:
         if self._closed:

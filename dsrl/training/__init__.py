@@ -1,5 +1,6 @@
 """The DSRL training loop, steered rollouts and evaluation (shared by simulation and real robots)."""
 
+from dsrl.steering import Steering
 from dsrl.training.evaluation import EvalResult, eval_seeds, evaluate, summarize
 from dsrl.training.loop import (
     LoopConfig,
@@ -13,7 +14,6 @@ from dsrl.training.loop import (
 )
 from dsrl.training.rollout import (
     Episode,
-    Steering,
     agent_observation,
     run_episodes,
     stack_observations,

@@ -2,7 +2,7 @@
 
 The loop evaluates several noise sources on the SAME fixed set of seeded initial states, so their
 curves are comparable:
-  evaluation/*           the actor's sampled actions (what the reference logs),
+  evaluation/*           the actor's sampled latents (what the reference logs),
   evaluation_mode/*      the actor's distribution mode (deterministic),
   evaluation_base_iid/*  the frozen base policy with i.i.d. N(0, I) noise over (H, D),
   evaluation_base_warmup/*  the base policy under the warm-up family (e.g. horizon-repeated noise),
@@ -17,7 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from dsrl.training.rollout import Episode, NoiseSource, Steering, Timer, run_episodes
+from dsrl.steering import NoiseSource, Steering
+from dsrl.training.rollout import Episode, Timer, run_episodes
+
+_EVAL_RERUNS = 2  # re-runs of an evaluation episode lost to an env worker failure
 
 
 @dataclasses.dataclass
@@ -61,7 +64,11 @@ def evaluate(
     timer: Timer | None = None,
 ) -> EvalResult:
     """Run `len(seeds)` episodes in rounds of `vec_env.num_envs`, recording videos of the first
-    `num_video_episodes` (agent-view frames, only in the first round)."""
+    `num_video_episodes` (agent-view frames, only in the first round).
+
+    An episode lost to an env worker failure (`Episode.discarded`) is re-run with its seed, up to
+    `_EVAL_RERUNS` times, so the metrics cover the same fixed seeds; one still lost after that is
+    left out and counted in the metric `discarded_episodes` (present only then)."""
     num_envs = int(vec_env.num_envs)
     episodes: list[Episode] = []
     for start in range(0, len(seeds), num_envs):
@@ -76,9 +83,25 @@ def evaluate(
             record_frames=start == 0 and num_video_episodes > 0,
             timer=timer,
         )
+    for _ in range(_EVAL_RERUNS):
+        lost = [k for k, e in enumerate(episodes) if e.discarded]
+        for start in range(0, len(lost), num_envs):
+            batch = lost[start : start + num_envs]
+            rerun = run_episodes(
+                vec_env,
+                steering,
+                source,
+                [seeds[k] for k in batch],
+                discount=1.0,
+                store_transitions=False,
+                record_frames=any(k < num_video_episodes for k in batch),
+                timer=timer,
+            )
+            for k, episode in zip(batch, rerun, strict=True):
+                episodes[k] = episode
+    kept = [e for e in episodes if not e.discarded]
+    metrics = summarize(kept, float(vec_env.spec.max_reward))
+    if len(kept) < len(episodes):
+        metrics["discarded_episodes"] = float(len(episodes) - len(kept))
     videos = [e.frames for e in episodes[:num_video_episodes] if e.frames is not None]
-    return EvalResult(
-        metrics=summarize(episodes, float(vec_env.spec.max_reward)),
-        videos=videos,
-        episodes=episodes,
-    )
+    return EvalResult(metrics=metrics, videos=videos, episodes=episodes)

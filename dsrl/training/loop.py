@@ -33,8 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from dsrl.agents import spec as transition_keys
+from dsrl.agents.spec import TransitionSpec
+from dsrl.envs.vector import VectorEnvError
+from dsrl.steering import Steering
 from dsrl.training.evaluation import EvalResult, eval_seeds, evaluate
-from dsrl.training.rollout import Episode, Steering, run_episodes
+from dsrl.training.rollout import AGENT_KEYS, Episode, run_episodes
 
 log = logging.getLogger(__name__)
 
@@ -62,33 +66,56 @@ class LoopConfig:
     video_fps: int = 50
     log_interval: int = 500
     checkpoint_interval: int = -1  # -1: only at the end (when a checkpointer is given)
-    store_action_chunks: bool = False  # DSRL-NA needs executed chunks and noises
-    # Base-policy observation keys stored with the agent's (DSRL-NA: e.g. ("policy_state",)).
-    policy_observation_keys: tuple[str, ...] = ()
     final_eval: bool = True  # evaluate once more at the end unless the last step was evaluated
     progress: bool = True
 
     def __post_init__(self):
-        positive = ("batch_size", "multi_grad_step", "eval_interval", "log_interval")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.max_steps < 0 or self.update_block < 0 or self.start_online_updates < 0:
-            raise ValueError("max_steps, update_block and start_online_updates must be >= 0")
-        if not 0.0 < self.discount <= 1.0:
-            raise ValueError(f"discount must be in (0, 1], got {self.discount}")
-        if self.checkpoint_interval == 0 or self.checkpoint_interval < -1:
-            raise ValueError("checkpoint_interval must be a positive step count or -1")
+        def need(ok: bool, name: str, rule: str, fix: str) -> None:
+            if not ok:
+                raise ValueError(
+                    f"{name} must be {rule}, got {getattr(self, name)!r}: {fix} (--{name})"
+                )
+
+        for name in ("batch_size", "multi_grad_step", "eval_interval", "log_interval"):
+            need(_is_int(getattr(self, name), 1), name, "a positive integer", "pass a count >= 1")
+        need(_is_int(self.max_steps, 0), "max_steps", ">= 0", "the gradient-step budget, e.g. 1e6")
+        need(
+            _is_int(self.max_env_steps, -1),
+            "max_env_steps",
+            ">= -1",
+            "an env-step budget, or -1 for none",
+        )
+        for name in ("update_block", "start_online_updates", "start_online_trajs"):
+            need(_is_int(getattr(self, name), 0), name, ">= 0", "pass a count >= 0")
+        need(_is_int(self.first_update_grad_steps, 0), "first_update_grad_steps", ">= 0", "or 0")
+        need(
+            _is_int(self.eval_episodes, 0),
+            "eval_episodes",
+            ">= 0",
+            "pass 0 to turn control evaluation off, or a number of episodes",
+        )
+        need(_is_int(self.num_video_episodes, 0), "num_video_episodes", ">= 0", "or 0: no videos")
+        need(_is_int(self.video_fps, 1), "video_fps", "a positive integer", "e.g. 10")
+        need(
+            isinstance(self.discount, int | float) and 0.0 < self.discount <= 1.0,
+            "discount",
+            "in (0, 1]",
+            "e.g. 0.99",
+        )
+        need(
+            _is_int(self.checkpoint_interval, 1) or self.checkpoint_interval == -1,
+            "checkpoint_interval",
+            "a positive gradient-step count or -1",
+            "-1 checkpoints only at the end",
+        )
 
     @property
     def block(self) -> int:
         return self.update_block or self.multi_grad_step
 
-    @classmethod
-    def from_config(cls, config: Any) -> LoopConfig:
-        """Pick this dataclass's fields out of a (ml_collections) mapping; ignore the rest."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{name: config[name] for name in names if name in config})
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= minimum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,31 +184,49 @@ def train_seeds(seed: int, first_traj: int, count: int) -> list[int]:
 
 def example_transition(
     observation_spec: dict[str, tuple[tuple[int, ...], Any]],
-    action_dim: int,
-    *,
-    query_freq: int | None = None,
-    robot_action_dim: int | None = None,
-    noise_shape: tuple[int, int] | None = None,
+    steering: Steering,
+    transition_spec: TransitionSpec = TransitionSpec(),
 ) -> dict[str, Any]:
     """One zero transition with the layout `run_episodes` stores (for `ReplayBuffer(...)`).
 
-    Pass `query_freq`, `robot_action_dim` and `noise_shape` to include the executed
-    "action_chunks" (query_freq, robot_action_dim) and "noise" (H, D) (DSRL-NA)."""
-    obs = {k: np.zeros(shape, dtype=dtype) for k, (shape, dtype) in observation_spec.items()}
+    observation_spec: {key: (shape, dtype)} of the env's agent observation ("pixels", "state")
+    and of every base-policy key in `transition_spec.policy_observation_keys`; the stored
+    observations hold exactly the agent keys plus those. The "latents" have the steering's
+    `latent_dim`; with `transition_spec.action_chunks`, the executed "action_chunks"
+    (query_freq, robot action dim) and the "noise" (H, D) are the steering's shapes too."""
+    keys = (*AGENT_KEYS, *transition_spec.policy_observation_keys)
+    missing = [k for k in keys if k not in observation_spec]
+    if missing:
+        raise ValueError(
+            f"example_transition: observation_spec lacks {missing} (it has "
+            f"{sorted(observation_spec)}); pass the env's observation spec merged with the base "
+            "policy's observation keys the learner asks to store."
+        )
+    obs = {k: np.zeros(observation_spec[k][0], dtype=observation_spec[k][1]) for k in keys}
     transition = {
-        "observations": obs,
-        "actions": np.zeros((action_dim,), np.float32),
-        "rewards": np.float32(0),
-        "masks": np.float32(0),
-        "discounts": np.float32(0),
-        "next_observations": {k: v.copy() for k, v in obs.items()},
+        transition_keys.OBSERVATIONS: obs,
+        transition_keys.LATENTS: np.zeros((steering.latent_dim,), np.float32),
+        transition_keys.REWARDS: np.float32(0),
+        transition_keys.MASKS: np.float32(0),
+        transition_keys.DISCOUNTS: np.float32(0),
+        transition_keys.NEXT_OBSERVATIONS: {k: v.copy() for k, v in obs.items()},
     }
-    if query_freq is not None:
-        if robot_action_dim is None or noise_shape is None:
-            raise ValueError("action chunks need query_freq, robot_action_dim and noise_shape")
-        transition["action_chunks"] = np.zeros((query_freq, robot_action_dim), np.float32)
-        transition["noise"] = np.zeros(tuple(noise_shape), np.float32)
+    if transition_spec.action_chunks:
+        chunk_shape = (steering.query_freq, int(steering.base_policy.action_dim))
+        transition[transition_keys.ACTION_CHUNKS] = np.zeros(chunk_shape, np.float32)
+        transition[transition_keys.NOISE] = np.zeros(
+            tuple(steering.noise_param.noise_shape), np.float32
+        )
     return transition
+
+
+def check_buffer_capacity(capacity: int, config: LoopConfig) -> None:
+    if capacity <= config.start_online_updates:
+        raise ValueError(
+            f"replay buffer capacity {capacity} <= start_online_updates "
+            f"{config.start_online_updates}: updates would never start; raise the capacity "
+            "(--config.replay.capacity) or lower start_online_updates."
+        )
 
 
 def _crossed(prev: int, new: int, interval: int) -> bool:
@@ -195,7 +240,9 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 class _Trainer:
     """One run of the loop; holds the mutable bookkeeping so `train` stays readable."""
 
-    def __init__(self, *, env, eval_env, steering, agent, buffer, config, logger, checkpointer):
+    def __init__(
+        self, *, env, eval_env, steering, agent, buffer, config, logger, checkpointer, spec
+    ):
         self.env = env
         self.eval_env = eval_env if eval_env is not None else env
         self.steering = steering
@@ -204,11 +251,13 @@ class _Trainer:
         self.config = config
         self.logger = logger
         self.checkpointer = checkpointer
+        self.transition_spec = spec
         self.watch = Stopwatch()
         self.evaluations: list[dict[str, float]] = []
         self.last_update_metrics: dict[str, float] = {}
         self.last_episodes: list[Episode] = []
         self.eval_seeds = eval_seeds(config.seed, config.eval_episodes)
+        self.discarded_episodes = 0  # training episodes lost to env worker failures
 
     # -- logging ------------------------------------------------------------------------------
     def _log(self, metrics: dict[str, float], step: int) -> None:
@@ -225,8 +274,8 @@ class _Trainer:
 
     # -- evaluation ---------------------------------------------------------------------------
     def _sampled_act(self, obs):
-        actions, self.agent = self.agent.sample_actions(obs)
-        return actions
+        latents, self.agent = self.agent.sample_actions(obs)
+        return latents
 
     def _run_eval(self, source, num_video: int = 0) -> EvalResult:
         return evaluate(
@@ -239,6 +288,10 @@ class _Trainer:
         )
 
     def evaluate(self, state: LoopState, include_base: bool) -> dict[str, float]:
+        with self.checkpoint_on_env_failure(state):
+            return self._evaluate(state, include_base)
+
+    def _evaluate(self, state: LoopState, include_base: bool) -> dict[str, float]:
         cfg = self.config
         step = state.grad_steps
         row: dict[str, float] = {}
@@ -280,16 +333,19 @@ class _Trainer:
         else:
             rng = np.random.default_rng([cfg.seed, 2, state.num_online_trajs])
             source = self.steering.warmup_source(rng)
-        episodes = run_episodes(
-            self.env,
-            self.steering,
-            source,
-            seeds,
-            discount=cfg.discount,
-            store_chunks=cfg.store_action_chunks,
-            policy_observation_keys=cfg.policy_observation_keys,
-            timer=self.watch,
-        )
+        with self.checkpoint_on_env_failure(state):
+            all_episodes = run_episodes(
+                self.env,
+                self.steering,
+                source,
+                seeds,
+                discount=cfg.discount,
+                transition_spec=self.transition_spec,
+                timer=self.watch,
+            )
+        # Episodes lost to an env worker failure are not stored (ChunkResult.worker_restarted).
+        episodes = [e for e in all_episodes if not e.discarded]
+        self.discarded_episodes += len(all_episodes) - len(episodes)
         num_transitions = 0
         with self.watch.section("io"):
             for episode in episodes:
@@ -300,7 +356,7 @@ class _Trainer:
         self.last_episodes = episodes
         state = dataclasses.replace(
             state,
-            env_steps=state.env_steps + sum(e.length for e in episodes),
+            env_steps=state.env_steps + sum(e.length for e in all_episodes),
             num_online_samples=state.num_online_samples + num_transitions,
             num_online_trajs=state.num_online_trajs + len(episodes),
         )
@@ -338,6 +394,9 @@ class _Trainer:
             )
         row |= self._counters(state)
         row |= self.watch.metrics()
+        envs = {id(self.env): self.env, id(self.eval_env): self.eval_env}.values()
+        row["env/worker_restarts"] = sum(getattr(e, "worker_restarts", 0) for e in envs)
+        row["env/discarded_episodes"] = self.discarded_episodes
         self._log(row, state.grad_steps)
 
     def checkpoint(self, state: LoopState) -> None:
@@ -349,6 +408,30 @@ class _Trainer:
                 {"agent": self.agent, "counters": state.to_tree()},
                 self.buffer,
             )
+
+    @contextlib.contextmanager
+    def checkpoint_on_env_failure(self, state: LoopState) -> Iterator[None]:
+        """Writes a checkpoint of `state` (the last consistent one: the buffer is filled only
+        after a collection returns) when an env worker gives up, then lets the error stop the
+        run: a resume continues from here instead of the last interval checkpoint."""
+        try:
+            yield
+        except VectorEnvError as err:
+            try:
+                self.checkpoint(state)
+            except Exception as ckpt_err:  # noqa: BLE001 - the env error is the one to raise
+                log.error(
+                    "Env workers failed and the checkpoint could not be written: %s", ckpt_err
+                )
+            else:
+                if self.checkpointer is not None:
+                    log.error(
+                        "Env workers failed (%s); checkpoint step %d written, resume the run "
+                        "from it once the env is fixed.",
+                        str(err).splitlines()[0],
+                        state.grad_steps,
+                    )
+            raise
 
 
 def canonical_agent(agent: Any) -> Any:
@@ -375,9 +458,16 @@ def checkpoint_template(agent: Any) -> dict[str, Any]:
     return {"agent": canonical_agent(agent), "counters": LoopState().to_tree()}
 
 
-def restore(checkpointer: Any, agent_template: Any) -> tuple[Any, LoopState, Any] | None:
-    """(agent, loop state, buffer) from the latest checkpoint of a run, or None if it has none."""
-    restored = checkpointer.restore(checkpoint_template(agent_template))
+def restore(
+    checkpointer: Any, agent_template: Any, example_transition: dict[str, Any] | None = None
+) -> tuple[Any, LoopState, Any] | None:
+    """(agent, loop state, buffer) from the latest checkpoint of a run, or None if it has none.
+
+    With `example_transition`, the saved buffer must have its layout (a resume whose config
+    changed the observation or latent shapes fails here, naming the difference)."""
+    restored = checkpointer.restore(
+        checkpoint_template(agent_template), example_transition=example_transition
+    )
     if restored is None:
         return None
     tree, buffer = restored
@@ -395,22 +485,23 @@ def train(
     checkpointer: Any | None = None,
     eval_env: Any | None = None,
     state: LoopState | None = None,
+    transition_spec: TransitionSpec | None = None,
 ) -> TrainResult:
     """Run (or resume, given `state` and the restored agent and buffer) the DSRL loop.
 
     env / eval_env: vector envs (`num_envs`, `spec`, `reset(seeds)`, `step_chunk(...)`); eval
     defaults to the training env. agent: a learner with `update(batches) -> (agent, metrics)`,
-    `sample_actions(obs) -> (actions, agent)`, `eval_actions(obs) -> actions`. buffer: a
-    `ReplayBuffer` built from `example_transition(...)`. logger: `RunLogger` or None.
-    checkpointer: `RunCheckpointer` or None.
+    `sample_actions(obs) -> (latents, agent)`, `eval_actions(obs) -> latents` and
+    `transition_spec()`. buffer: a `ReplayBuffer` built from `example_transition(...)` with the
+    same transition spec. logger: `RunLogger` or None. checkpointer: `RunCheckpointer` or None.
+    transition_spec: what each transition stores; default `agent.transition_spec()`.
     """
     cfg = config
+    if transition_spec is None:
+        transition_spec = agent.transition_spec()
     capacity = getattr(buffer, "capacity", None)
-    if capacity is not None and capacity <= cfg.start_online_updates:
-        raise ValueError(
-            f"replay buffer capacity {capacity} <= start_online_updates "
-            f"{cfg.start_online_updates}: updates would never start; raise the capacity."
-        )
+    if capacity is not None:
+        check_buffer_capacity(capacity, cfg)
     trainer = _Trainer(
         env=env,
         eval_env=eval_env,
@@ -420,6 +511,7 @@ def train(
         config=cfg,
         logger=logger,
         checkpointer=checkpointer,
+        spec=transition_spec,
     )
     state = state or LoopState()
     do_eval = cfg.eval_episodes > 0

@@ -1,4 +1,4 @@
-"""Steered rollouts: agent action -> noise -> base-policy chunk -> env chunk -> one transition.
+"""Steered rollouts: latent -> noise -> base-policy chunk -> env chunk -> one transition.
 
 One *query* is one decision of the RL agent. For `num_envs` parallel envs it costs:
 
@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-from dsrl.base_policies.base import BasePolicy
+from dsrl.agents import spec as transition_keys
+from dsrl.agents.spec import TransitionSpec
 from dsrl.envs.vector import video_frame
+from dsrl.steering import AgentObservation, NoiseSource, Steering
 
 Observation = dict[str, Any]
-AgentObservation = dict[str, np.ndarray]
 AGENT_KEYS = ("pixels", "state")
 
 
@@ -48,68 +49,6 @@ class NullTimer:
         yield
 
 
-class NoiseParamLike(Protocol):
-    """What rollouts need from `dsrl.envs.steering.NoiseParam`."""
-
-    action_dim: int
-
-    def to_noise(self, actions: np.ndarray) -> np.ndarray: ...
-
-    def sample_warmup(self, rng: np.random.Generator, batch: int) -> np.ndarray: ...
-
-    def sample_iid_noise(self, rng: np.random.Generator, batch: int) -> np.ndarray: ...
-
-
-# (agent observations with leading N) -> (agent actions (N, A) or None, noise (N, H, D)).
-NoiseSource = Callable[[AgentObservation], tuple[np.ndarray | None, np.ndarray]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Steering:
-    """The frozen half of DSRL: how an agent action becomes an executed action chunk."""
-
-    base_policy: BasePolicy
-    noise_param: NoiseParamLike
-    query_freq: int
-
-    def __post_init__(self):
-        horizon = int(self.base_policy.noise_shape[0])
-        if not 1 <= self.query_freq <= horizon:
-            raise ValueError(
-                f"query_freq={self.query_freq} must be in [1, {horizon}] (the base policy's action "
-                f"horizon, noise_shape={tuple(self.base_policy.noise_shape)}); set --query_freq "
-                "to at most the chunk length."
-            )
-
-    # Noise sources -----------------------------------------------------------------------------
-    def agent_source(self, act: Callable[[AgentObservation], np.ndarray]) -> NoiseSource:
-        """Noise from an agent: `act(obs) -> (N, A)` actions in [-am, am]."""
-
-        def source(obs: AgentObservation) -> tuple[np.ndarray, np.ndarray]:
-            actions = np.asarray(act(obs), dtype=np.float32)
-            return actions, self.noise_param.to_noise(actions)
-
-        return source
-
-    def warmup_source(self, rng: np.random.Generator) -> NoiseSource:
-        """Random agent actions from the training family, already clipped to ±action_magnitude."""
-
-        def source(obs: AgentObservation) -> tuple[np.ndarray, np.ndarray]:
-            actions = self.noise_param.sample_warmup(rng, _batch_size(obs))
-            actions = np.asarray(actions, dtype=np.float32)
-            return actions, self.noise_param.to_noise(actions)
-
-        return source
-
-    def iid_source(self, rng: np.random.Generator) -> NoiseSource:
-        """The untouched base policy: i.i.d. N(0, I) noise over the whole (H, D) noise shape."""
-
-        def source(obs: AgentObservation) -> tuple[None, np.ndarray]:
-            return None, self.noise_param.sample_iid_noise(rng, _batch_size(obs))
-
-        return source
-
-
 @dataclasses.dataclass
 class Episode:
     """One finished episode of one env."""
@@ -121,6 +60,9 @@ class Episode:
     length: int  # env steps executed
     num_queries: int
     frames: np.ndarray | None = None  # uint8 (T, H, W, 3) agent-view frames when recorded
+    # The env's worker stalled or died mid-episode (ChunkResult.worker_restarted): the episode
+    # is incomplete, its transitions were dropped, and it is neither a success nor a failure.
+    discarded: bool = False
 
 
 def agent_observation(obs: Observation) -> AgentObservation:
@@ -149,10 +91,6 @@ def stack_observations(observations: Sequence[Observation]) -> Observation:
     return out
 
 
-def _batch_size(obs: AgentObservation) -> int:
-    return int(np.shape(obs["state"])[0])
-
-
 def _frames_to_rgb(frames: Any) -> np.ndarray | None:
     if frames is None:
         return None
@@ -172,8 +110,7 @@ def run_episodes(
     *,
     discount: float,
     store_transitions: bool = True,
-    store_chunks: bool = False,
-    policy_observation_keys: Sequence[str] = (),
+    transition_spec: TransitionSpec = TransitionSpec(),
     record_frames: bool = False,
     timer: Timer | None = None,
 ) -> list[Episode]:
@@ -181,12 +118,13 @@ def run_episodes(
 
     Every query is ONE batched agent call, ONE batched base-policy call over all `num_envs`
     envs (finished envs are padded with their last observation so that jitted policies see one
-    batch shape), and ONE `step_chunk`. Returns the episodes in the order of `seeds`.
+    batch shape), and ONE `step_chunk`. Returns the episodes in the order of `seeds`; an episode
+    whose env worker was restarted mid-way comes back `discarded`, with no transitions.
 
-    `store_chunks` adds "action_chunks" (query_freq, action_dim) and "noise" (H, D) to each
-    transition (DSRL-NA's action-space critic needs them); `policy_observation_keys` adds those
-    base-policy observation keys to the stored "observations" / "next_observations" (DSRL-NA runs
-    the base policy on stored observations inside its update).
+    Each stored transition holds `dsrl.agents.spec.COMMON_KEYS` plus what `transition_spec` asks
+    for: `action_chunks` adds the executed "action_chunks" (query_freq, robot action dim) and the
+    "noise" (H, D) that produced them; `policy_observation_keys` adds those base-policy
+    observation keys to the stored "observations" / "next_observations".
     """
     timer = timer or NullTimer()
     num_envs = int(vec_env.num_envs)
@@ -205,6 +143,7 @@ def run_episodes(
     successes = np.zeros(n, dtype=bool)
     lengths = np.zeros(n, dtype=np.int64)
     queries = np.zeros(n, dtype=np.int64)
+    discarded = np.zeros(n, dtype=bool)
     frames: list[list[np.ndarray]] = [[] for _ in range(n)]
     if record_frames:
         for i in range(n):
@@ -213,10 +152,10 @@ def run_episodes(
     while active.any():
         agent_obs = stack_observations([agent_observation(o) for o in obs_list])
         with timer.section("agent"):
-            actions, noise = source(agent_obs)
+            latents, noise = source(agent_obs)
         noise = np.asarray(noise, dtype=np.float32)
-        if store_transitions and actions is None:
-            raise ValueError("store_transitions=True needs a noise source that returns actions")
+        if store_transitions and latents is None:
+            raise ValueError("store_transitions=True needs a noise source that returns latents")
         with timer.section("base_policy"):
             chunks = steering.base_policy.sample_actions(stack_observations(obs_list), noise)
         executed = np.asarray(chunks, dtype=np.float32)[:, : steering.query_freq]
@@ -226,6 +165,12 @@ def run_episodes(
             )
         for i in np.flatnonzero(active[:n]):
             res = results[i]
+            if getattr(res, "worker_restarted", False):
+                # Half an episode from a dead worker: training on it would teach that the chunk
+                # after the failure never came. obs_list[i] keeps padding the batch.
+                discarded[i], active[i] = True, False
+                transitions[i], frames[i] = [], []
+                continue
             steps = int(res.steps_executed)
             env_rewards = np.asarray(res.rewards, dtype=np.float64).reshape(-1)
             success = bool(res.success)
@@ -241,19 +186,19 @@ def run_episodes(
             successes[i] |= success
             if store_transitions:
                 transition = {
-                    "observations": agent_observation(obs_list[i]),
-                    "actions": actions[i],
-                    "rewards": np.float32(0.0 if success else -1.0),
-                    "masks": np.float32(0.0 if terminated else 1.0),
-                    "discounts": np.float32(discount**steps),
-                    "next_observations": agent_observation(res.obs),
+                    transition_keys.OBSERVATIONS: agent_observation(obs_list[i]),
+                    transition_keys.LATENTS: latents[i],
+                    transition_keys.REWARDS: np.float32(0.0 if success else -1.0),
+                    transition_keys.MASKS: np.float32(0.0 if terminated else 1.0),
+                    transition_keys.DISCOUNTS: np.float32(discount**steps),
+                    transition_keys.NEXT_OBSERVATIONS: agent_observation(res.obs),
                 }
-                for key in policy_observation_keys:
-                    transition["observations"][key] = obs_list[i][key]
-                    transition["next_observations"][key] = res.obs[key]
-                if store_chunks:
-                    transition["action_chunks"] = executed[i]
-                    transition["noise"] = noise[i]
+                for key in transition_spec.policy_observation_keys:
+                    transition[transition_keys.OBSERVATIONS][key] = obs_list[i][key]
+                    transition[transition_keys.NEXT_OBSERVATIONS][key] = res.obs[key]
+                if transition_spec.action_chunks:
+                    transition[transition_keys.ACTION_CHUNKS] = executed[i]
+                    transition[transition_keys.NOISE] = noise[i]
                 transitions[i].append(transition)
             if record_frames:
                 chunk_frames = _frames_to_rgb(res.frames)
@@ -268,10 +213,11 @@ def run_episodes(
             transitions=transitions[i],
             env_return=float(returns[i]),
             max_reward=float(max_rewards[i]) if np.isfinite(max_rewards[i]) else 0.0,
-            success=bool(successes[i]),
+            success=bool(successes[i]) and not discarded[i],
             length=int(lengths[i]),
             num_queries=int(queries[i]),
             frames=np.stack(frames[i]).astype(np.uint8) if record_frames and frames[i] else None,
+            discarded=bool(discarded[i]),
         )
         for i in range(n)
     ]

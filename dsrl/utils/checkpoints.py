@@ -9,17 +9,35 @@ Layout (one orbax `CheckpointManager` step per save):
                         counters) and numpy bit-generator states, whose 128-bit ints JSON keeps
         replay_buffer/  the ReplayBuffer's files (written by a custom orbax handler)
 
+        dsrl_checksums.json   size and sha256 of every file above, written last (atomically,
+                        after orbax finalised the step); a step without it is unverified
+
 Atomicity comes from orbax: every item, the replay buffer included, is written into
 `<step>.orbax-checkpoint-tmp-*` and the directory is renamed to `<step>` only after all items
 have been written. A crash mid-save therefore leaves no `<step>` directory; the previous one stays
-the latest, and old checkpoints are removed (`max_to_keep`) only after a new one is finalised.
-Leftover temporary directories are deleted when the next `RunCheckpointer` opens the run.
+the latest. Leftover temporary directories are deleted when the next `RunCheckpointer` opens the
+run.
+
+Damage does not lose a run. `restore()` checks the newest step's files against its checksum
+manifest, restores it and checks that every float in it is finite; on any failure it logs which
+step it skipped and why and tries the next older step. Steps written before checksums existed
+(no manifest) are restored unverified, with a warning. Non-finite state is never saved (the save
+raises `NonFiniteStateError` naming the leaf, before anything is written), and old steps are
+deleted (`max_to_keep`) only after the new step's manifest is on disk, so the newest verified
+step is never deleted. Re-saving an existing step moves the old one aside until the new one is
+verified (`<step>.dsrl-replaced`, put back when the next `RunCheckpointer` opens the run if the
+replacement never completed).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
+import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +46,32 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from dsrl.data.replay_buffer import ReplayBuffer
+from dsrl.data.replay_buffer import LayoutMismatchError, ReplayBuffer
+
+log = logging.getLogger(__name__)
 
 _FORMAT_VERSION = 1
 _ARRAYS, _META, _BUFFER = "state", "state_meta", "replay_buffer"
+_MANIFEST = "dsrl_checksums.json"
+_MANIFEST_VERSION = 1
+_REPLACED_SUFFIX = ".dsrl-replaced"
+
+
+class CheckpointDamagedError(RuntimeError):
+    """A checkpoint step cannot be restored: a file is missing, truncated or changed, or it holds
+    non-finite values."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint step is intact but was written by a different config or code version."""
+
+
+class NoIntactCheckpointError(RuntimeError):
+    """Every checkpoint step of a run failed to restore; the message lists each step's reason."""
+
+
+class NonFiniteStateError(ValueError):
+    """The state to save holds NaN or inf; saving it would replace good checkpoints with bad."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,7 +87,10 @@ class ReplayBufferHandler(ocp.CheckpointHandler):
 
     def restore(self, directory: epath.Path, args: ReplayBufferRestore | None = None) -> Any:
         example = None if args is None else args.example_transition
-        return ReplayBuffer.load(Path(directory), example_transition=example)
+        try:
+            return ReplayBuffer.load(Path(directory), example_transition=example)
+        except LayoutMismatchError as err:
+            raise CheckpointMismatchError(str(err)) from None
 
 
 @ocp.args.register_with_handler(ReplayBufferHandler, for_save=True)
@@ -163,7 +206,7 @@ def _check_template(saved: list[dict], expected: list[dict], where: Path) -> Non
     if not problems and [r["path"] for r in saved] != [r["path"] for r in expected]:
         problems.append("the leaves are in a different order (a different pytree structure)")
     if problems:
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"The checkpoint in {where} does not match the restore template: "
             + "; ".join(sorted(problems))
             + ". This run directory was written by a different config or code version; restore "
@@ -179,15 +222,21 @@ class RunCheckpointer:
 
     `state` is any pytree: typically {"agent": learner (flax.struct PyTreeNode with params, optax
     states and a PRNG key), "step": int, "env_steps": int, "rng": np.random.Generator or its
-    `bit_generator.state`}. Saving is synchronous: when `save` returns, the step is on disk.
+    `bit_generator.state`}. Saving is synchronous: when `save` returns, the step is on disk and
+    its checksum manifest written. `max_to_keep` steps are kept (the newest verified one always).
     """
 
     def __init__(self, run_dir: str | os.PathLike, max_to_keep: int = 2):
-        if max_to_keep < 1:
-            raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}.")
+        if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be an int >= 1, got {max_to_keep!r}.")
         self.directory = Path(run_dir).absolute() / "checkpoints"
+        self.max_to_keep = max_to_keep
+        if self.directory.is_dir():
+            self._recover_replaced_steps()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
+            # Garbage collection is ours (`_collect_garbage`): orbax would delete old steps as
+            # soon as a new one is finalised, before its checksums are written.
+            max_to_keep=None,
             create=True,
             # A crash leaves `<step>.orbax-checkpoint-tmp-*`; a restarted run removes it.
             cleanup_tmp_directories=True,
@@ -197,19 +246,24 @@ class RunCheckpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
-        """The newest complete checkpoint's step, or None."""
-        return self._manager.latest_step()
+        """The newest checkpoint step on disk (intact or not: `restore` checks), or None."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def all_steps(self) -> list[int]:
-        return sorted(self._manager.all_steps())
+        """Every step directory on disk, oldest first (read from disk at each call)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.directory.iterdir() if _is_step_dir(p))
 
     def save(self, step: int, state: Any, buffer: ReplayBuffer | None = None) -> None:
         """Writes `state` (and the replay buffer, if given) as checkpoint `step`, atomically.
 
-        Saving a step that already exists (a final save right after an interval save at the same
-        step) replaces it; while it is rewritten, the previous step is the fallback."""
-        if step in self._manager.all_steps():
-            self._manager.delete(step)
+        Raises NonFiniteStateError, writing nothing, if a float leaf of `state` or a float field
+        of the buffer holds NaN or inf. Saving a step that already exists (a final save right
+        after an interval save at the same step) replaces it; the old one is moved aside and
+        deleted only once the new one is verified."""
+        _refuse_non_finite(step, state, buffer, self.latest_step(), self.directory)
         arrays, meta = _split_state(state)
         meta["has_replay_buffer"] = buffer is not None
         items: dict[str, ocp.args.CheckpointArgs] = {}
@@ -220,8 +274,61 @@ class RunCheckpointer:
         if arrays:  # orbax rejects an empty pytree; a state of Python scalars has none
             items[_ARRAYS] = ocp.args.StandardSave(arrays)
         items[_META] = ocp.args.JsonSave(meta)
-        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-        self._manager.wait_until_finished()
+
+        step_dir = self.directory / str(step)
+        aside = self.directory / f"{step}{_REPLACED_SUFFIX}"
+        replacing = step_dir.exists()
+        if replacing:
+            shutil.rmtree(aside, ignore_errors=True)
+            os.rename(step_dir, aside)
+        self._manager.reload()
+        try:
+            self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+            self._manager.wait_until_finished()
+            _write_manifest(step_dir)
+        except BaseException:
+            # The new step is not verified: it must not shadow the one it replaces.
+            shutil.rmtree(step_dir, ignore_errors=True)
+            if replacing:
+                os.rename(aside, step_dir)
+            self._manager.reload()
+            raise
+        if replacing:
+            shutil.rmtree(aside)
+        self._collect_garbage(step)
+
+    def _collect_garbage(self, new_step: int) -> None:
+        """Keeps the verified `new_step` and the `max_to_keep - 1` newest steps before it.
+
+        Steps after `new_step` (left by a run that `restore` resumed from an older step because
+        they were damaged) are not touched: they are someone's evidence, not ours to delete."""
+        older = [s for s in self.all_steps() if s < new_step]
+        excess = len(older) - (self.max_to_keep - 1)
+        for old in older[: max(excess, 0)]:
+            shutil.rmtree(self.directory / str(old))
+        self._manager.reload()
+
+    def _recover_replaced_steps(self) -> None:
+        """Finishes a replacement that a crash interrupted (see `save`)."""
+        for aside in self.directory.glob(f"*{_REPLACED_SUFFIX}"):
+            step_dir = self.directory / aside.name[: -len(_REPLACED_SUFFIX)]
+            if (step_dir / _MANIFEST).is_file():
+                shutil.rmtree(aside)  # the replacement was verified; the old copy is redundant
+            else:
+                shutil.rmtree(step_dir, ignore_errors=True)
+                os.rename(aside, step_dir)
+                log.warning(
+                    "Checkpoint step %s: a crash interrupted its replacement; the previous copy "
+                    "was put back.",
+                    step_dir.name,
+                )
+
+    def verify(self, step: int) -> bool:
+        """Checks step `step`'s files against its checksum manifest.
+
+        Returns True if verified, False if the step has no (readable) manifest (written before
+        checksums existed); raises CheckpointDamagedError naming the first bad file."""
+        return _verify_manifest(self.directory / str(step))
 
     def restore(
         self,
@@ -229,25 +336,76 @@ class RunCheckpointer:
         step: int | None = None,
         example_transition: dict[str, Any] | None = None,
     ) -> tuple[Any, ReplayBuffer | None] | None:
-        """Restores (state, buffer) from `step` (default: the latest), or None if none exists.
+        """Restores (state, buffer) from `step`, by default the newest intact step; None if the
+        run has no checkpoint.
+
+        Without `step`, a damaged step (missing, truncated or changed files, unreadable metadata,
+        non-finite values) is skipped with a warning naming it and the reason, and the next older
+        one is tried; NoIntactCheckpointError lists every step's reason if none restores. With
+        `step`, that step is restored or CheckpointDamagedError / CheckpointMismatchError raised.
 
         `template_state` has the structure, shapes and dtypes of the saved state (e.g. a freshly
         created learner with the same config); values are taken from disk. Restored arrays have
         the template's types: jax arrays (on the template's sharding), numpy arrays, typed PRNG
         keys, numpy Generators. `buffer` is None when the checkpoint was saved without one.
         """
-        if step is None:
-            step = self.latest_step()
-            if step is None:
-                return None
-        elif step not in self._manager.all_steps():
-            raise FileNotFoundError(f"No checkpoint for step {step} in {self.directory}.")
+        self._manager.reload()
+        if step is not None:
+            if step not in self.all_steps():
+                raise FileNotFoundError(f"No checkpoint for step {step} in {self.directory}.")
+            return self._restore_step(step, template_state, example_transition)
+        steps = self.all_steps()
+        if not steps:
+            return None
+        failures: list[tuple[int, Exception]] = []
+        for candidate in reversed(steps):
+            try:
+                result = self._restore_step(candidate, template_state, example_transition)
+            except Exception as err:  # noqa: BLE001 - any failure means: try the older step
+                log.warning(
+                    "Checkpoint step %d in %s cannot be restored and was skipped: %s",
+                    candidate,
+                    self.directory,
+                    _one_line(err),
+                )
+                failures.append((candidate, err))
+                continue
+            if failures:
+                log.warning(
+                    "Resuming from checkpoint step %d, the newest intact one (skipped: %s). The "
+                    "skipped steps were left on disk for inspection.",
+                    candidate,
+                    ", ".join(str(s) for s, _ in failures),
+                )
+            return result
+        mismatches = [err for _, err in failures if isinstance(err, CheckpointMismatchError)]
+        if mismatches:
+            raise mismatches[0]  # every step refused the template: a config error, not damage
+        reasons = "; ".join(f"step {s}: {_one_line(err)}" for s, err in failures)
+        raise NoIntactCheckpointError(
+            f"No checkpoint in {self.directory} can be restored ({reasons}). Nothing was deleted; "
+            "restore the files from a backup, or start a fresh run directory."
+        ) from failures[0][1]
+
+    def _restore_step(
+        self, step: int, template_state: Any, example_transition: dict[str, Any] | None
+    ) -> tuple[Any, ReplayBuffer | None]:
         where = self.directory / str(step)
+        if not _verify_manifest(where):
+            log.warning(
+                "Checkpoint step %d in %s has no checksum manifest (%s): it was written before "
+                "checksums existed, or its save was interrupted; restoring it unverified.",
+                step,
+                self.directory,
+                _MANIFEST,
+            )
         meta = self._manager.restore(
             step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
         )[_META]
+        if not isinstance(meta, dict) or "leaves" not in meta:
+            raise CheckpointDamagedError(f"{where}/{_META} holds no leaf table: {meta!r:.200}")
         if meta.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"Checkpoint {where} has format {meta.get('format_version')}; this code reads "
                 f"format {_FORMAT_VERSION}."
             )
@@ -275,6 +433,11 @@ class RunCheckpointer:
             leaves.append(_rebuild_leaf(record, leaf, arrays.get(f"leaf_{index:05d}")))
         state = jax.tree_util.tree_unflatten(treedef, leaves)
         buffer = restored.get(_BUFFER) if meta["has_replay_buffer"] else None
+        # Random bytes in an unverified step, or NaN saved before saves were checked, would
+        # otherwise train into NaN silently.
+        bad = _non_finite_leaves(state) + (buffer.non_finite_fields() if buffer else [])
+        if bad:
+            raise CheckpointDamagedError(f"{where} holds non-finite values in {', '.join(bad)}")
         return state, buffer
 
     def close(self) -> None:
@@ -285,6 +448,114 @@ class RunCheckpointer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _is_step_dir(path: Path) -> bool:
+    return path.is_dir() and path.name.isdigit()
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:500]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Checksums and finiteness
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _write_manifest(step_dir: Path) -> None:
+    """Checks that the finalised step reads back and writes its checksum manifest, atomically."""
+    files = sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != _MANIFEST)
+    entries = {}
+    for path in files:
+        entries[path.relative_to(step_dir).as_posix()] = {
+            "size": path.stat().st_size,
+            "sha256": _sha256(path),
+        }
+        # Reading back what the handlers wrote: JSON parses and .npy headers match file sizes
+        # (np.load raises on a short file), so a step is never marked verified when it is not.
+        if path.suffix == ".json" or path.name == "metadata":
+            json.loads(path.read_text())
+        elif path.suffix == ".npy":
+            np.load(path, mmap_mode="r")
+    manifest = {"format_version": _MANIFEST_VERSION, "algorithm": "sha256", "files": entries}
+    tmp = step_dir / f"{_MANIFEST}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=0)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, step_dir / _MANIFEST)
+    dir_fd = os.open(step_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself must survive a power cut
+    finally:
+        os.close(dir_fd)
+
+
+def _verify_manifest(step_dir: Path) -> bool:
+    """True if every file in the manifest matches; False if there is no usable manifest."""
+    manifest_path = step_dir / _MANIFEST
+    if not manifest_path.is_file():
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        entries = manifest["files"]
+        if manifest.get("format_version") != _MANIFEST_VERSION or not isinstance(entries, dict):
+            raise ValueError(f"unknown manifest format {manifest.get('format_version')!r}")
+    except (ValueError, KeyError, TypeError) as err:
+        log.warning("Checksum manifest %s is unreadable (%s).", manifest_path, _one_line(err))
+        return False
+    for name, entry in entries.items():
+        path = step_dir / name
+        if not path.is_file():
+            raise CheckpointDamagedError(f"{path} is missing (listed in {_MANIFEST})")
+        size = path.stat().st_size
+        if size != entry["size"]:
+            raise CheckpointDamagedError(
+                f"{path} has {size} bytes, {entry['size']} were written (truncated or overwritten)"
+            )
+        if _sha256(path) != entry["sha256"]:
+            raise CheckpointDamagedError(f"{path} does not match its sha256 in {_MANIFEST}")
+    return True
+
+
+def _non_finite_leaves(state: Any) -> list[str]:
+    """Paths of the float leaves of `state` holding NaN or inf."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(state)
+    device_checks, bad = [], []
+    for key_path, leaf in flat:
+        path = jax.tree_util.keystr(key_path)
+        if isinstance(leaf, jax.Array):
+            if not _is_prng_key(leaf) and jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact):
+                device_checks.append((path, jax.numpy.isfinite(leaf).all()))
+        elif isinstance(leaf, np.ndarray | np.generic):
+            if np.issubdtype(leaf.dtype, np.inexact) and not np.isfinite(leaf).all():
+                bad.append(path)
+        elif isinstance(leaf, float) and not math.isfinite(leaf):
+            bad.append(path)
+    # One transfer for all device-side reductions.
+    finite = jax.device_get([check for _, check in device_checks])
+    bad += [path for (path, _), ok in zip(device_checks, finite, strict=True) if not ok]
+    return bad
+
+
+def _refuse_non_finite(
+    step: int, state: Any, buffer: ReplayBuffer | None, latest: int | None, directory: Path
+) -> None:
+    bad = _non_finite_leaves(state) + (buffer.non_finite_fields() if buffer is not None else [])
+    if bad:
+        kept = f"step {latest} stays the latest" if latest is not None else "none was saved"
+        raise NonFiniteStateError(
+            f"Refusing to save checkpoint step {step} in {directory}: non-finite values (NaN or "
+            f"inf) in {', '.join(bad)}. Nothing was written ({kept}). Training diverged or the "
+            "env produced non-finite data: resume from the last checkpoint and look at the "
+            "rewards/observations, or lower the learning rates."
+        )
 
 
 def _restore_target(record: dict[str, Any], template_leaf: Any) -> Any:

@@ -115,12 +115,19 @@ def _param_tree(config: Pi0Config, make: gemma.ParamMaker) -> Params:
     return params
 
 
-def init_params(config: Pi0Config, rng: jax.Array | int) -> Params:
-    """Random float32 parameters with exactly the tree of an openpi checkpoint's `params`.
+def init_params(
+    config: Pi0Config, rng: jax.Array | int, dtype: str | np.dtype = "float32"
+) -> Params:
+    """Random parameters with exactly the tree of an openpi checkpoint's `params`.
 
     For tests, demos and benchmarks only (not openpi's training init). Drawn with numpy from a
     seed derived from `rng` (a JAX key or an int): no per-shape compilation, fast at 3B params.
+    `dtype` ("float32" or "bfloat16", as `checkpoint.load_pi0` casts) is applied leaf by leaf on
+    the host, so the device never holds a float32 copy of a bfloat16 model.
     """
+    dtype = jnp.dtype(dtype)
+    if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype.name!r}.")
     if isinstance(rng, int):
         seed = rng
     else:
@@ -135,7 +142,7 @@ def init_params(config: Pi0Config, rng: jax.Array | int) -> Params:
         else:
             x = gen.standard_normal(shape, dtype=np.float32)
             x *= np.float32(stddev)
-        return jax.device_put(x)
+        return jax.device_put(x if x.dtype == dtype else x.astype(dtype))
 
     return _param_tree(config, make)
 

@@ -1,0 +1,26 @@
+"""Per-environment presets: `get_config()` returns an ml_collections ConfigDict laid out like
+`dsrl.training.run.RunConfig` (sections env, base_policy, steering, agent, execution, loop,
+replay, log). They live in the library, not under examples/, so that `build_run` and both
+launchers read them with a normal import, installed or from a checkout."""
+
+from __future__ import annotations
+
+import importlib
+
+import ml_collections
+
+# Launcher env names -> preset module; "aloha_cube" is the reference's name for Aloha.
+PRESETS = {
+    "demo": "demo",
+    "libero": "libero",
+    "aloha": "aloha",
+    "aloha_cube": "aloha",
+    "real": "real",
+}
+
+
+def get_preset(name: str) -> ml_collections.ConfigDict:
+    """The preset called `name` (a key of PRESETS)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return importlib.import_module(f"{__name__}.{PRESETS[name]}").get_config()

@@ -1,0 +1,490 @@
+"""The policy server under abuse (issue 16): hostile frames, oversized batches, non-finite values,
+connection floods, idle clients, API-key guessing, an empty host. Every case runs against a real
+server thread on 127.0.0.1 with real websocket / HTTP clients, and ends by checking that a correct
+request is still answered correctly and that /healthz answers."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import socket
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import websockets
+import websockets.sync.client
+from openpi_client import msgpack_numpy as openpi_msgpack
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+from dsrl.base_policies.remote import RemotePolicy, RemotePolicyError
+from dsrl.serving import PolicyServer, msgpack_numpy
+
+H, D, A, S = 4, 32, 3, 6
+STATE_MEAN, STATE_STD = 0.5, 0.1
+
+
+class NormalizingPolicy:
+    """A jitted policy that normalises its state as Pi0 does, so absurd finite states (3e38)
+    overflow to inf inside it and come out as NaN actions."""
+
+    noise_shape = (H, D)
+    action_dim = A
+
+    def __init__(self, delay_s: float = 0.0, fail_with: str | None = None):
+        k1, k2 = jax.random.split(jax.random.key(0))
+        self.w_noise = jax.random.normal(k1, (D, A)) / np.sqrt(D)
+        self.w_state = jax.random.normal(k2, (S, A))  # mixed signs: inf - inf = NaN
+        self.delay_s = delay_s
+        self.fail_with = fail_with
+
+        def act(noise, state):
+            z = (state - STATE_MEAN) / STATE_STD
+            return jnp.tanh(noise @ self.w_noise + (z @ self.w_state)[:, None])
+
+        self._fn = jax.jit(act)
+
+    def sample_actions(self, observation, noise):
+        if self.fail_with is not None:
+            raise ValueError(self.fail_with)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return np.asarray(self._fn(jnp.asarray(noise), jnp.asarray(observation["state"])))
+
+
+EXAMPLE = {"state": np.zeros(S, np.float32), "prompt": "pick"}
+
+
+def _obs(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"state": rng.standard_normal(S).astype(np.float32), "prompt": "pick"}
+
+
+def _noise(seed: int = 0, batch: tuple[int, ...] = ()) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((*batch, H, D)).astype(np.float32)
+
+
+def _expected(policy, obs, noise) -> np.ndarray:
+    return policy.sample_actions({"state": obs["state"][None]}, noise[None])[0]
+
+
+def _server(policy, **kw) -> PolicyServer:
+    kw.setdefault("warmup_observation", EXAMPLE)
+    kw.setdefault("max_batch", 4)
+    return PolicyServer(policy, port=0, **kw)
+
+
+def _health(srv, timeout: float = 10.0) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=timeout)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def _connect(srv, *, source: str | None = None, **kw):
+    sock = None
+    if source is not None:  # another loopback address: another client machine for the server
+        sock = socket.socket()
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", srv.port))
+    ws = websockets.sync.client.connect(
+        f"ws://127.0.0.1:{srv.port}",
+        compression=None,
+        max_size=None,
+        proxy=None,
+        legacy=True,
+        open_timeout=20,
+        sock=sock,
+        **kw,
+    )
+    metadata = msgpack_numpy.unpackb(ws.recv(timeout=10))
+    return ws, metadata
+
+
+def _roundtrip(ws, frame, timeout: float = 60):
+    ws.send(frame)
+    return ws.recv(timeout=timeout)
+
+
+def _assert_still_serves(srv, policy, **client_kw) -> None:
+    """A fresh unmodified openpi client gets the right actions, and /healthz answers."""
+    assert _health(srv) == 200
+    obs, noise = _obs(7), _noise(7)
+    client = WebsocketClientPolicy("127.0.0.1", srv.port, **client_kw)
+    out = client.infer({**obs, "noise": noise})
+    np.testing.assert_allclose(out["actions"], _expected(policy, obs, noise), atol=1e-6)
+    client._ws.close()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+class HealthProbe:
+    """Polls /healthz from a thread while abuse runs; every probe must get 200."""
+
+    def __init__(self, srv):
+        self.srv = srv
+        self.statuses: list[int | str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.statuses.append(_health(self.srv))
+            except Exception as e:  # noqa: BLE001 - recorded, asserted below
+                self.statuses.append(repr(e))
+            time.sleep(0.01)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def assert_all_ok(self) -> None:
+        assert self.statuses, "no health probe completed during the abuse"
+        bad = [s for s in self.statuses if s != 200]
+        assert not bad, f"{len(bad)} of {len(self.statuses)} health probes failed: {bad[:3]}"
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return NormalizingPolicy()
+
+
+@pytest.fixture(scope="module")
+def server(policy):
+    with _server(policy).running() as srv:
+        yield srv
+
+
+# ----------------------------------------------------------------------------- hostile frames
+
+
+def test_frames_of_nils_are_refused_without_memory_or_health_cost(server, policy):
+    """Before: a 60 MB frame of nils took +1.0 GB and blocked /healthz for 7 s (msgpack built
+    60M Nones on the event loop)."""
+    nils = 12_000_000  # under the 16 MB byte limit: the item limit must catch it
+    frame = b"\xdd" + nils.to_bytes(4, "big") + b"\xc0" * nils
+    ws, _ = _connect(server)
+    rss0 = _rss_mb()
+    with HealthProbe(server) as probe:
+        reply = _roundtrip(ws, frame)
+        # The connection that sent it still serves a correct request.
+        obs, noise = _obs(1), _noise(1)
+        ok = openpi_msgpack.unpackb(_roundtrip(ws, openpi_msgpack.packb({**obs, "noise": noise})))
+        # 60 MB is over twice the byte limit: the connection is closed at the frame header
+        # (1009), nothing is buffered or decoded.
+        big = b"\xdd" + (60_000_000).to_bytes(4, "big") + b"\xc0" * 60_000_000
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            _roundtrip(ws, big)
+        del big
+    del frame
+    assert isinstance(reply, str) and reply.startswith("dsrl-server error [too_many_items]")
+    assert "max_items=100000" in reply and "--max_items" in reply
+    np.testing.assert_allclose(ok["actions"], _expected(policy, obs, noise), atol=1e-6)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+    probe.assert_all_ok()
+    assert _rss_mb() - rss0 < 200, "the refused frames kept hundreds of MB"
+    _assert_still_serves(server, policy)
+
+
+def test_map_with_millions_of_keys_and_many_small_lists_are_refused(server, policy):
+    """Before: a 40 MB map of 4M keys took +1.6 GB, 10 s, and a 47 MB log line."""
+    entries = 4_000_000  # 8 MB: key 1 -> nil, repeated (duplicate keys are valid msgpack)
+    big_map = b"\xdf" + entries.to_bytes(4, "big") + b"\x01\xc0" * entries
+    # Many containers each under any per-container bound: the total is what is limited.
+    many_lists = b"\xdc" + (2000).to_bytes(2, "big") + (b"\xdc\x00\x64" + b"\xc0" * 100) * 2000
+    ws, _ = _connect(server)
+    with HealthProbe(server) as probe:
+        for frame in (big_map, many_lists):
+            reply = _roundtrip(ws, frame)
+            assert isinstance(reply, str) and "[too_many_items]" in reply, reply[:200]
+            assert len(reply) < 1000
+    probe.assert_all_ok()
+    ws.close()
+    _assert_still_serves(server, policy)
+
+
+def test_deep_nesting_and_long_strings_are_refused(server, policy):
+    ws, _ = _connect(server)
+    deep = b"\x91" * 100_000 + b"\xc0"  # [[[[...]]]] 100k levels
+    reply = _roundtrip(ws, deep)
+    assert reply.startswith("dsrl-server error [too_deep]") and "max_depth=16" in reply
+    # A 1 MB prompt (as a key, so an error would quote it): refused before decoding.
+    long_key = openpi_msgpack.packb({"x" * 1_000_000: 1})
+    reply = _roundtrip(ws, long_key)
+    assert reply.startswith("dsrl-server error [too_large]") and "max_str_bytes" in reply
+    assert len(reply) < 1000
+    # Truncated and ext-typed frames are refused with a reason, not a crash.
+    assert "[bad_msgpack]" in _roundtrip(ws, b"\xdd\x00\x00\x00\x05\xc0")
+    assert "ext types" in _roundtrip(ws, b"\x81\xa1k\xd4\x01\x00")
+    ws.close()
+    _assert_still_serves(server, policy)
+
+
+def test_limits_are_configurable_and_a_real_request_fits_them(policy):
+    obs, noise = _obs(2), _noise(2)
+    with _server(policy, max_items=40, max_depth=3).running() as srv:
+        ws, meta = _connect(srv)
+        assert meta["max_batch"] == 4 and meta["batch_sizes"] == [1, 2, 4]
+        reply = _roundtrip(ws, openpi_msgpack.packb({**obs, "noise": noise, "pad": [0] * 50}))
+        assert "[too_many_items]" in reply and "max_items=40" in reply
+        nested = {"method": "infer", "obs": {**obs, "images": {"cam": {"x": 1}}}, "noise": noise}
+        assert "[too_deep]" in _roundtrip(ws, openpi_msgpack.packb(nested))
+        ok = openpi_msgpack.unpackb(_roundtrip(ws, openpi_msgpack.packb({**obs, "noise": noise})))
+        np.testing.assert_allclose(ok["actions"], _expected(policy, obs, noise), atol=1e-6)
+        ws.close()
+
+
+def test_default_limits_fit_a_batch_of_real_pi0_observations(server):
+    """16 DROID-style elements (three 224x224x3 uint8 images, state, prompt) decode fine."""
+    rng = np.random.default_rng(0)
+    batch = 16
+    obs = {
+        f"observation/{cam}": rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+        for cam in ("exterior_image_1_left", "exterior_image_2_left", "wrist_image_left")
+    }
+    obs["observation/joint_position"] = rng.standard_normal((batch, 7)).astype(np.float32)
+    obs["prompt"] = ["put the spoon on the plate"] * batch
+    frame = openpi_msgpack.packb({"method": "infer_batch", "obs": obs, "noise": _noise(0, (16,))})
+    request = server._parse(frame)  # the decode step on its own (the test policy is not Pi0)
+    assert request.method == "infer_batch" and request.obs["prompt"][0].startswith("put")
+    assert request.obs["observation/wrist_image_left"].shape == (batch, 224, 224, 3)
+
+
+def test_error_text_is_capped_in_replies_and_logs(caplog):
+    huge = "y" * 5_000_000
+    policy = NormalizingPolicy(fail_with=f"policy exploded: {huge}")
+    with _server(policy, warmup_observation=None).running() as srv, caplog.at_level(logging.ERROR):
+        ws, _ = _connect(srv)
+        reply = _roundtrip(ws, openpi_msgpack.packb({**_obs(), "noise": _noise()}))
+        ws.close()
+    assert reply.startswith("dsrl-server error [inference_failed]: ValueError: policy exploded")
+    assert len(reply) < 1000
+    records = [r.getMessage() for r in caplog.records if r.name == "dsrl.serving.server"]
+    assert records and all(len(m) < 5000 for m in records)
+
+
+# ----------------------------------------------------------------------------- batches, compiles
+
+
+def test_oversized_batch_refused_and_no_compile_while_serving():
+    policy = NormalizingPolicy()  # its own jit cache: nothing compiled before the server starts
+    with _server(policy).running() as srv:
+        assert srv.stats["compiles_at_startup"] > 0
+        ws, _ = _connect(srv)
+        state = np.random.default_rng(3).standard_normal((5, S)).astype(np.float32)
+        noise = _noise(3, (5,))
+
+        def batch_frame(b: int) -> bytes:
+            obs = {"state": state[:b], "prompt": ["pick"] * b}
+            return openpi_msgpack.packb({"method": "infer_batch", "obs": obs, "noise": noise[:b]})
+
+        reply = _roundtrip(ws, batch_frame(5))
+        assert reply.startswith("dsrl-server error [batch_too_large]")
+        assert "max_batch=4" in reply and "--max_batch" in reply
+        # 1..4 observations (3 is padded to 4), single infers with and without noise: all
+        # answered correctly from the start-up compilations.
+        for b in (3, 1, 2, 4):
+            out = openpi_msgpack.unpackb(_roundtrip(ws, batch_frame(b)))
+            expected = policy.sample_actions({"state": state[:b]}, noise[:b])
+            assert out["actions"].shape == (b, H, A)
+            np.testing.assert_allclose(out["actions"], expected, atol=1e-6)
+        client = WebsocketClientPolicy("127.0.0.1", srv.port)
+        assert client.infer(_obs(4))["actions"].shape == (H, A)
+        assert client.infer({**_obs(4), "noise": _noise(4)})["actions"].shape == (H, A)
+        ws.close()
+        stats = srv.stats_snapshot()
+        assert stats["compiles_while_serving"] == 0, stats
+        _assert_still_serves(srv, policy)
+        assert srv.stats_snapshot()["compiles_while_serving"] == 0
+
+
+def test_remote_policy_splits_batches_over_max_batch(server, policy):
+    state = np.random.default_rng(5).standard_normal((11, S)).astype(np.float32)
+    noise = _noise(5, (11,))
+    with RemotePolicy("127.0.0.1", server.port) as rp:
+        out = rp.sample_actions({"state": state, "prompt": ["pick"] * 11}, noise)
+    np.testing.assert_allclose(out, policy.sample_actions({"state": state}, noise), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- non-finite values
+
+
+def test_non_finite_inputs_and_outputs_are_errors_not_actions(server, policy):
+    client = WebsocketClientPolicy("127.0.0.1", server.port)
+    noise = _noise(6)
+    # 3e38 is a finite float32; normalising it overflows inside the policy.
+    with pytest.raises(RuntimeError, match=r"\[non_finite_output\].*NaN/inf actions"):
+        client.infer({"state": np.full(S, 3e38, np.float32), "noise": noise})
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(RuntimeError, match=r"\[bad_value\].*state.*NaN or inf"):
+            client.infer({"state": np.full(S, bad, np.float32), "noise": noise})
+    with pytest.raises(RuntimeError, match=r"\[bad_value\]"):
+        client.infer({"state": np.zeros(S, np.float64), "noise": noise.astype(np.float64) * 1e300})
+    # In a batch, the error names the element.
+    state = np.zeros((3, S), np.float32)
+    state[1] = 3e38
+    ws, _ = _connect(server)
+    reply = _roundtrip(
+        ws,
+        openpi_msgpack.packb(
+            {"method": "infer_batch", "obs": {"state": state}, "noise": _noise(6, (3,))}
+        ),
+    )
+    assert reply.startswith("dsrl-server error [non_finite_output]") and "[1]" in reply
+    ws.close()
+    # The same client's connection keeps working.
+    obs = _obs(8)
+    out = client.infer({**obs, "noise": noise})
+    np.testing.assert_allclose(out["actions"], _expected(policy, obs, noise), atol=1e-6)
+    _assert_still_serves(server, policy)
+
+
+# ----------------------------------------------------------------------------- connections
+
+
+def test_connection_cap_refuses_extra_clients_and_frees_slots(policy):
+    with _server(policy, max_connections=3).running() as srv:
+        held = [_connect(srv)[0] for _ in range(3)]
+        for _ in range(20):
+            with pytest.raises(websockets.InvalidStatus) as info:
+                _connect(srv)
+            assert info.value.response.status_code == 503
+            assert b"--max_connections" in info.value.response.body
+        assert _health(srv) == 200  # health checks are not connections
+        # Held connections still serve; closing one frees its slot for a new client.
+        obs, noise = _obs(9), _noise(9)
+        out = openpi_msgpack.unpackb(
+            _roundtrip(held[0], openpi_msgpack.packb({**obs, "noise": noise}))
+        )
+        np.testing.assert_allclose(out["actions"], _expected(policy, obs, noise), atol=1e-6)
+        held.pop().close()
+        deadline = time.monotonic() + 30
+        while srv.stats_snapshot()["open_connections"] > 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _assert_still_serves(srv, policy)
+        assert srv.stats_snapshot()["refused_connections"] >= 20
+        for ws in held:
+            ws.close()
+
+
+def test_idle_connections_are_closed_but_slow_requests_are_not(policy):
+    # The idle timeout leaves room for a loaded machine between connecting and sending; the
+    # slow request takes longer than it.
+    slow = NormalizingPolicy(delay_s=2.5)
+    with _server(slow, idle_timeout_s=1.5, warmup_observation=None).running() as srv:
+        ws, _ = _connect(srv)
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            ws.recv(timeout=30)  # no request sent: the server closes the connection
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+        assert "idle timeout" in info.value.rcvd.reason
+        # A request that takes longer than the idle timeout is not cut off.
+        ws, _ = _connect(srv)
+        obs, noise = _obs(10), _noise(10)
+        out = openpi_msgpack.unpackb(_roundtrip(ws, openpi_msgpack.packb({**obs, "noise": noise})))
+        np.testing.assert_allclose(out["actions"], _expected(policy, obs, noise), atol=1e-6)
+        ws.close()
+        # RemotePolicy reconnects by itself after an idle close.
+        with RemotePolicy("127.0.0.1", srv.port, backoff_s=0.05) as rp:
+            time.sleep(2.5)
+            batch = {"state": obs["state"][None], "prompt": ["pick"]}
+            np.testing.assert_allclose(rp.sample_actions(batch, noise[None])[0], out["actions"])
+            assert rp.connections == 2
+        assert srv.stats_snapshot()["idle_closed"] >= 2
+        _assert_still_serves(srv, policy)
+
+
+def test_wrong_api_keys_are_delayed_per_address_and_others_unaffected(policy):
+    delay = 3.0
+    with _server(policy, api_key="s3cret", auth_failure_delay_s=delay).running() as srv:
+        headers = {"Authorization": "Api-Key s3cret"}
+        # A client connected before the attack (from another address) keeps being served.
+        early, _ = _connect(srv, source="127.0.0.3", additional_headers=headers)
+        outcome: dict = {}
+
+        def guess() -> None:
+            t0 = time.monotonic()
+            try:
+                _connect(srv, additional_headers={"Authorization": "Api-Key guess"})
+            except websockets.InvalidStatus as e:
+                outcome["status"] = e.response.status_code
+            outcome["elapsed"] = time.monotonic() - t0
+
+        attacker = threading.Thread(target=guess)
+        attacker.start()
+        deadline = time.monotonic() + 30
+        while srv.stats_snapshot()["auth_failures"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # During the penalty the same address is refused without its key being checked, even
+        # the right key: a guess made now would teach nothing.
+        with pytest.raises(websockets.InvalidStatus) as info:
+            _connect(srv, additional_headers=headers)
+        assert info.value.response.status_code == 429
+        # Another address with the right key, health checks and the early client are served
+        # while the wrong guess is still waiting for its 401.
+        ws, _ = _connect(srv, source="127.0.0.2", additional_headers=headers)
+        obs, noise = _obs(11), _noise(11)
+        for conn in (ws, early):
+            out = openpi_msgpack.unpackb(
+                _roundtrip(conn, openpi_msgpack.packb({**obs, "noise": noise}))
+            )
+            np.testing.assert_allclose(out["actions"], _expected(policy, obs, noise), atol=1e-6)
+        assert _health(srv) == 200
+        served_during_penalty = attacker.is_alive()
+        attacker.join(timeout=60)
+        assert served_during_penalty, "the other clients waited for the wrong guess"
+        assert outcome["status"] == 401 and outcome["elapsed"] >= 0.9 * delay
+        ws.close()
+        early.close()
+        # After the penalty the right key works again from that address.
+        _assert_still_serves(srv, policy, api_key="s3cret")
+        stats = srv.stats_snapshot()
+        assert stats["auth_failures"] == 1 and stats["auth_throttled"] >= 1
+
+
+def test_remote_policy_reports_wrong_key_after_the_delay(policy):
+    with _server(policy, api_key="k", auth_failure_delay_s=0.5).running() as srv:
+        t0 = time.monotonic()
+        with pytest.raises(RemotePolicyError, match="API key"):
+            RemotePolicy("127.0.0.1", srv.port, api_key="nope")
+        assert time.monotonic() - t0 >= 0.45
+        _assert_still_serves(srv, policy, api_key="k")
+
+
+# ----------------------------------------------------------------------------- host
+
+
+@pytest.mark.parametrize("host", ["", "  ", None])
+def test_empty_host_is_refused_with_a_clear_choice(policy, host):
+    with pytest.raises(ValueError, match=r"ambiguous.*127\.0\.0\.1.*0\.0\.0\.0"):
+        PolicyServer(policy, host=host, port=0)
+
+
+def test_serve_policy_refuses_empty_host(capsys):
+    import importlib.util
+    import pathlib
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "serve_policy.py"
+    spec = importlib.util.spec_from_file_location("serve_policy_script", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit):
+        module.parse_args(["--host", "", "--policy", "flow_random"])
+    assert "--host '' would bind every IPv4 and IPv6 interface" in capsys.readouterr().err
+    args = module.parse_args(["--policy", "flow_random", "--batch_sizes", "1,3,8"])
+    assert args.batch_sizes == [1, 3, 8]
