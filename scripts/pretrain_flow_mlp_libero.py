@@ -2,7 +2,7 @@
 
 1. Demonstrations on the real LIBERO task (`dsrl.envs.libero_scripted`, libero_object task 8 by
    default), in worker processes, without rendering. Each demonstration draws one grasp offset
-   (uniform in +-`offset_x` along the box, +-`offset_y` across the fingers) and keeps it for the
+   (uniform in `offset_x` along the box, `offset_y` across the fingers; see --offset_y) and keeps it for the
    whole episode, plus small Gaussian noise on the motion actions; every demonstration is kept,
    the failed ones included. The initial layouts come from robosuite's placement sampler with
    seeds disjoint from the evaluation's. Labels are the executed actions cut into chunks of the
@@ -46,13 +46,14 @@ LIBERO_ASSET_DIR = os.path.join(
 HOLD_ACTION = np.array([0, 0, 0, 0, 0, 0, -1.0], np.float32)
 
 
-def _env(task_id: int) -> LiberoPickPlaceEnv:
+def _env(task_id: int, max_episode_steps: int | None = None) -> LiberoPickPlaceEnv:
     return LiberoPickPlaceEnv(
         suite=DEFAULT_TASK["suite"],
         task_id=task_id,
         init_state="sampler",
         camera_size=64,
         policy_image_size=64,
+        max_episode_steps=max_episode_steps,
     )
 
 
@@ -62,7 +63,7 @@ def _demo_worker(args: tuple) -> list[tuple[np.ndarray, np.ndarray, bool, tuple]
     out = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        offset = (float(rng.uniform(-offset_x, offset_x)), float(rng.uniform(-offset_y, offset_y)))
+        offset = (float(rng.uniform(*offset_x)), float(rng.uniform(*offset_y)))
         demonstrator = ScriptedPickPlace(grasp_offset=offset)
         obs = env.reset(seed=seed)
         states, actions, success = [], [], False
@@ -129,12 +130,15 @@ def train(config, states, chunks, *, steps, batch_size, lr, seed):
     return params, float(loss)
 
 
-def evaluate_policy(policy, task_id, seeds, query_freq, noise_fn, num_envs) -> list[bool]:
+def evaluate_policy(
+    policy, task_id, seeds, query_freq, noise_fn, num_envs, max_episode_steps
+) -> list[bool]:
     """Episodes on seeded sampler layouts, `num_envs` subprocess workers, one render per chunk."""
     from dsrl.envs.vector import VectorEnv
 
     successes = []
-    with VectorEnv([functools.partial(_env, task_id) for _ in range(num_envs)]) as vec:
+    env_fn = functools.partial(_env, task_id, max_episode_steps)
+    with VectorEnv([env_fn] * num_envs) as vec:
         for start in range(0, len(seeds), num_envs):
             round_seeds = seeds[start : start + num_envs]
             obs = vec.reset(seeds=round_seeds, indices=list(range(len(round_seeds))))
@@ -162,8 +166,12 @@ def main() -> None:
     parser.add_argument("--task_id", type=int, default=DEFAULT_TASK["task_id"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_demos", type=int, default=40)
-    parser.add_argument("--offset_x", type=float, default=0.03)
-    parser.add_argument("--offset_y", type=float, default=0.03)
+    # Grasp offsets (m), uniform in [lo, hi]. Across the fingers (y) grasps fail beyond ~1.2 cm;
+    # the y range is one-sided so that the policy's central noise grasps too far off: only
+    # the noise that picks the near tail succeeds (the zero noise, and an untrained agent, fail).
+    parser.add_argument("--offset_x", type=float, nargs=2, default=(-0.03, 0.03))
+    parser.add_argument("--offset_y", type=float, nargs=2, default=(-0.01, 0.05))
+    parser.add_argument("--max_episode_steps", type=int, default=160, help="in evaluation")
     parser.add_argument("--action_noise", type=float, default=0.1)
     parser.add_argument("--train_steps", type=int, default=10000)
     parser.add_argument("--batch_size", type=int, default=256)
@@ -236,12 +244,16 @@ def main() -> None:
     def zero(n):
         return np.zeros((n, *config.noise_shape), np.float32)
 
-    iid_success = evaluate_policy(
-        policy, args.task_id, eval_seeds, args.query_freq, iid, args.workers
+    evaluate = functools.partial(
+        evaluate_policy,
+        policy,
+        args.task_id,
+        eval_seeds,
+        args.query_freq,
+        num_envs=args.workers,
+        max_episode_steps=args.max_episode_steps,
     )
-    zero_success = evaluate_policy(
-        policy, args.task_id, eval_seeds, args.query_freq, zero, args.workers
-    )
+    iid_success, zero_success = evaluate(iid), evaluate(zero)
     asset_bytes = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out))
     result = {
         "base_success_iid": float(np.mean(iid_success)),
