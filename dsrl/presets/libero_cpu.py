@@ -1,14 +1,16 @@
 """LIBERO on a CPU: DSRL steering a small flow policy that this repository trains itself.
 
 The proof on a real simulator (README "DSRL on real LIBERO, on a CPU"): libero_object task 8
-("pick up the chocolate pudding and place it in the basket"), layouts from robosuite's placement
-sampler (training and evaluation seeds disjoint), the shipped flow-matching base policy
-`dsrl/assets/flow_mlp_libero` (16-step chunks from low-dimensional poses, 8 steps executed per
-query; ~0.4 success with i.i.d. noise), and the same launcher, loop and DSRL-SAC learner as the
-Pi0 runs. The agent sees what it sees in the LIBERO preset: the 64x64 agent view and the 8-d
-state. Episodes stop at 160 steps (the scripted demonstrator needs at most 121), and only the
-agent-view camera is rendered, once per query, at 64x64: rendering is what a CPU pays for.
-A light encoder and a small critic keep updates cheap.
+("pick up the chocolate pudding and place it in the basket"), layouts from robosuite's
+placement sampler (training and evaluation seeds disjoint), the shipped flow-matching base
+policy `dsrl/assets/flow_mlp_libero` (16-step chunks from low-dimensional poses, 8 steps
+executed per query; 0.08 success with i.i.d. noise and 0.00 with the all-zero noise over 50
+layouts, so an untrained agent, whose deterministic latent is zero, starts at 0), and the same
+launcher, loop and DSRL-SAC learner as the Pi0 runs. The agent sees what it sees in the LIBERO
+preset: the 64x64 agent view and the 8-d state. Episodes stop at 160 steps (the scripted
+demonstrator needs at most 121), and only the agent-view camera is rendered, once per query,
+at 64x64: rendering is what a CPU pays for. A light encoder and a small critic keep updates
+cheap.
 """
 
 from __future__ import annotations
