@@ -51,7 +51,7 @@ def parse_config(argv: list[str] | None = None):
 
 
 def demo_summary(result, run_dir: Path) -> str:
-    """Base vs steered success table for the demo (and the success plot written next to it)."""
+    """Base vs steered success table (and the success plot written next to it)."""
     from dsrl.training.plots import plot_success
 
     first, last = result.evaluations[0], result.evaluations[-1]
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     with run:
         result = run.train()
     print(f"[dsrl] done in {time.perf_counter() - start:.0f} s; metrics: {run.run_dir}")
-    if run.config.env.name == "demo" and result.evaluations:
+    if result.evaluations:
         print(demo_summary(result, run.run_dir))
     return 0
 

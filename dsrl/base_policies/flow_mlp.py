@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import pathlib
@@ -30,8 +31,11 @@ import numpy as np
 from flax import traverse_util
 
 DEMO_ASSET_DIR = pathlib.Path(__file__).resolve().parents[1] / "assets" / "flow_mlp_demo"
+LIBERO_ASSET_DIR = pathlib.Path(__file__).resolve().parents[1] / "assets" / "flow_mlp_libero"
 _CONFIG_FILE = "config.json"
 _PARAMS_FILE = "params.npz"
+# Optional: sha256 of params.npz, checked at load when present (shipped assets carry one).
+_HASH_FILE = "params.sha256"
 
 Params = Mapping[str, Any]
 
@@ -48,6 +52,9 @@ class FlowMLPConfig:
     hidden_dims: tuple[int, ...] = (128, 128, 128)
     time_embed_dim: int = 32
     num_steps: int = 10
+    # The state is multiplied by this before the network reads it (e.g. 10 for poses in metres,
+    # so that centimetre differences are not lost against unit-scale activations).
+    state_scale: float = 1.0
 
     def __post_init__(self):
         if self.noise_dim < self.action_dim:
@@ -92,12 +99,29 @@ class VelocityField(nn.Module):
         c = self.config
         batch = x_t.shape[0]
         h = jnp.concatenate(
-            [x_t.reshape(batch, -1), time_embedding(t, c.time_embed_dim), state], axis=-1
+            [
+                x_t.reshape(batch, -1),
+                time_embedding(t, c.time_embed_dim),
+                state * c.state_scale,
+            ],
+            axis=-1,
         )
         for width in c.hidden_dims:
             h = nn.swish(nn.Dense(width)(h))
         out = nn.Dense(c.horizon * c.noise_dim, kernel_init=nn.initializers.zeros)(h)
         return out.reshape(batch, c.horizon, c.noise_dim)
+
+
+def _sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+def write_params_hash(directory: str | pathlib.Path) -> str:
+    """Writes params.sha256 next to params.npz (checked by FlowMLPPolicy.load); returns it."""
+    directory = pathlib.Path(directory)
+    digest = _sha256(directory / _PARAMS_FILE)
+    (directory / _HASH_FILE).write_text(f"{digest}  {_PARAMS_FILE}\n")
+    return digest
 
 
 def init_params(config: FlowMLPConfig, seed: int) -> Params:
@@ -219,6 +243,15 @@ class FlowMLPPolicy:
                 "(write one with FlowMLPPolicy.save or scripts/pretrain_flow_mlp.py)."
             )
         config = FlowMLPConfig.from_json(json.loads(config_path.read_text()))
+        hash_path = directory / _HASH_FILE
+        if hash_path.is_file():
+            expected_hash = hash_path.read_text().split()[0]
+            actual_hash = _sha256(params_path)
+            if actual_hash != expected_hash:
+                raise ValueError(
+                    f"{params_path} has sha256 {actual_hash}, but {hash_path} says "
+                    f"{expected_hash}: the checkpoint is damaged or was replaced without its hash."
+                )
         with np.load(params_path) as data:
             flat = {k: np.asarray(data[k]) for k in data.files}
         params = traverse_util.unflatten_dict(flat, sep="/")
@@ -231,6 +264,11 @@ class FlowMLPPolicy:
                 f"config's {expected}. Re-save both together."
             )
         return cls(config, params)
+
+    @classmethod
+    def load_libero(cls) -> FlowMLPPolicy:
+        """The shipped base policy for the LIBERO CPU proof (`dsrl.envs.libero_scripted`)."""
+        return cls.load(LIBERO_ASSET_DIR)
 
     @classmethod
     def load_demo(cls) -> FlowMLPPolicy:

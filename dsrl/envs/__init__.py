@@ -19,6 +19,7 @@ from dsrl.envs.base import Env, EnvSpec, Observation
 _REGISTRY: dict[str, tuple[str, str]] = {
     "demo": ("dsrl.envs.demo", "DemoEnv"),
     "libero": ("dsrl.envs.libero", "LiberoEnv"),
+    "libero_pick_place": ("dsrl.envs.libero_scripted", "LiberoPickPlaceEnv"),
     "aloha": ("dsrl.envs.aloha", "AlohaEnv"),
     "aloha_cube": ("dsrl.envs.aloha", "AlohaEnv"),
 }

@@ -129,6 +129,8 @@ class LiberoEnv(Env):
     """
 
     video_key = "agentview_image"
+    # The camera observables armed on render steps (a subclass may render fewer).
+    _camera_observables: tuple[str, ...] = _CAMERA_OBSERVABLES
 
     def __init__(
         self,
@@ -206,7 +208,7 @@ class LiberoEnv(Env):
         exactly the substep a standard env would: the same images, at the cost of one render."""
         robosuite_env = self._env.env
         clock = robosuite_env._observables[_CLOCK_OBSERVABLE]
-        for name in _CAMERA_OBSERVABLES:
+        for name in self._camera_observables:
             camera = robosuite_env._observables[name]
             camera.set_enabled(True)
             camera._time_since_last_sample = clock._time_since_last_sample
@@ -217,7 +219,7 @@ class LiberoEnv(Env):
         """Renders both cameras at the current sim state (what a forced observable update does)."""
         robosuite_env = self._env.env
         images = {}
-        for name in _CAMERA_OBSERVABLES:
+        for name in self._camera_observables:
             camera = robosuite_env._observables[name]
             camera.set_enabled(True)
             camera.update(timestep=0.0, obs_cache=robosuite_env._obs_cache, force=True)

@@ -13,6 +13,7 @@ import ml_collections
 PRESETS = {
     "demo": "demo",
     "libero": "libero",
+    "libero_cpu": "libero_cpu",
     "aloha": "aloha",
     "aloha_cube": "aloha",
     "real": "real",

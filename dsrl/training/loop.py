@@ -64,6 +64,8 @@ class LoopConfig:
     eval_interval: int = 10_000
     eval_episodes: int = 10  # 0: no control evaluation (e.g. a real robot)
     eval_base_every_eval: bool = False  # also evaluate the base policy at every eval
+    # The base policy under the warm-up noise family too (off where each eval episode is costly).
+    eval_base_warmup: bool = True
     num_video_episodes: int = 1
     video_fps: int = 50
     log_interval: int = 500
@@ -309,8 +311,9 @@ class _Trainer:
             # reference's per-eval PRNGKey(seed + 456).
             iid = self._run_eval(self.steering.iid_source(np.random.default_rng([cfg.seed, 3])))
             row |= _prefixed("evaluation_base_iid", iid.metrics)
-            warm = self._run_eval(self.steering.warmup_source(np.random.default_rng([cfg.seed, 4])))
-            row |= _prefixed("evaluation_base_warmup", warm.metrics)
+            if cfg.eval_base_warmup:
+                warm_source = self.steering.warmup_source(np.random.default_rng([cfg.seed, 4]))
+                row |= _prefixed("evaluation_base_warmup", self._run_eval(warm_source).metrics)
         row |= self._counters(state)
         self._log(row, step)
         if self.logger is not None:

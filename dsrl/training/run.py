@@ -111,7 +111,8 @@ class EnvSection:
 @dataclasses.dataclass(frozen=True)
 class BasePolicySection:
     kind: str = "flow_mlp"  # flow_mlp (the demo's) | pi0
-    checkpoint: str = ""  # "" with flow_mlp: the shipped demo policy
+    # flow_mlp: "" the shipped demo policy, "libero" the shipped LIBERO CPU policy, or a directory
+    checkpoint: str = ""
     variant: str = "full"
     dtype: str = "bfloat16"
     robot: str = ""  # Pi0's robot transforms: libero | aloha | droid
@@ -798,7 +799,11 @@ def make_base_policy(config: RunConfig) -> Any:
     if bp.kind == "flow_mlp":
         from dsrl.base_policies.flow_mlp import FlowMLPPolicy
 
-        return FlowMLPPolicy.load(bp.checkpoint) if bp.checkpoint else FlowMLPPolicy.load_demo()
+        if not bp.checkpoint:
+            return FlowMLPPolicy.load_demo()
+        if bp.checkpoint == "libero":
+            return FlowMLPPolicy.load_libero()
+        return FlowMLPPolicy.load(bp.checkpoint)
     from dsrl.base_policies.pi0 import Pi0Policy
 
     kwargs = {"robot": bp.robot, "variant": bp.variant, "dtype": bp.dtype}

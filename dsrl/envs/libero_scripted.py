@@ -1,0 +1,155 @@
+"""A LIBERO pick-and-place task with low-dimensional object poses, and its scripted demonstrator.
+
+This is what the CPU proof on a real simulator runs on (`--env libero_cpu`): a real LIBERO task
+(by default libero_object task 8, "pick up the chocolate pudding and place it in the basket"), a base
+policy that this repository trains itself from scripted demonstrations, and DSRL steering it.
+
+`LiberoPickPlaceEnv` is a `LiberoEnv` whose observations also carry
+  "policy_state": float32 (POLICY_STATE_DIM,) = [eef pos (3), gripper qpos (2),
+      object pos - eef pos (3), target pos - eef pos (3)]
+read by the small base policy (`dsrl/assets/flow_mlp_libero`). The agent still sees only
+"pixels" (the agent-view camera) and the 8-d "state", as in the LIBERO preset. By default it
+renders only the agent-view camera (`render_wrist=False`): nothing reads the wrist image here,
+and every render costs on llvmpipe.
+
+`ScriptedPickPlace` is a state machine on the simulator's poses (above the object, descend,
+close, lift, carry above the target, lower, open). `grasp_offset` shifts where it grasps (in
+metres, in the table plane). With no offset it succeeds on all 50 of the suite's initial states
+of libero_object task 8 (116-121 steps each). Offsets across the fingers' closing axis (y) of
+2 cm or more fail, along the box (x) up to 3.5 cm still succeed. (Task 1, the cream cheese, is
+not used: the tomato sauce can beside it blocks the hand above the flat box.) The pretraining script draws it per demonstration so that the
+demonstrations, and the policy cloned from them, are imprecise in a way that noise can steer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from dsrl.envs.base import Observation
+from dsrl.envs.libero import WRIST_CAMERA, LiberoEnv
+
+POLICY_STATE_DIM = 11
+# libero_object tasks: the object to pick and the receptacle, as named in the raw observation.
+DEFAULT_TASK = {"suite": "libero_object", "task_id": 8}
+DEFAULT_OBJECTS = {
+    ("libero_object", 1): ("cream_cheese_1", "basket_1"),
+    ("libero_object", 6): ("butter_1", "basket_1"),
+    ("libero_object", 8): ("chocolate_pudding_1", "basket_1"),
+}
+
+
+def pick_place_state(raw: dict[str, Any], object_name: str, target_name: str) -> np.ndarray:
+    """The base policy's input from a raw robosuite observation (see the module docstring)."""
+    eef = np.asarray(raw["robot0_eef_pos"], np.float64)
+    return np.concatenate(
+        [
+            eef,
+            raw["robot0_gripper_qpos"],
+            np.asarray(raw[f"{object_name}_pos"]) - eef,
+            np.asarray(raw[f"{target_name}_pos"]) - eef,
+        ]
+    ).astype(np.float32)
+
+
+class LiberoPickPlaceEnv(LiberoEnv):
+    """LiberoEnv plus the "policy_state" key (object and target poses relative to the gripper).
+
+    Args (beyond LiberoEnv's): object_name / target_name: the raw-observation names of the
+      object to move and the receptacle (defaults known for libero_object tasks 1, 6, 8);
+      render_wrist: also render the wrist camera (off: only the agent view is rendered).
+    """
+
+    def __init__(
+        self,
+        suite: str = DEFAULT_TASK["suite"],
+        task_id: int = DEFAULT_TASK["task_id"],
+        object_name: str | None = None,
+        target_name: str | None = None,
+        render_wrist: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__(suite=suite, task_id=task_id, **kwargs)
+        if object_name is None or target_name is None:
+            if (suite, task_id) not in DEFAULT_OBJECTS:
+                raise ValueError(
+                    f"LiberoPickPlaceEnv: no default object/target for {suite} task {task_id}; "
+                    "pass object_name and target_name (raw observation names, e.g. 'bowl_1')."
+                )
+            default_object, default_target = DEFAULT_OBJECTS[(suite, task_id)]
+            object_name = object_name or default_object
+            target_name = target_name or default_target
+        self.object_name, self.target_name = object_name, target_name
+        self._render_wrist = bool(render_wrist)
+        if not self._render_wrist:
+            self._camera_observables = (self._camera_observables[0],)
+
+    def _observation(self, raw: dict[str, Any], rendered: bool) -> Observation:
+        if rendered and not self._render_wrist:
+            # The wrist camera was not rendered: reuse the agent view's buffer shape (black), so
+            # the observation keys stay those of LiberoEnv.
+            raw = {**raw, f"{WRIST_CAMERA}_image": np.zeros_like(raw["agentview_image"])}
+        obs = super()._observation(raw, rendered)
+        obs["policy_state"] = pick_place_state(raw, self.object_name, self.target_name)
+        return obs
+
+
+@dataclasses.dataclass
+class ScriptedPickPlace:
+    """Pick the object, place it in the target, from poses (OSC_POSE delta actions, 7-d).
+
+    Phases: 0 above the object, 1 descend, 2 close, 3 lift, 4 carry above the target,
+    5 lower, 6 open (and stay). Positions are servoed with a clipped proportional law.
+    """
+
+    grasp_offset: tuple[float, float] = (0.0, 0.0)
+    hover_height: float = 0.12
+    grasp_height: float = 0.015
+    carry_height: float = 0.25
+    release_height: float = 0.14
+    gain: float = 12.0
+    close_steps: int = 12
+    phase: int = 0
+    _count: int = 0
+
+    def reset(self) -> None:
+        self.phase, self._count = 0, 0
+
+    def act(self, policy_state: np.ndarray) -> np.ndarray:
+        s = np.asarray(policy_state, np.float64)
+        eef, obj, target = s[:3], s[:3] + s[5:8], s[:3] + s[8:11]
+        grasp = obj + np.array([*self.grasp_offset, 0.0])
+        gripper = -1.0
+        if self.phase == 0:
+            goal = grasp + [0, 0, self.hover_height]
+            if np.linalg.norm((goal - eef)[:2]) < 0.01 and abs(goal[2] - eef[2]) < 0.03:
+                self.phase = 1
+        if self.phase == 1:
+            goal = grasp + [0, 0, self.grasp_height]
+            if abs(goal[2] - eef[2]) < 0.008:
+                self.phase, self._count = 2, 0
+        if self.phase == 2:
+            goal, gripper = grasp + [0, 0, self.grasp_height], 1.0
+            self._count += 1
+            if self._count >= self.close_steps:
+                self.phase = 3
+        if self.phase == 3:
+            goal, gripper = np.array([eef[0], eef[1], self.carry_height]), 1.0
+            if eef[2] > self.carry_height - 0.03:
+                self.phase = 4
+        if self.phase == 4:
+            goal, gripper = np.array([target[0], target[1], self.carry_height]), 1.0
+            if np.linalg.norm((goal - eef)[:2]) < 0.015:
+                self.phase = 5
+        if self.phase == 5:
+            goal, gripper = np.array([target[0], target[1], target[2] + self.release_height]), 1.0
+            if eef[2] < goal[2] + 0.02:
+                self.phase = 6
+        if self.phase == 6:
+            goal, gripper = eef, -1.0
+        action = np.zeros(7)
+        action[:3] = np.clip(self.gain * (goal - eef), -1.0, 1.0)
+        action[6] = gripper
+        return action
