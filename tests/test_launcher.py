@@ -419,3 +419,25 @@ def test_run_real_sh_flags_parse_to_the_real_preset(tmp_path):
     assert from_script.steering == preset.steering
     assert from_script.learner_config() == preset.learner_config()
     assert (from_script.env.robot, from_script.base_policy.remote) == ("sim", "127.0.0.1:8000")
+
+
+def test_worker_deadlines_and_checkpoints_kept_come_from_the_run_config(tmp_path):
+    """env.*_timeout_s, env.max_worker_failures and log.checkpoints_to_keep reach the env workers
+    and the checkpointer of a built run; a value that cannot work is refused before any work."""
+    overrides = [
+        ("env.mode", "inline"),
+        ("env.num_envs", "1"),
+        ("env.step_timeout_s", "7.5"),
+        ("env.max_worker_failures", "5"),
+        ("log.checkpoints_to_keep", "4"),
+        ("log.logdir", str(tmp_path)),
+        ("log.wandb_mode", "disabled"),
+    ]
+    config = run_lib.load_config("demo", overrides=overrides)
+    with run_lib.build_run(config, log=lambda *_: None) as run:
+        assert run.vec_env.step_timeout_s == 7.5
+        assert run.vec_env.max_worker_failures == 5
+        assert run.checkpointer.max_to_keep == 4
+    for key, value in (("env.step_timeout_s", "0"), ("log.checkpoints_to_keep", "0")):
+        with pytest.raises(run_lib.ConfigError, match=key):
+            run_lib.load_config("demo", overrides=[(key, value)])

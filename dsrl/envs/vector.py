@@ -431,6 +431,7 @@ class VectorEnv:
         if max_worker_failures < 1:
             raise ValueError(f"max_worker_failures must be >= 1, got {max_worker_failures}.")
         self.reset_timeout_s, self.step_timeout_s = float(reset_timeout_s), float(step_timeout_s)
+        self.max_worker_failures = int(max_worker_failures)
         self.mode = mode
         self.smoothing = smoothing if smoothing is not None and smoothing.enabled else None
         if self.smoothing is not None:

@@ -93,9 +93,24 @@ class EnvSection:
     # The reference's --num_cameras: RGB cameras stacked on the agent's pixel channels; checked
     # against the env when the run is built. 0: whatever the env gives.
     num_cameras: int = 0
+    # Env worker deadlines (seconds) and how many failures in a row of one worker stop the run
+    # (dsrl.envs.vector.VectorEnv): a stalled or dead worker is restarted, its episode dropped.
+    start_timeout_s: float = 600.0
+    reset_timeout_s: float = 300.0
+    step_timeout_s: float = 300.0
+    max_worker_failures: int = 3
 
     def __post_init__(self):
         object.__setattr__(self, "kwargs", dict(self.kwargs))
+        for name in ("start_timeout_s", "reset_timeout_s", "step_timeout_s"):
+            value = getattr(self, name)
+            _need(value > 0 and math.isfinite(value), f"env.{name}", "> 0 seconds", value)
+        _need(
+            self.max_worker_failures >= 1,
+            "env.max_worker_failures",
+            ">= 1",
+            self.max_worker_failures,
+        )
         _need(self.blend_steps >= 0, "env.blend_steps", ">= 0 (0: no blending)", self.blend_steps)
         delta = self.max_action_delta
         ok = isinstance(delta, int | float) and math.isfinite(delta) and delta >= 0
@@ -196,8 +211,16 @@ class LogSection:
     wandb_project: str = "DSRL"
     wandb_mode: str = "offline"
     logdir: str = "runs"
+    # Checkpoints kept (the newest verified one is never deleted; see dsrl.utils.checkpoints).
+    checkpoints_to_keep: int = 2
 
     def __post_init__(self):
+        _need(
+            self.checkpoints_to_keep >= 1,
+            "log.checkpoints_to_keep",
+            ">= 1",
+            self.checkpoints_to_keep,
+        )
         _need(self.wandb_mode in WANDB_MODES, "log.wandb_mode", str(WANDB_MODES), self.wandb_mode)
         _need(
             bool(self.prefix) and "/" not in self.prefix,
@@ -997,7 +1020,13 @@ def make_vec_env(
             make_agent_env, config.env.name, add_states=config.env.add_states, **kwargs
         )
         vec_env = VectorEnv(
-            [env_fn] * config.env.num_envs, mode=config.env.mode, smoothing=smoothing
+            [env_fn] * config.env.num_envs,
+            mode=config.env.mode,
+            smoothing=smoothing,
+            start_timeout_s=config.env.start_timeout_s,
+            reset_timeout_s=config.env.reset_timeout_s,
+            step_timeout_s=config.env.step_timeout_s,
+            max_worker_failures=config.env.max_worker_failures,
         )
     resources.callback(vec_env.close)
     check_num_cameras(config, vec_env.spec.observation_spec)
@@ -1025,7 +1054,7 @@ def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
     observation_spec = {**vec_env.spec.observation_spec, **agent.policy_observation_spec()}
     example = loop.example_transition(observation_spec, steering, spec)
     buffer = ReplayBuffer(example, capacity=config.replay_capacity, seed=config.loop.seed)
-    checkpointer = RunCheckpointer(run_dir)
+    checkpointer = RunCheckpointer(run_dir, max_to_keep=config.log.checkpoints_to_keep)
     resources.callback(checkpointer.close)
     state = None
     if resuming:
