@@ -212,7 +212,7 @@ def pi0_child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     model = random_model(args.pi0_variant, "bfloat16", seed=0)
     jax.block_until_ready(model.params)
-    out["init_s"] = round(time.perf_counter() - t0, 2)
+    out["init_s"] = round(time.perf_counter() - t0, 4)
     leaves = jax.tree.leaves(model.params)
     out["param_count"] = int(sum(x.size for x in leaves))
     out["param_bytes"] = int(sum(x.nbytes for x in leaves))
