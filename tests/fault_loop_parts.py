@@ -1,7 +1,7 @@
-"""The steering, learner and replay buffer the fault tests run with (small, CPU-fast).
+"""The steering, learner and replay buffer the loop and fault tests run with (small, CPU-fast).
 
-One place for both tests/test_faults_*.py files, so that a change in how steering or the loop's
-buffer are built is made once, the way tests/test_loop.py's helpers make it."""
+One place for tests/test_loop.py and both tests/test_faults_*.py files, so that a change in how
+steering, the learner or the loop's buffer are built is made once."""
 
 from __future__ import annotations
 
@@ -21,10 +21,6 @@ def demo_steering() -> Steering:
     return Steering(policy, noise_param, QUERY_FREQ)
 
 
-def latent_dim(steering: Steering) -> int:
-    return steering.latent_dim
-
-
 def small_learner(spec, steering: Steering, seed: int = 0):
     cfg = PixelSACLearner.default_config()
     cfg.update(
@@ -36,7 +32,7 @@ def small_learner(spec, steering: Steering, seed: int = 0):
         action_magnitude=ACTION_MAGNITUDE,
         color_jitter=False,
     )
-    return PixelSACLearner.create(seed, spec.observation_spec, latent_dim(steering), cfg)
+    return PixelSACLearner.create(seed, spec.observation_spec, steering.latent_dim, cfg)
 
 
 def replay_buffer(spec, steering: Steering, seed: int = 0) -> ReplayBuffer:

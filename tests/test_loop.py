@@ -16,8 +16,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from fault_loop_parts import small_learner
 
-from dsrl.agents.pixel_sac.learner import PixelSACLearner
 from dsrl.agents.spec import TransitionSpec
 from dsrl.base_policies.flow_mlp import FlowMLPPolicy
 from dsrl.data.replay_buffer import ReplayBuffer
@@ -60,20 +60,6 @@ def _vec(num_envs: int, image_size: int = 16) -> VectorEnv:
 
 def _steering(policy) -> Steering:
     return Steering(policy, make_noise_param("repeat", policy.noise_shape, AM), QUERY_FREQ)
-
-
-def _agent(spec, latent_dim: int, seed: int = 0):
-    cfg = PixelSACLearner.default_config()
-    cfg.update(
-        hidden_dims=(16, 16),
-        num_qs=2,
-        cnn_features=(8,),
-        cnn_strides=(2,),
-        latent_dim=8,
-        action_magnitude=AM,
-        color_jitter=False,
-    )
-    return PixelSACLearner.create(seed, spec.observation_spec, latent_dim, cfg)
 
 
 def _loop_config(**overrides) -> loop.LoopConfig:
@@ -174,7 +160,7 @@ def _components(tmp_path, base_policy, num_envs=2, seed=0):
     vec = _vec(num_envs)
     steering = _steering(base_policy)
     spec = vec.spec
-    agent = _agent(spec, steering.latent_dim, seed)
+    agent = small_learner(spec, steering, seed)
     buffer = ReplayBuffer(loop.example_transition(spec.observation_spec, steering), 10_000, seed)
     logger = RunLogger(tmp_path, {"test": True}, project="t", wandb_mode="disabled")
     return vec, steering, agent, buffer, logger, RunCheckpointer(tmp_path)
