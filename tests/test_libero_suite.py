@@ -27,8 +27,8 @@ from dsrl.base_policies.pi0.tokenizer import train_sentencepiece_model  # noqa: 
 from dsrl.envs import libero_suite  # noqa: E402
 from dsrl.training import loop  # noqa: E402
 from dsrl.training import run as run_lib  # noqa: E402
-from dsrl.training.eval_only import format_table  # noqa: E402
-from dsrl.training.evaluation import summarize  # noqa: E402
+from dsrl.training.eval_only import format_table, task_names  # noqa: E402
+from dsrl.training.evaluation import EvalResult, summarize  # noqa: E402
 from dsrl.training.rollout import Episode  # noqa: E402
 from dsrl.utils.checkpoints import RunCheckpointer  # noqa: E402
 from dsrl.utils.logging import read_metrics  # noqa: E402
@@ -74,8 +74,7 @@ def test_workers_get_the_tasks_round_robin_or_draw_them_per_episode():
     per_episode = libero_suite.worker_env_kwargs(
         "libero", {**kwargs, "tasks": "all", "task_sampling": "per_episode"}, 3
     )
-    assert [w["tasks"][0] for w in per_episode] == [0, 1, 2]
-    assert all(w["resample"] and sorted(w["tasks"]) == list(range(10)) for w in per_episode)
+    assert all(w["resample"] and w["tasks"] == tuple(range(10)) for w in per_episode)
     with pytest.raises(ValueError, match="num_envs=1 < 2 selected tasks: pass --num_envs 2"):
         libero_suite.worker_env_kwargs("libero", kwargs, 1)
     with pytest.raises(ValueError, match="task_sampling must be one of"):
@@ -111,12 +110,15 @@ def test_evaluation_reports_success_per_task_and_their_average():
     single = summarize([Episode([], 0.0, 0.0, False, 10, 2)], max_reward=1.0)
     assert not [k for k in single if k.startswith("task_")]  # single-task metrics unchanged
 
+    result = EvalResult(metrics, [], episodes)
+    tasks = task_names(run_lib.load_config("libero_spatial"), {"actor_mode": result})
+    assert tasks == {"0": LANGUAGES[0], "4": LANGUAGES[4]}
     summary = {
         "sources": {
             "actor_mode": {"metrics": metrics},
             "base_iid": {"metrics": summarize(episodes[:2], 1.0)},
         },
-        "tasks": {"0": LANGUAGES[0], "4": LANGUAGES[4]},
+        "tasks": tasks,
         "checkpoint_step": 10,
         "episodes": 4,
         "env_steps": 40,
@@ -127,6 +129,41 @@ def test_evaluation_reports_success_per_task_and_their_average():
     row4 = next(line for line in table if line.endswith(LANGUAGES[4]))
     assert row0.split()[:4] == ["0", "0.50", "0.50", "2"]
     assert row4.split()[:4] == ["4", "1.00", "-", "2"]  # the base policy never ran task 4
+
+
+def test_pi0_reads_the_robot_state_where_the_agents_state_carries_more():
+    from dsrl.base_policies.pi0.transforms import libero_inputs
+
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    robot, agent = np.ones((2, 8)), np.zeros((2, STATE_DIM))
+    obs = {"agentview_image": images, "wrist_image": images, "state": agent}
+    assert libero_inputs(obs)["state"].shape == (2, STATE_DIM)  # one key: it is the state
+    np.testing.assert_array_equal(
+        libero_inputs({**obs, "observation/state": robot})["state"], robot
+    )
+
+
+@pytest.mark.slow
+def test_per_episode_sampling_switches_the_task_with_the_reset_seed():
+    """One worker over two tasks (RLinf's way): the reset seed draws the task, and the env's
+    observation follows it (prompt, one-hot, task id); without the agent's state (--add_states 0)
+    the one-hot is the agent's whole state and Pi0 still reads the robot state."""
+    env = libero_suite.LiberoSuiteEnv(
+        SUITE, tasks=(0, 1), resample=True, add_states=False, camera_size=64, num_settle_steps=0
+    )
+    try:
+        assert env.spec.observation_spec["state"] == ((10,), np.float32)
+        seeds = {env.task_for_seed(seed): seed for seed in range(20)}
+        assert sorted(seeds) == [0, 1]  # both tasks drawn
+        for task in (1, 0):  # a switch, and back to the task built first
+            obs = env.reset(seeds[task])
+            assert (obs["task_id"], env.task_id, obs["prompt"]) == (task, task, LANGUAGES[task])
+            np.testing.assert_array_equal(obs["state"], np.eye(10, dtype=np.float32)[task])
+            assert obs["observation/state"].shape == (8,) and np.abs(obs["observation/state"]).sum()
+            obs, *_ = env.step(np.zeros(7), render=False)
+            assert obs["task_id"] == task and obs["state"].shape == (10,)
+    finally:
+        env.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,16 +285,35 @@ def test_a_run_over_two_libero_tasks_logs_success_per_task_and_resumes(
             one_hot = batch[key]["state"][:, 8:]
             np.testing.assert_array_equal(one_hot, np.tile(np.eye(10)[task], (end - start, 1)))
 
-    # Resume: the same task conditioning, the run goes on from its checkpoint.
+    # Resume: the same task conditioning, the run goes on from its checkpoint (the 2 gradient
+    # steps still owed to the collected data; no evaluation, to keep the test short).
     resumed, _ = run_lib.start(
         launcher.build_parser(),
-        ["--resume", str(run_dir), "--max_steps", "4", "--no_progress"],
+        ["--resume", str(run_dir), "--max_steps", "4", "--eval_episodes", "0", "--no_progress"],
         preset="demo",
     )
     with resumed:
         assert resumed.agent.observation_spec == run.agent.observation_spec
         assert resumed.state.grad_steps == 2 and len(resumed.buffer) == 4
+        assert resumed.vec_env.spec.observation_spec["state"] == ((STATE_DIM,), np.float32)
         final = resumed.train()
-    assert final.state.grad_steps == 4
-    last = [r for r in read_metrics(run_dir) if "evaluation_mode/success_rate" in r][-1]
-    assert last["step"] == 4 and last["evaluation_mode/task_1/episodes"] == 1
+    assert final.state.grad_steps == 4 and final.state.num_online_trajs == 2
+
+
+def test_the_libero_spatial_script_parses_to_rlinfs_settings():
+    """scripts/run_libero_spatial.sh's flag line (the command docs/training.md gives) builds the
+    config it promises: all 10 tasks drawn per episode over 16 workers, RLinf's values."""
+    import shlex
+
+    script = (ROOT / "scripts" / "run_libero_spatial.sh").read_text()
+    flags = script.split("launch_train_sim.py")[1].split('"$@"')[0].replace("\\\n", " ")
+    argv = [a for a in shlex.split(flags) if "LOGDIR" not in a and a != "--logdir"]
+    config, _ = _load_launcher().parse_config(argv)
+    assert config.env.kwargs["suite"] == SUITE and config.env.kwargs["tasks"] == "all"
+    assert config.env.kwargs["task_sampling"] == "per_episode" and config.env.num_envs == 16
+    assert config.env.kwargs["max_episode_steps"] == 240 and config.steering.query_freq == 5
+    assert (config.base_policy.kind, config.base_policy.num_steps) == ("pi0", 4)
+    assert config.loop.batch_size == 512 and config.learner_config().train_actor_steps == 10
+    assert config.loop.eval_episodes == 50 and config.loop.use_step_penalty
+    workers = libero_suite.worker_env_kwargs("libero", config.env.kwargs, config.env.num_envs)
+    assert all(w["tasks"] == tuple(range(10)) and w["resample"] for w in workers)

@@ -121,17 +121,15 @@ def worker_env_kwargs(name: str, kwargs: Mapping[str, Any], num_envs: int) -> li
             f"{len(tasks)} selected tasks: pass --num_envs {len(tasks)} (or a multiple), or "
             "--config.env.kwargs.task_sampling=per_episode"
         )
-    out = []
-    for i in range(num_envs):
-        first = tasks[i % len(tasks)]
-        if sampling == "per_worker":
-            worker_tasks, resample = (first,), False
-        else:  # every task, this worker's round-robin one first (built before the first reset)
-            worker_tasks, resample = (first, *(t for t in tasks if t != first)), True
-        out.append(
-            {"env": name, "suite": suite, "tasks": worker_tasks, "resample": resample, **kwargs}
-        )
-    return out
+    if sampling == "per_episode":  # the same list everywhere: a seed draws the same task
+        worker_tasks = [tasks] * num_envs
+    else:
+        worker_tasks = [(tasks[i % len(tasks)],) for i in range(num_envs)]
+    resample = sampling == "per_episode"
+    return [
+        {"env": name, "suite": suite, "tasks": mine, "resample": resample, **kwargs}
+        for mine in worker_tasks
+    ]
 
 
 def describe(name: str, kwargs: Mapping[str, Any], num_envs: int) -> list[str]:
