@@ -14,6 +14,7 @@ PRESETS = {
     "demo": "demo",
     "libero": "libero",
     "libero_cpu": "libero_cpu",
+    "libero_spatial": "libero_spatial",  # all 10 tasks of the suite in one run
     "aloha": "aloha",
     "aloha_cube": "aloha",
     "real": "real",

@@ -53,6 +53,9 @@ SOURCES = (
     ("base_iid", "base policy, i.i.d. noise"),
     ("base_warmup", "base policy, warm-up noise family"),
 )
+# Column labels of the per-task table.
+SHORT_LABELS = {"actor_mode": "mode", "actor_sampled": "sampled", "base_iid": "base_iid",
+                "base_warmup": "warmup"}  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,9 +156,41 @@ def _episode_rows(result: EvalResult, seeds: Sequence[int]) -> list[dict[str, An
             "return": float(e.env_return),
             "length": int(e.length),
             "discarded": bool(e.discarded),
+            **({"task_id": e.task_id} if e.task_id is not None else {}),
         }
         for seed, e in zip(seeds, result.episodes, strict=True)
     ]
+
+
+def _task_lines(summary: dict[str, Any]) -> list[str]:
+    """Success per task of a multi-task run (dsrl.envs.libero_suite): one row per task, one column
+    per policy, the task's instruction last."""
+    tasks = summary.get("tasks") or {}
+    if not tasks:
+        return []
+    sources = [key for key, _ in SOURCES if key in summary["sources"]]
+    lines = ["", "success per task (columns: the policies above, in order)"]
+    lines.append(f"{'task':>4} " + " ".join(f"{SHORT_LABELS[k]:>7}" for k in sources) + " episodes")
+    for task, name in tasks.items():
+        cells = []
+        for key in sources:
+            value = summary["sources"][key]["metrics"].get(f"task_{task}/success_rate")
+            cells.append(f"{value:>7.2f}" if value is not None else f"{'-':>7}")
+        count = summary["sources"][sources[0]]["metrics"].get(f"task_{task}/episodes", 0)
+        lines.append(f"{task:>4} {' '.join(cells)} {int(count):>8}  {name}")
+    return lines
+
+
+def task_names(config: Any, results: dict[str, EvalResult]) -> dict[str, str]:
+    """{task id: language instruction} of the tasks the evaluation episodes ran (empty for a
+    single-task env)."""
+    ids = sorted({e.task_id for r in results.values() for e in r.episodes if e.task_id is not None})
+    if not ids:
+        return {}
+    from dsrl.envs.libero_suite import task_languages
+
+    languages = task_languages(config.env.kwargs.get("suite", "libero_90"))
+    return {str(t): languages[t] for t in ids}
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -167,6 +202,7 @@ def format_table(summary: dict[str, Any]) -> str:
                 f"{label:<36} {m['success_rate']:>7.2f} {m['avg_return']:>8.2f} "
                 f"{m['avg_episode_len']:>7.1f}"
             )
+    lines += _task_lines(summary)
     where = f"checkpoint step {summary['checkpoint_step']}"
     if summary["checkpoint_step"] is None:
         where = "base policy alone"
@@ -284,6 +320,7 @@ def run(
             "seeds": [int(s) for s in seeds],
             "seeds_from": seeds_from,
             "num_envs": int(vec_env.num_envs),
+            "tasks": task_names(config, results),
             "sources": {
                 key: {
                     "label": dict(SOURCES)[key],

@@ -63,6 +63,21 @@ def summarize(episodes: Sequence[Episode], max_reward: float) -> dict[str, float
     # (Aloha's staged 0..4 reward makes this a progress histogram).
     for level in range(int(np.floor(max_reward)) + 1):
         metrics[f"Reward >= {level}"] = float(np.mean([e.max_reward >= level for e in episodes]))
+    return metrics | per_task_metrics(episodes)
+
+
+def per_task_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
+    """`task_<id>/success_rate`, `task_<id>/avg_return` and `task_<id>/episodes` for the episodes
+    of a multi-task env (dsrl.envs.libero_suite), none for a single-task one. The overall
+    `success_rate` stays the mean over all episodes: the mean over tasks when each task ran as
+    many episodes (see the suite docs for the settings that balance them)."""
+    tasks = sorted({e.task_id for e in episodes if e.task_id is not None})
+    metrics = {}
+    for task in tasks:
+        mine = [e for e in episodes if e.task_id == task]
+        metrics[f"task_{task}/success_rate"] = float(np.mean([e.success for e in mine]))
+        metrics[f"task_{task}/avg_return"] = float(np.mean([e.env_return for e in mine]))
+        metrics[f"task_{task}/episodes"] = float(len(mine))
     return metrics
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from dsrl.agents import spec as transition_keys
 from dsrl.agents.spec import TransitionSpec
+from dsrl.envs.libero_suite import TASK_ID_KEY
 from dsrl.envs.vector import video_frame
 from dsrl.steering import AgentObservation, NoiseSource, Steering
 
@@ -66,6 +67,8 @@ class Episode:
     # The env's worker stalled or died mid-episode (ChunkResult.worker_restarted): the episode
     # is incomplete, its transitions were dropped, and it is neither a success nor a failure.
     discarded: bool = False
+    # The env's "task_id" observation (dsrl.envs.libero_suite), None for a single-task env.
+    task_id: int | None = None
 
 
 def agent_observation(obs: Observation) -> AgentObservation:
@@ -142,6 +145,7 @@ def run_episodes(
     all_seeds = list(seeds) + [None] * (num_envs - n)
     with timer.section("env"):
         obs_list = list(vec_env.reset(all_seeds))
+    task_ids = [obs_list[i].get(TASK_ID_KEY) for i in range(n)]
     active = np.zeros(num_envs, dtype=bool)
     active[:n] = True
     transitions: list[list[dict[str, Any]]] = [[] for _ in range(n)]
@@ -233,6 +237,7 @@ def run_episodes(
             agent_return=float(agent_returns[i]),
             frames=np.stack(frames[i]).astype(np.uint8) if record_frames and frames[i] else None,
             discarded=bool(discarded[i]),
+            task_id=None if task_ids[i] is None else int(task_ids[i]),
         )
         for i in range(n)
     ]

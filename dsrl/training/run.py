@@ -121,6 +121,8 @@ class EnvSection:
             _need(_positive_int(value), f"env.{name}", "> 0 (a positive integer)", value)
         _need(self.robot in ("droid", "sim"), "env.robot", "'droid' or 'sim'", self.robot)
         _need(self.num_cameras >= 0, "env.num_cameras", ">= 0 (0: any)", self.num_cameras)
+        if {"tasks", "task_sampling"} & set(self.kwargs):  # LIBERO suite tasks, checked now
+            _suite_env_fns(self, dict(self.kwargs))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1016,11 +1018,17 @@ def make_vec_env(
         kwargs["image_size" if config.env.name == "demo" else "resize_image"] = (
             config.env.image_size
         )
-        env_fn = functools.partial(
-            make_agent_env, config.env.name, add_states=config.env.add_states, **kwargs
+        env_fns = (
+            _suite_env_fns(config.env, kwargs)
+            or [
+                functools.partial(
+                    make_agent_env, config.env.name, add_states=config.env.add_states, **kwargs
+                )
+            ]
+            * config.env.num_envs
         )
         vec_env = VectorEnv(
-            [env_fn] * config.env.num_envs,
+            env_fns,
             mode=config.env.mode,
             smoothing=smoothing,
             start_timeout_s=config.env.start_timeout_s,
@@ -1034,6 +1042,23 @@ def make_vec_env(
     return vec_env
 
 
+def _suite_env_fns(env: EnvSection, kwargs: dict[str, Any]) -> list[Any] | None:
+    """One env constructor per worker over a LIBERO suite's tasks when `env.kwargs.tasks` is set
+    (dsrl.envs.libero_suite), else None."""
+    from dsrl.envs import libero_suite
+
+    try:
+        workers = libero_suite.worker_env_kwargs(env.name, kwargs, env.num_envs)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if workers is None:
+        return None
+    return [
+        functools.partial(libero_suite.LiberoSuiteEnv, add_states=env.add_states, **w)
+        for w in workers
+    ]
+
+
 def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
     from dsrl.data.replay_buffer import ReplayBuffer
     from dsrl.utils.checkpoints import RunCheckpointer
@@ -1044,6 +1069,10 @@ def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
     if callable(getattr(base_policy, "close", None)):
         resources.callback(base_policy.close)
     steering = make_steering(config, base_policy)
+    from dsrl.envs import libero_suite
+
+    for line in libero_suite.describe(config.env.name, config.env.kwargs, config.env.num_envs):
+        log(f"[dsrl] {line}")  # the tasks behind the task_<id> metrics
     vec_env = make_vec_env(config, base_policy, resources, keyboard, robot)
     robot_env = vec_env.robot_env
     agent = make_agent(config, vec_env.spec.observation_spec, steering)

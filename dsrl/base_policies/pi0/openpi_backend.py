@@ -40,7 +40,7 @@ def to_openpi_observation(robot: str, obs: Mapping[str, Any]) -> dict:
             "observation/wrist_image": np.asarray(
                 obs.get("wrist_image", obs.get("observation/wrist_image"))
             ),
-            "observation/state": np.asarray(obs.get("state", obs.get("observation/state"))),
+            "observation/state": np.asarray(obs.get("observation/state", obs.get("state"))),
             **({"prompt": obs["prompt"]} if "prompt" in obs else {}),
         }
     if robot in ("aloha", "aloha_real"):

@@ -10,7 +10,8 @@ then AbsoluteActions, then the robot's Outputs). Cameras are openpi's `base_0_rg
 
 Observation keys accepted (batched; strings as a list of B or one str):
   LIBERO: "agentview_image" / "observation/image", "wrist_image" / "observation/wrist_image"
-          uint8 (B,H,W,3) already rotated 180 degrees, "state" / "observation/state" (B, 8).
+          uint8 (B,H,W,3) already rotated 180 degrees, "observation/state" / "state" (B, 8)
+          (the first when both are given).
   Aloha:  "cam_high" (and optional "cam_left_wrist", "cam_right_wrist", "cam_low") at top level
           or in an "images" dict, HWC or CHW; "state" (B, 14) in Aloha's convention.
   DROID:  "observation/exterior_image_1_left", "observation/wrist_image_left",
@@ -129,7 +130,9 @@ def libero_inputs(obs: dict) -> dict:
     base = to_uint8_hwc(_get(obs, "agentview_image", "observation/image", "image"))
     wrist = to_uint8_hwc(_get(obs, "wrist_image", "observation/wrist_image"))
     images, masks = _camera_set(base, {"left_wrist_0_rgb": wrist})
-    state = np.asarray(_get(obs, "state", "observation/state"), dtype=np.float64)
+    # "observation/state" first: an env that extends the agent's "state" (a task one-hot, see
+    # dsrl.envs.libero_suite) or empties it (--add_states 0) keeps the robot state there.
+    state = np.asarray(_get(obs, "observation/state", "state"), dtype=np.float64)
     return {"images": images, "image_masks": masks, "state": state}
 
 
