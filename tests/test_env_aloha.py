@@ -9,8 +9,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from dsrl.base_policies.pi0.transforms import aloha_inputs  # noqa: E402
 from dsrl.envs import make_env  # noqa: E402
 from dsrl.envs.image_utils import flip_180, resize, resize_with_pad  # noqa: E402
+from dsrl.envs.wrappers import POLICY_STATE_KEYS, DropAgentState  # noqa: E402
 
 # -- image helpers (no simulator) -----------------------------------------------------------------
 
@@ -78,6 +80,21 @@ def test_observations_and_seeded_reset(env):
     np.testing.assert_array_equal(again["cam_high"], obs["cam_high"])
     env.reset(seed=4)
     assert not np.allclose(env.physics.named.data.qpos["red_box_joint"][:3], cube)
+
+
+def _batch_of_one(obs: dict) -> dict:
+    return {k: v[None] for k, v in obs.items() if isinstance(v, np.ndarray)}
+
+
+@pytest.mark.slow
+def test_pi0_reads_the_robot_state_when_the_agent_state_is_dropped(env):
+    """--add_states 0 on Aloha: the agent's "state" is empty, Pi0 still gets the 14 joints."""
+    obs = env.reset(seed=5)
+    dropped = DropAgentState(env, POLICY_STATE_KEYS["aloha"]).reset(seed=5)
+    assert dropped["state"].shape == (0,)
+    full, without = aloha_inputs(_batch_of_one(obs)), aloha_inputs(_batch_of_one(dropped))
+    assert without["state"].shape == (1, 14)
+    np.testing.assert_array_equal(without["state"], full["state"])
 
 
 @pytest.mark.slow

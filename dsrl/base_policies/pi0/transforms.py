@@ -218,7 +218,9 @@ def aloha_inputs(obs: dict) -> dict:
     }
     extra = {k: None if v is None else to_uint8_hwc(v) for k, v in extra.items()}
     images, masks = _camera_set(base, extra)
-    state = np.asarray(_get(obs, "state", "agent_pos"), dtype=np.float64)
+    # "agent_pos" first: with --add_states 0 the agent's "state" is empty and the robot state
+    # travels under "agent_pos" (dsrl.envs.wrappers.POLICY_STATE_KEYS).
+    state = np.asarray(_get(obs, "agent_pos", "state"), dtype=np.float64)
     if state.shape[-1] != 14:
         raise ValueError(f"Aloha state must be 14-d, got shape {state.shape}.")
     return {"images": images, "image_masks": masks, "state": aloha_state_to_pi(state)}
