@@ -26,12 +26,15 @@ client raises RuntimeError with this text), and the connection stays open for th
 NaN/inf inputs are refused (`bad_value`), and so are NaN/inf outputs (`non_finite_output`: finite
 but absurd inputs such as a state of 3e38 overflow inside the policy).
 
-Staying responsive under abuse (issue 16): the event loop only moves bytes. Frames are decoded
-and validated in a decode thread pool, under `FrameLimits` checked before any object is built
-(total bytes, items over all lists/maps, nesting depth, string length); inference runs in its own
-pool (openpi issue #717). So a hostile frame, a slow inference or a slow client never stalls
+Staying responsive under abuse (issue 16): the event loop only moves bytes, a chunk at a time
+(`_FrameReader`: payloads filled in place, frames over the limit dropped as they arrive). Frames
+are decoded and validated in a decode thread pool, under `FrameLimits` checked before any object
+is built (total bytes, items over all lists/maps, nesting depth, string length); inference runs in
+its own pool (openpi issue #717). The objects that live as long as the server are frozen out of
+the cyclic collector. So a hostile frame, a slow inference or a slow client never stalls
 `/healthz`, handshakes or other connections. Open connections are capped (HTTP 503 beyond it),
-a connection idle for `idle_timeout_s` is closed (1001), and after a wrong API key the client's
+a connection idle for `idle_timeout_s` is closed (1001), one stalled that long partway through a
+frame or with its reply unread is dropped, and after a wrong API key the client's
 address waits `auth_failure_delay_s` for its 401 and gets 429 on any other attempt until then, so
 keys can be tried at most once per delay per address while other addresses are unaffected.
 
@@ -74,10 +77,10 @@ from dsrl.serving import msgpack_numpy
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "DSRL_SERVER_API_KEY"
-# A batch of 16 real Pi0 observations (three 224x224x3 uint8 images each) is 7.3 MB. Every
-# frame byte is copied and unmasked on the event loop by websockets (~2.5 ms/MB on a loaded
-# 2-core box), and frames up to twice this limit are read before being refused, so this limit
-# also bounds how long one frame can stall /healthz.
+# A batch of 16 real Pi0 observations (three 224x224x3 uint8 images each) is 7.3 MB. A frame up
+# to this size is still unmasked in one pass on the event loop by websockets (~0.5-1 ms/MB on a
+# loaded 2-core box), so this limit also bounds how long one frame can stall /healthz; larger
+# frames are dropped as they arrive (`_FrameReader`).
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_CONNECTIONS = 64
@@ -1024,8 +1027,8 @@ class PolicyServer:
             # (100 = asyncio's default) ...
             backlog=100,
             compression=None,
-            # Frames up to 2x the soft limit are read and answered with an error; beyond that the
-            # connection is closed (1009) rather than buffering unbounded memory.
+            # Frames up to 2x the soft limit are dropped as they arrive and answered with an error;
+            # beyond that the connection is closed (1009) at the frame header.
             max_size=2 * self.max_request_bytes,
             # Requests are answered one at a time: buffer at most one more frame per connection,
             # not websockets' default 16 (16 x max_size per connection).
