@@ -60,7 +60,13 @@ CAMERAS = ("exterior_image_1_left", "exterior_image_2_left", "wrist_image_left")
 def start_server(policy: str, extra: list[str] | None = None) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, str(REPO / "scripts" / "serve_policy.py"), "--port", "0"]
     cmd += ["--policy", policy, "--seed", "0", *(extra or [])]
-    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+    # PYTHONPATH: the server runs this checkout's dsrl, not whichever one the venv has installed
+    # (an editable install of another worktree would otherwise be benchmarked instead).
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
     )

@@ -164,7 +164,8 @@ def test_serve_policy_script_subprocess():
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "serve_policy.py"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    root = str(script.parents[1])  # this checkout's dsrl, not the one the venv has installed
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": root}
     env.pop("DSRL_SERVER_API_KEY", None)
     cmd = [sys.executable, str(script), "--policy", "flow_random", "--port", "0", "--seed", "3"]
     proc = subprocess.Popen(

@@ -5,8 +5,10 @@ request is still answered correctly and that /healthz answers."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import logging
+import os
 import socket
 import threading
 import time
@@ -19,6 +21,8 @@ import websockets
 import websockets.sync.client
 from openpi_client import msgpack_numpy as openpi_msgpack
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, Side
 
 from dsrl.base_policies.remote import RemotePolicy, RemotePolicyError
 from dsrl.serving import PolicyServer, msgpack_numpy
@@ -127,6 +131,58 @@ def _rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _raw_client(srv, *, rcvbuf: int | None = None) -> socket.socket:
+    """A websocket client on a bare socket, so that it can misbehave exactly as a test needs
+    (stop reading, stop mid-frame): the opening handshake by hand, nothing read beyond it."""
+    sock = socket.socket()
+    if rcvbuf is not None:  # before connect: a small receive window fills up at once
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", srv.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    response = b""
+    while not response.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)  # one byte at a time: the frames that follow stay unread
+        assert byte, f"server closed during the handshake: {response!r}"
+        response += byte
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
+
+
+def _client_frame(payload: bytes, opcode: Opcode = Opcode.BINARY) -> bytes:
+    return Frame(opcode, payload).serialize(mask=True)
+
+
+def _read_frames(sock: socket.socket, count: int | None = None) -> tuple[list[Frame], bool]:
+    """Frames the server sent on a raw client: until `count` frames, else until the connection
+    ends. Returns them and whether the connection ended (EOF or reset)."""
+    parser = Protocol(Side.CLIENT, max_size=None)
+    frames: list[Frame] = []
+    while count is None or len(frames) < count:
+        try:
+            data = sock.recv(1 << 20)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            return frames, True
+        parser.receive_data(data)
+        frames += parser.events_received()
+    return frames, False
+
+
+def _wait_for(condition, timeout: float) -> float:
+    """Seconds until `condition()` held; fails after `timeout`."""
+    t0 = time.monotonic()
+    while not condition():
+        assert time.monotonic() - t0 < timeout, "condition not reached in time"
+        time.sleep(0.01)
+    return time.monotonic() - t0
 
 
 class HealthProbe:
@@ -464,6 +520,150 @@ def test_remote_policy_reports_wrong_key_after_the_delay(policy):
             RemotePolicy("127.0.0.1", srv.port, api_key="nope")
         assert time.monotonic() - t0 >= 0.45
         _assert_still_serves(srv, policy, api_key="k")
+
+
+# ----------------------------------------------------------------------------- stalled clients
+
+
+class BigReplyPolicy:
+    """Pi0-style (`infer` for plain requests): the reply carries `reply_bytes` extra bytes when the
+    observation asks for them, so one client can be sent a reply larger than the socket buffers
+    while others get small ones."""
+
+    noise_shape = (H, D)
+    action_dim = A
+
+    def sample_actions(self, observation, noise):
+        return np.zeros((len(noise), H, A), np.float32)
+
+    def infer(self, obs, noise=None):
+        blob = np.zeros(int(obs.get("reply_bytes", 0)), np.uint8)
+        return {"actions": np.ones((H, A), np.float32), "blob": blob}
+
+
+def test_client_that_stops_reading_its_reply_is_dropped_at_the_send_deadline():
+    """The send deadline: a client that sends a request and never reads the (32 MB) reply is
+    dropped once the reply has waited idle_timeout_s, rather than holding its slot and the reply
+    for a closing handshake that cannot get through; others are served meanwhile."""
+    deadline = 1.0
+    reply_bytes = 32 << 20
+    with _server(
+        BigReplyPolicy(), idle_timeout_s=deadline, warmup_observation=None
+    ).running() as srv:
+        stalled = _raw_client(srv, rcvbuf=4096)
+        stalled.sendall(_client_frame(openpi_msgpack.packb({"reply_bytes": reply_bytes})))
+        client = WebsocketClientPolicy("127.0.0.1", srv.port)
+        for _ in range(3):
+            np.testing.assert_array_equal(client.infer({"state": 0})["actions"], np.ones((H, A)))
+            assert _health(srv) == 200
+        # Dropped within the deadline plus scheduling slack: the old close handshake alone
+        # waited websockets' 10 s close timeout on top of it.
+        _wait_for(lambda: srv.stats_snapshot()["stalled_closed"] == 1, timeout=deadline + 6)
+        _wait_for(lambda: srv.stats_snapshot()["open_connections"] == 1, timeout=5)
+        received = 0
+        while True:  # what reached the socket before the drop, then the end of the connection
+            try:
+                data = stalled.recv(1 << 20)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            received += len(data)
+        assert received < reply_bytes, "the whole reply was delivered: the client was not cut off"
+        # The client that kept reading is still connected and served.
+        np.testing.assert_array_equal(client.infer({"state": 0})["actions"], np.ones((H, A)))
+        client._ws.close()
+        _wait_for(lambda: srv.stats_snapshot()["open_connections"] == 0, timeout=10)
+        stats = srv.stats_snapshot()
+        assert stats["stalled_closed"] == 1 and stats["idle_closed"] == 0, stats
+
+
+def test_clients_stalled_mid_frame_are_dropped_and_idle_ones_closed_with_a_reason(policy):
+    """The receive deadline: a client that stops partway through a frame (a large one, filled in
+    place, or a small one) is dropped after idle_timeout_s, as its close frame could only arrive
+    as more payload; an idle client between requests gets a 1001 close naming the timeout."""
+    deadline = 1.0
+    with _server(policy, idle_timeout_s=deadline).running() as srv:
+        large, small, idle = _raw_client(srv), _raw_client(srv), _raw_client(srv)
+        large.sendall(_client_frame(b"\x00" * (4 << 20))[: 1 << 20])  # 1 MB of a 4 MB frame
+        obs, noise = _obs(12), _noise(12)
+        small.sendall(_client_frame(openpi_msgpack.packb({**obs, "noise": noise}))[:20])
+        _wait_for(lambda: srv.stats_snapshot()["open_connections"] == 3, timeout=10)
+        with HealthProbe(srv) as probe:
+            _assert_still_serves(srv, policy)
+            _wait_for(lambda: srv.stats_snapshot()["stalled_closed"] == 2, timeout=deadline + 6)
+        probe.assert_all_ok()
+        for sock in (large, small):
+            frames, ended = _read_frames(sock)
+            assert ended and [f.opcode for f in frames] == [Opcode.BINARY]  # metadata, no close
+        frames, _ = _read_frames(idle, count=2)
+        assert frames[1].opcode is Opcode.CLOSE
+        assert frames[1].data[:2] == (1001).to_bytes(2, "big") and b"idle timeout" in frames[1].data
+        idle.sendall(_client_frame(frames[1].data, Opcode.CLOSE))  # completes the closing handshake
+        for sock in (large, small, idle):
+            sock.close()
+        _wait_for(lambda: srv.stats_snapshot()["open_connections"] == 0, timeout=15)
+        stats = srv.stats_snapshot()
+        assert stats["stalled_closed"] == 2 and stats["idle_closed"] == 1, stats
+        _assert_still_serves(srv, policy)
+
+
+def test_connections_that_never_finish_their_handshake_are_closed(policy):
+    """Silent TCP connections and a half-sent HTTP request are closed after open_timeout_s, and
+    do not hold back health checks or real clients meanwhile."""
+    deadline = 1.5
+    with _server(policy, open_timeout_s=deadline, auth_failure_delay_s=0.0).running() as srv:
+        silent = [socket.create_connection(("127.0.0.1", srv.port), timeout=30) for _ in range(5)]
+        silent[0].sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: web")
+        t0 = time.monotonic()
+        _assert_still_serves(srv, policy)
+        for sock in silent:
+            try:
+                data = sock.recv(1024)
+            except ConnectionResetError:
+                data = b""
+            assert data == b"", f"expected the server to close the connection, got {data[:80]!r}"
+            sock.close()
+        assert time.monotonic() - t0 >= 0.9 * deadline, "closed before the handshake deadline"
+        _assert_still_serves(srv, policy)
+
+
+def test_frames_over_the_limit_are_dropped_as_they_arrive_and_answered(policy):
+    """A frame between 1x and 2x max_request_bytes costs no memory: its bytes are dropped as
+    they arrive, and the connection gets `too_large` and keeps serving. Frames sent back to back
+    (an empty one, an oversized one, a valid one) are answered in order."""
+    limit = 16 << 20
+    with _server(policy, max_request_bytes=limit).running() as srv:
+        sock = _raw_client(srv)
+        _read_frames(sock, count=1)  # metadata
+        frame = _client_frame(b"\x00" * (limit + limit // 2))  # 24 MB
+        rss0 = _rss_mb()
+        sock.sendall(memoryview(frame)[:-1024])
+        time.sleep(0.5)  # the server reads what the socket buffers hold
+        grown = _rss_mb() - rss0
+        sock.sendall(memoryview(frame)[-1024:])
+        (reply,), _ = _read_frames(sock, count=1)
+        assert reply.opcode is Opcode.TEXT and b"[too_large]" in reply.data
+        assert str(len(frame) - 14).encode() in reply.data and b"--max_request_mb" in reply.data
+        assert grown < 8, f"the server grew by {grown:.0f} MB while reading a dropped 24 MB frame"
+        del frame
+        obs, noise = _obs(13), _noise(13)
+        valid = openpi_msgpack.packb({**obs, "noise": noise})
+        padded = openpi_msgpack.packb({**obs, "noise": noise, "pad": np.ones(3 << 20, np.uint8)})
+        sock.sendall(
+            _client_frame(b"")
+            + _client_frame(b"\x01" * (limit + 1))
+            + _client_frame(padded)  # 3 MB: filled in place
+            + _client_frame(valid)
+        )
+        replies, _ = _read_frames(sock, count=4)
+        assert b"[bad_msgpack]" in replies[0].data, replies[0].data[:200]
+        assert b"[too_large]" in replies[1].data, replies[1].data[:200]
+        for reply in replies[2:]:
+            out = openpi_msgpack.unpackb(reply.data)
+            np.testing.assert_allclose(out["actions"], _expected(policy, obs, noise), atol=1e-6)
+        sock.close()
+        _assert_still_serves(srv, policy)
 
 
 # ----------------------------------------------------------------------------- host

@@ -26,12 +26,15 @@ client raises RuntimeError with this text), and the connection stays open for th
 NaN/inf inputs are refused (`bad_value`), and so are NaN/inf outputs (`non_finite_output`: finite
 but absurd inputs such as a state of 3e38 overflow inside the policy).
 
-Staying responsive under abuse (issue 16): the event loop only moves bytes. Frames are decoded
-and validated in a decode thread pool, under `FrameLimits` checked before any object is built
-(total bytes, items over all lists/maps, nesting depth, string length); inference runs in its own
-pool (openpi issue #717). So a hostile frame, a slow inference or a slow client never stalls
+Staying responsive under abuse (issue 16): the event loop only moves bytes, a chunk at a time
+(`_FrameReader`: payloads filled in place, frames over the limit dropped as they arrive). Frames
+are decoded and validated in a decode thread pool, under `FrameLimits` checked before any object
+is built (total bytes, items over all lists/maps, nesting depth, string length); inference runs in
+its own pool (openpi issue #717). The objects that live as long as the server are frozen out of
+the cyclic collector. So a hostile frame, a slow inference or a slow client never stalls
 `/healthz`, handshakes or other connections. Open connections are capped (HTTP 503 beyond it),
-a connection idle for `idle_timeout_s` is closed (1001), and after a wrong API key the client's
+a connection idle for `idle_timeout_s` is closed (1001), one stalled that long partway through a
+frame or with its reply unread is dropped, and after a wrong API key the client's
 address waits `auth_failure_delay_s` for its 401 and gets 429 on any other attempt until then, so
 keys can be tried at most once per delay per address while other addresses are unaffected.
 
@@ -49,6 +52,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
+import gc
 import hmac
 import http
 import json
@@ -58,23 +63,24 @@ import threading
 import time
 import traceback
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import CloseCode, Frame, Opcode
+from websockets.streams import StreamReader
 
 from dsrl.serving import msgpack_numpy
 
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "DSRL_SERVER_API_KEY"
-# A batch of 16 real Pi0 observations (three 224x224x3 uint8 images each) is 7.3 MB. Every
-# frame byte is copied and unmasked on the event loop by websockets (~2.5 ms/MB on a loaded
-# 2-core box), and frames up to twice this limit are read before being refused, so this limit
-# also bounds how long one frame can stall /healthz.
+# A batch of 16 real Pi0 observations (three 224x224x3 uint8 images each) is 7.3 MB. A frame up
+# to this size is still unmasked in one pass on the event loop by websockets (~0.5-1 ms/MB on a
+# loaded 2-core box), so this limit also bounds how long one frame can stall /healthz; larger
+# frames are dropped as they arrive (`_FrameReader`).
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_CONNECTIONS = 64
@@ -292,19 +298,106 @@ def _tile_batch(obs: Mapping[str, Any], batch: int) -> dict[str, Any]:
     return _pad_batch(_add_batch_axis(obs), 1, batch)
 
 
-class _Connection(ServerConnection):
-    """Notes whether each incoming message is text, so that `recv(decode=False)` can be used:
-    websockets would otherwise UTF-8-decode a text frame (up to twice max_request_bytes) on the
-    event loop only for the server to refuse it, as text frames are never valid requests."""
+class _FrameReader(StreamReader):
+    """websockets' byte reader, changed for frame payloads so that the event loop never handles a
+    large frame in one go (the stock reader grows one buffer, which glibc may copy on each growth,
+    then copies the payload out of it when the last byte arrives: 20-50 ms in one callback for a
+    15-30 MB frame on a loaded 2-core box, during which /healthz waits).
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.text_messages: collections.deque[bool] = collections.deque()
+    Frame headers are read 2, 2 or 8, and 4 bytes at a time and control frames carry at most 125
+    bytes, so any longer read is a data frame's payload:
+      * one of up to `keep_bytes` (and at least _LARGE_FRAME_BYTES) is copied into a buffer of its
+        final size chunk by chunk as it arrives, and handed over without another copy;
+      * one over `keep_bytes` (the request limit; websockets' own max_size still closes the
+        connection beyond it) is counted and dropped as it arrives and read as empty, so nothing
+        is buffered and the server answers `too_large` on the same connection.
+    `empty_payloads` holds, for each frame read with an empty payload and in order, the dropped
+    size (0: the frame was empty on the wire), for `_Connection` to pair with those frames."""
+
+    _MAX_SMALL_READ = 125
+
+    def __init__(self, keep_bytes: int):
+        super().__init__()
+        self.keep_bytes = keep_bytes
+        self.empty_payloads: collections.deque[int] = collections.deque()
+        self._payload: bytearray | None = None  # the buffer being filled, None while dropping
+        self._missing = 0  # payload bytes still to come
+
+    @property
+    def mid_frame(self) -> bool:
+        """Part of a frame has arrived and the rest has not."""
+        return bool(self.buffer) or self._missing > 0
+
+    def feed_data(self, data: bytes | bytearray) -> None:
+        if self._missing:
+            if self.eof:
+                raise EOFError("stream ended")
+            take = min(len(data), self._missing)
+            if self._payload is not None:
+                start = len(self._payload) - self._missing
+                self._payload[start : start + take] = memoryview(data)[:take]
+            self._missing -= take
+            if take == len(data):
+                return
+            data = memoryview(data)[take:]
+        super().feed_data(data)
+
+    def read_exact(self, n: int) -> Generator[None, None, bytearray]:
+        if n == 0:
+            self.empty_payloads.append(0)
+        keep = n <= self.keep_bytes
+        if n <= self._MAX_SMALL_READ or (keep and n < _LARGE_FRAME_BYTES):
+            return (yield from super().read_exact(n))
+        buffered = min(len(self.buffer), n)
+        self._payload = bytearray(n) if keep else None
+        if self._payload is not None:
+            with memoryview(self.buffer) as view:
+                self._payload[:buffered] = view[:buffered]
+        del self.buffer[:buffered]
+        self._missing = n - buffered
+        while self._missing:
+            if self.eof:
+                raise EOFError(f"stream ends {self._missing} bytes before the end of a frame")
+            yield
+        payload, self._payload = self._payload, None
+        if payload is not None:
+            return payload
+        self.empty_payloads.append(n)
+        return bytearray()
+
+
+@dataclasses.dataclass
+class _Message:
+    """What the server needs to know of an incoming message before touching its bytes."""
+
+    text: bool
+    dropped_bytes: int = 0
+
+
+class _Connection(ServerConnection):
+    """A websocket connection reading frames with `_FrameReader` and noting, for each incoming
+    message, whether it is text and how many of its bytes were dropped. Text frames are never
+    valid requests: knowing it lets `recv(decode=False)` be used, as websockets would otherwise
+    UTF-8-decode one (up to twice max_request_bytes) on the event loop only to have it refused."""
+
+    def __init__(self, protocol: Any, *args: Any, keep_bytes: int, **kwargs: Any):
+        super().__init__(protocol, *args, **kwargs)
+        # The protocol's parser has only started (waiting for the handshake's first line): restart
+        # it on our reader, as the protocol's own constructor does with the stock one.
+        self.reader = _FrameReader(keep_bytes)
+        protocol.reader = self.reader
+        protocol.parser = protocol.parse()
+        next(protocol.parser)
+        self.messages: collections.deque[_Message] = collections.deque()
 
     def process_event(self, event: Any) -> None:
-        # The first frame of a message carries its type; continuation frames carry CONT.
-        if isinstance(event, Frame) and event.opcode in (Opcode.TEXT, Opcode.BINARY):
-            self.text_messages.append(event.opcode is Opcode.TEXT)
+        if isinstance(event, Frame):
+            dropped = 0 if event.data else self.reader.empty_payloads.popleft()
+            # The first frame of a message carries its type; continuation frames carry CONT.
+            if event.opcode in (Opcode.TEXT, Opcode.BINARY):
+                self.messages.append(_Message(event.opcode is Opcode.TEXT, dropped))
+            elif event.opcode is Opcode.CONT and self.messages:
+                self.messages[-1].dropped_bytes += dropped
         super().process_event(event)
 
 
@@ -328,8 +421,8 @@ class PolicyServer:
 
     Limits (defaults fit batches of real Pi0 observations: three 224x224x3 uint8 images, state
     and prompt per element):
-      max_request_bytes: larger frames get a `too_large` error; frames over twice this are not
-        even buffered (the connection is closed with 1009).
+      max_request_bytes: larger frames get a `too_large` error (their bytes are dropped as they
+        arrive, never buffered); frames over twice this close the connection (1009).
       max_items, max_depth, max_str_bytes: see `msgpack_numpy.FrameLimits`.
       max_batch / batch_sizes: `infer_batch` accepts up to max_batch observations and pads each
         batch to the next of batch_sizes (default 1, 2, 4, ... max_batch).
@@ -404,8 +497,7 @@ class PolicyServer:
         self.action_dim = int(policy.action_dim)
         self.max_request_bytes = int(max_request_bytes)
         self.frame_limits = msgpack_numpy.FrameLimits(
-            # Frames between 1x and 2x max_request_bytes are read, then refused with too_large.
-            max_bytes=2 * self.max_request_bytes,
+            max_bytes=self.max_request_bytes,
             max_items=max_items,
             max_depth=max_depth,
             max_str_bytes=max_str_bytes,
@@ -460,6 +552,7 @@ class PolicyServer:
             "open_connections": 0,
             "refused_connections": 0,
             "idle_closed": 0,
+            "stalled_closed": 0,
             "auth_failures": 0,
             "auth_throttled": 0,
             "compiles_at_startup": 0,
@@ -538,11 +631,7 @@ class PolicyServer:
                 "bad_frame", "expected a binary msgpack frame, got a text frame; send bytes"
             )
         if len(message) > self.max_request_bytes:
-            raise RequestError(
-                "too_large",
-                f"request of {len(message)} bytes exceeds max_request_bytes="
-                f"{self.max_request_bytes}; send smaller images or raise --max_request_mb",
-            )
+            raise self._too_large(len(message))
         try:
             request = msgpack_numpy.unpackb(message, self.frame_limits)
         except msgpack_numpy.FrameLimitError as e:
@@ -586,6 +675,13 @@ class PolicyServer:
         if noise is not None:
             _finite_check("noise", noise)
         return _Request(method, obs, noise, want_feature)
+
+    def _too_large(self, size: int) -> RequestError:
+        return RequestError(
+            "too_large",
+            f"request of {size} bytes exceeds max_request_bytes={self.max_request_bytes}; send "
+            "smaller images or raise --max_request_mb",
+        )
 
     def _decode(self, message: bytes | str) -> _Request | str:
         """Decode thread: the parsed request, or the error frame to send back."""
@@ -845,6 +941,13 @@ class PolicyServer:
                 async with asyncio.timeout(idle_timeout):
                     message = await ws.recv(decode=False)
             except TimeoutError:
+                if ws.reader.mid_frame:
+                    # Stalled partway through a frame: its close frame could only arrive as more
+                    # payload, so a closing handshake cannot succeed. Drop the connection and the
+                    # part-frame buffered for it now.
+                    self.stats["stalled_closed"] += 1
+                    ws.transport.abort()
+                    return
                 self.stats["idle_closed"] += 1
                 await ws.close(
                     CloseCode.GOING_AWAY,
@@ -856,8 +959,12 @@ class PolicyServer:
             start = time.perf_counter()
             if len(message) > _LARGE_FRAME_BYTES:
                 self._schedule_trim(loop)
-            if ws.text_messages.popleft():
-                request: _Request | str = _error_frame(
+            info = ws.messages.popleft()
+            if info.dropped_bytes:
+                error = self._too_large(len(message) + info.dropped_bytes)
+                request: _Request | str = _error_frame(error.kind, str(error))
+            elif info.text:
+                request = _error_frame(
                     "bad_frame", "expected a binary msgpack frame, got a text frame; send bytes"
                 )
             else:
@@ -877,7 +984,13 @@ class PolicyServer:
             try:
                 async with asyncio.timeout(idle_timeout):
                     await ws.send(frame)
-            except (websockets.ConnectionClosed, TimeoutError):
+            except websockets.ConnectionClosed:
+                return
+            except TimeoutError:
+                # The client stopped reading: a close frame would queue behind the unread reply,
+                # so drop the connection (and the reply buffered for it) at once.
+                self.stats["stalled_closed"] += 1
+                ws.transport.abort()
                 return
             prev_total_ms = (time.perf_counter() - start) * 1000.0
 
@@ -898,18 +1011,24 @@ class PolicyServer:
 
     async def _start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._warmup)
+        # What exists now (JAX, the policy, its compiled functions: about a million objects) lives
+        # as long as the server. Left to the cyclic collector, every full collection walks it all
+        # on whichever thread allocates: 80-110 ms stalls of the event loop during a connection
+        # flood. Frozen, collections skip it (`stop()` unfreezes).
+        gc.collect()
+        gc.freeze()
         sock = _listening_socket(self.host, self.port)
         self._server = await serve(
             self._handler,
             sock=sock,
-            create_connection=_Connection,
+            create_connection=functools.partial(_Connection, keep_bytes=self.max_request_bytes),
             # asyncio accepts up to `backlog` connections per loop iteration and re-listens with
             # it: keep that batch small so a connection flood leaves the loop turns for /healthz
             # (100 = asyncio's default) ...
             backlog=100,
             compression=None,
-            # Frames up to 2x the soft limit are read and answered with an error; beyond that the
-            # connection is closed (1009) rather than buffering unbounded memory.
+            # Frames up to 2x the soft limit are dropped as they arrive and answered with an error;
+            # beyond that the connection is closed (1009) at the frame header.
             max_size=2 * self.max_request_bytes,
             # Requests are answered one at a time: buffer at most one more frame per connection,
             # not websockets' default 16 (16 x max_size per connection).
@@ -966,6 +1085,7 @@ class PolicyServer:
         if self._loop is not None:
             self._loop.close()
             self._loop = None
+        gc.unfreeze()
         self._shutdown_pools()
 
     def _shutdown_pools(self) -> None:
