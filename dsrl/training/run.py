@@ -52,7 +52,7 @@ CONFIG_VERSION = 2  # 2: the sectioned layout below; 1 (no "version" key): flat 
 CONFIG_FILE = "config.json"
 ALGORITHMS = ("pixel_sac", "dsrl_na")
 WANDB_MODES = ("offline", "online", "disabled")
-ENV_MODES = ("subprocess", "inline")
+ENV_MODES = ("subprocess", "inline", "ray")
 
 
 class ConfigError(ValueError):
@@ -70,6 +70,11 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def _is_host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
 # --------------------------------------------------------------------------------------------
 # The config
 
@@ -78,8 +83,10 @@ def _positive_int(value: Any) -> bool:
 class EnvSection:
     name: str = "demo"  # demo | libero | aloha | droid (the real robot)
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # env constructor
-    mode: str = "subprocess"  # env workers: "subprocess" or "inline" (in this process)
+    mode: str = "subprocess"  # env workers: "subprocess", "inline" (in this process) or "ray"
     num_envs: int = 1
+    ray_address: str = ""  # mode "ray": "" a local Ray in this process; "auto" | host:port
+    ray_num_cpus: float = 1.0  # mode "ray": CPUs each env worker asks of the cluster
     image_size: int = 64  # the agent's image size (the reference's --resize_image)
     robot: str = "droid"  # droid only: "droid" (hardware) or "sim" (a simulated RobotEnv)
     use_prefix_feature: bool = False  # droid only: append Pi0's prefix feature to the state
@@ -121,6 +128,20 @@ class EnvSection:
             _need(_positive_int(value), f"env.{name}", "> 0 (a positive integer)", value)
         _need(self.robot in ("droid", "sim"), "env.robot", "'droid' or 'sim'", self.robot)
         _need(self.num_cameras >= 0, "env.num_cameras", ">= 0 (0: any)", self.num_cameras)
+        _need(self.ray_num_cpus >= 0, "env.ray_num_cpus", ">= 0", self.ray_num_cpus)
+        if self.ray_address:
+            _need(
+                self.ray_address == "auto" or _is_host_port(self.ray_address),
+                "env.ray_address",
+                "'auto', host:port (the head node of `ray start --head`), or '' for a local Ray",
+                self.ray_address,
+            )
+            _need(
+                self.mode == "ray",
+                "env.mode",
+                "'ray' when --ray_address is given",
+                self.mode,
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +158,8 @@ class BasePolicySection:
     # Pi0's chunk length (e.g. 50, the reference's LIBERO/Aloha horizon, on the `tiny` variant);
     # 0: the variant's own (full/dummy 50, tiny 10). A local Pi0 only.
     action_horizon: int = 0
+    ray: bool = False  # run the model in a Ray actor (the cluster of env.ray_address)
+    ray_num_gpus: float = 0.0  # ray only: GPUs the actor asks for (1: place it on a GPU node)
 
     def __post_init__(self):
         _need(self.kind in ("flow_mlp", "pi0"), "base_policy.kind", "flow_mlp or pi0", self.kind)
@@ -153,6 +176,13 @@ class BasePolicySection:
                 )
                 + ": remove --config.base_policy.action_horizon"
             )
+        _need(self.ray_num_gpus >= 0, "base_policy.ray_num_gpus", ">= 0", self.ray_num_gpus)
+        _need(
+            not (self.ray and self.remote),
+            "base_policy.ray",
+            "False with base_policy.remote (a policy server already runs the model elsewhere)",
+            self.ray,
+        )
         if self.remote:
             from dsrl.base_policies.remote import parse_address
 
@@ -361,6 +391,8 @@ FLAGS = {
     "discount": "loop.discount",
     "resize_image": "env.image_size",
     "num_envs": "env.num_envs",
+    "env_backend": "env.mode",
+    "ray_address": "env.ray_address",
     "action_magnitude": "steering.action_magnitude",
     "query_freq": "steering.query_freq",
     "noise_mode": "steering.noise_mode",
@@ -426,6 +458,7 @@ CHOICES = {
     "log.wandb_mode": WANDB_MODES,
     "agent.critic_reduction": ("mean", "min"),
     "env.robot": ("droid", "sim"),
+    "env.mode": ENV_MODES,
 }
 # Flat keys of config version 1 (config.json, presets, `--config.<key>`) -> today's paths.
 LEGACY_KEYS = {
@@ -813,6 +846,28 @@ def check_logdir(logdir: str) -> None:
 
 def make_base_policy(config: RunConfig) -> Any:
     bp = config.base_policy
+    if bp.ray:
+        from dsrl.base_policies.ray_actor import RayBasePolicy
+
+        _connect_ray(config)
+        return RayBasePolicy(
+            functools.partial(_make_local_base_policy, bp), num_gpus=bp.ray_num_gpus
+        )
+    return _make_local_base_policy(bp)
+
+
+def _connect_ray(config: RunConfig) -> None:
+    """Starts or joins Ray (env.ray_address); a missing Ray or an unreachable cluster is a
+    ConfigError naming the fix."""
+    from dsrl.envs.ray_workers import ensure_ray
+
+    try:
+        ensure_ray(config.env.ray_address)
+    except (ImportError, ConnectionError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def _make_local_base_policy(bp: BasePolicySection) -> Any:
     if bp.remote:
         from dsrl.base_policies.remote import RemotePolicy, parse_address
         from dsrl.serving import API_KEY_ENV
@@ -1019,6 +1074,8 @@ def make_vec_env(
         env_fn = functools.partial(
             make_agent_env, config.env.name, add_states=config.env.add_states, **kwargs
         )
+        if config.env.mode == "ray":
+            _connect_ray(config)
         vec_env = VectorEnv(
             [env_fn] * config.env.num_envs,
             mode=config.env.mode,
@@ -1027,6 +1084,8 @@ def make_vec_env(
             reset_timeout_s=config.env.reset_timeout_s,
             step_timeout_s=config.env.step_timeout_s,
             max_worker_failures=config.env.max_worker_failures,
+            ray_address=config.env.ray_address,
+            ray_num_cpus_per_worker=config.env.ray_num_cpus,
         )
     resources.callback(vec_env.close)
     check_num_cameras(config, vec_env.spec.observation_spec)
