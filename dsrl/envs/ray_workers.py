@@ -6,19 +6,27 @@ backend for the same seeds. The VectorEnv keeps every piece of bookkeeping (elap
 seeding, discarded chunks); this class only moves calls to actors. A dead actor (node lost,
 process killed) or one that misses its deadline is killed and recreated here, not by Ray's
 max_restarts, so a restart is counted and its episode discarded exactly as for a subprocess.
+
+Ray itself is joined once per process by `ensure_ray`: a local Ray started in this process
+(address "") or an existing cluster (`ray start --head` on the head node, then "auto" on a node
+of the cluster or its host:port from anywhere).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
-import time
+import socket
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from dsrl.envs.base import EnvSpec
 
 log = logging.getLogger(__name__)
+
+_DSRL_ROOT = str(Path(__file__).resolve().parents[2])  # the checkout whose dsrl runs here
 
 
 def require_ray():
@@ -26,31 +34,64 @@ def require_ray():
         import ray
     except ImportError:
         raise ImportError(
-            "env backend 'ray' needs Ray, which is not installed: `pip install ray==2.60.0` "
-            "(pinned in requirements.txt), or use --env_backend subprocess."
+            "Ray is not installed, but --env_backend ray / base_policy.ray need it: "
+            "`pip install ray==2.60.0` (pinned in requirements.txt), or use --env_backend "
+            "subprocess without base_policy.ray."
         ) from None
     return ray
 
 
-def ensure_ray(address: str = "", num_cpus: int | None = None) -> None:
-    """Connects to Ray once: `address` "" starts a local Ray in this process; "auto" or
-    host:port joins an existing cluster (started with `ray start --head`)."""
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A host:port that accepts no TCP connection fails here in seconds, not in Ray's minute of
+    retries."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise ConnectionError(
+            f"no Ray cluster answers at --ray_address={address} ({err}). Start one with "
+            "`ray start --head --port=6379` on the head node and pass its host:6379, or pass "
+            "'auto' on a node of the cluster, or leave --ray_address empty for a local Ray."
+        ) from None
+
+
+def ensure_ray(address: str = "", num_cpus: float | None = None) -> bool:
+    """Connects this process to Ray unless it already is; True when it started a local Ray
+    (then the caller owns it and shuts it down with `ray.shutdown()`).
+
+    address: "" starts a local Ray with `num_cpus` logical CPUs (default this machine's cores;
+    a caller that knows it will place N one-CPU actors passes at least N, so they never wait
+    for each other), without dashboard and with warnings-only logs. "auto" or host:port joins
+    an existing cluster, whose nodes must have dsrl installed."""
     ray = require_ray()
     if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=True)
+        return False
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
+        if address != "auto":
+            _check_reachable(address)
         kwargs["address"] = address
-    elif num_cpus is not None:
-        kwargs["num_cpus"] = num_cpus
+    else:
+        # The local workers import the same dsrl as this process, installed or not, and a closed
+        # network is not asked for usage statistics.
+        paths = [_DSRL_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        cores = os.cpu_count() or 1
+        kwargs |= {
+            "num_cpus": max(cores, math.ceil(num_cpus or 0)),
+            "include_dashboard": False,
+        }
     try:
         ray.init(**kwargs)
-    except (ConnectionError, ValueError, RuntimeError) as err:
+    except (ConnectionError, ValueError, RuntimeError, TimeoutError) as err:
         raise ConnectionError(
-            f"Could not connect to a Ray cluster at --ray_address={address!r}: {err}. Start one "
+            f"could not connect to Ray at --ray_address={address!r}: {err}. Start a cluster "
             "with `ray start --head` on the head node and pass its address (host:6379, or "
             "'auto' on a node of the cluster), or leave --ray_address empty for a local Ray."
         ) from None
+    return not address
 
 
 class _EnvActor:
@@ -60,11 +101,8 @@ class _EnvActor:
         os.environ.setdefault("MUJOCO_GL", "egl")
         self.env = env_fn()
 
-    def spec(self) -> EnvSpec:
-        return self.env.spec
-
-    def pid(self) -> int:
-        return os.getpid()
+    def start(self) -> tuple[EnvSpec, int]:
+        return self.env.spec, os.getpid()
 
     def reset(self, seed):
         return self.env.reset(seed=seed)
@@ -74,12 +112,12 @@ class _EnvActor:
 
         return run_chunk(self.env, *payload)
 
-    def close(self) -> None:
-        self.env.close()
-
 
 class RayWorkers:
-    """The `_SubprocessWorkers` interface over Ray actors (see dsrl.envs.vector)."""
+    """The `_SubprocessWorkers` interface over Ray actors (see dsrl.envs.vector).
+
+    num_cpus_per_worker: the CPUs each actor asks of the cluster (Ray places it on a node with
+    that many free); 1 is one simulator per core, as the subprocess backend runs them."""
 
     def __init__(
         self,
@@ -91,12 +129,13 @@ class RayWorkers:
         address: str = "",
     ):
         self.ray = require_ray()
-        ensure_ray(address)
+        n = len(env_fns)
+        self._owns_ray = ensure_ray(address, num_cpus=n * num_cpus_per_worker)
         self.env_fns = list(env_fns)
         self.start_timeout_s = start_timeout_s
         self.max_worker_failures = max_worker_failures
+        self._check_capacity(n * num_cpus_per_worker)
         self._actor_cls = self.ray.remote(num_cpus=num_cpus_per_worker, max_restarts=0)(_EnvActor)
-        n = len(self.env_fns)
         self.names = [f"env {i}" for i in range(n)]
         self.actors: list[Any] = [None] * n
         self.pids: list[int | None] = [None] * n
@@ -111,29 +150,36 @@ class RayWorkers:
             raise
         self.names = [f"env {i} ({spec.name})" for i, spec in enumerate(self.specs)]
 
+    def _check_capacity(self, cpus: float) -> None:
+        total = self.ray.cluster_resources().get("CPU", 0.0)
+        if cpus > total:
+            log.warning(
+                "The env workers ask for %g CPUs but the Ray cluster has %g: the rest wait for "
+                "free CPUs (an autoscaler may add nodes) until start_timeout_s. Lower "
+                "env.ray_num_cpus or add nodes.",
+                cpus,
+                total,
+            )
+
     def _launch(self, i: int) -> None:
-        self.actors[i] = self._actor_cls.options(name=None).remote(self.env_fns[i])
+        self.actors[i] = self._actor_cls.remote(self.env_fns[i])
         self.pids[i] = None
 
     def _await_start(self, i: int) -> EnvSpec:
         from dsrl.envs.vector import VectorEnvError
 
-        ray = self.ray
-        refs = [self.actors[i].spec.remote(), self.actors[i].pid.remote()]
-        ready, _ = ray.wait(refs, num_returns=2, timeout=self.start_timeout_s)
-        if len(ready) < 2:
+        ref = self.actors[i].start.remote()
+        ready, _ = self.ray.wait([ref], timeout=self.start_timeout_s)
+        if not ready:
             raise VectorEnvError(
                 f"Worker {self.names[i]} did not finish building its env within "
-                f"{self.start_timeout_s:g} s (start_timeout_s); raise it if the env is slow to "
-                "load, else no node has a free CPU for it (num_cpus) or the simulator hangs."
+                f"{self.start_timeout_s:g} s (start_timeout_s): no node had a free CPU for it "
+                "(env.ray_num_cpus; see `ray status`), the env is slow to load (raise "
+                "start_timeout_s), or the simulator hangs."
             )
         try:
-            spec, self.pids[i] = ray.get(refs)
-        except ray.exceptions.RayActorError as err:
-            raise VectorEnvError(
-                f"Worker {self.names[i]} failed during construction:\n{err}"
-            ) from None
-        except ray.exceptions.RayTaskError as err:
+            spec, self.pids[i] = self.ray.get(ref)
+        except (self.ray.exceptions.RayActorError, self.ray.exceptions.RayTaskError) as err:
             raise VectorEnvError(
                 f"Worker {self.names[i]} failed during construction:\n{err}"
             ) from None
@@ -177,22 +223,23 @@ class RayWorkers:
     def call(
         self, indices: Sequence[int], command: str, payloads: Sequence[Any], timeout_s: float
     ) -> list[Any]:
+        """As `_SubprocessWorkers.call`: all workers run in parallel until one shared deadline;
+        one that misses it or whose actor died is restarted and gets a WorkerFailure; an
+        exception inside an env is raised as VectorEnvError."""
         from dsrl.envs.vector import VectorEnvError, WorkerFailure
 
         ray = self.ray
-        refs = {}
-        for i, payload in zip(indices, payloads, strict=True):
-            refs[i] = getattr(self.actors[i], command).remote(payload)
-        deadline = time.monotonic() + timeout_s
-        pending = list(refs.values())
-        while pending and (left := deadline - time.monotonic()) > 0:
-            _, pending = ray.wait(pending, num_returns=len(pending), timeout=left)
+        refs = {
+            i: getattr(self.actors[i], command).remote(payload)
+            for i, payload in zip(indices, payloads, strict=True)
+        }
+        _, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+        late = set(pending)
         failures: dict[int, str] = {}
         replies: dict[int, Any] = {}
         errors: dict[int, VectorEnvError] = {}
-        pending_set = set(pending)
         for i, ref in refs.items():
-            if ref in pending_set:
+            if ref in late:
                 failures[i] = f"did not answer {command!r} within {timeout_s:g} s"
                 continue
             try:
@@ -200,7 +247,9 @@ class RayWorkers:
             except ray.exceptions.RayActorError:
                 failures[i] = f"died during {command!r} (its Ray actor is gone)"
             except ray.exceptions.RayTaskError as err:
-                errors[i] = VectorEnvError(f"Worker {self.names[i]} failed during {command}:\n{err}")
+                errors[i] = VectorEnvError(
+                    f"Worker {self.names[i]} failed during {command}:\n{err}"
+                )
         for i in sorted(failures):
             self._restart(i, failures[i])
         if errors:
@@ -215,3 +264,6 @@ class RayWorkers:
             if actor is not None:
                 self._kill(i)
         self.actors = []
+        if self._owns_ray:
+            self._owns_ray = False
+            self.ray.shutdown()
