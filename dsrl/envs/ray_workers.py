@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import socket
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -84,10 +85,14 @@ def ensure_ray(address: str = "", num_cpus: float | None = None) -> bool:
             "include_dashboard": False,
         }
     try:
-        ray.init(**kwargs)
+        with warnings.catch_warnings():
+            # JAX warns on every fork; Ray's daemons are fork+exec'd, which is safe.
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
+            ray.init(**kwargs)
     except (ConnectionError, ValueError, RuntimeError, TimeoutError) as err:
+        reason = str(err).strip().rstrip(".")
         raise ConnectionError(
-            f"could not connect to Ray at --ray_address={address!r}: {err}. Start a cluster "
+            f"could not connect to Ray at --ray_address={address!r}: {reason}. Start a cluster "
             "with `ray start --head` on the head node and pass its address (host:6379, or "
             "'auto' on a node of the cluster), or leave --ray_address empty for a local Ray."
         ) from None

@@ -136,12 +136,6 @@ class EnvSection:
                 "'auto', host:port (the head node of `ray start --head`), or '' for a local Ray",
                 self.ray_address,
             )
-            _need(
-                self.mode == "ray",
-                "env.mode",
-                "'ray' when --ray_address is given",
-                self.mode,
-            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,6 +268,21 @@ class RunConfig:
     def __post_init__(self):
         self.learner_config()  # a bad learner option fails here, before anything starts
         loop.check_buffer_capacity(self.replay_capacity, self.loop)
+        self._check_ray()
+
+    def _check_ray(self) -> None:
+        """Ray settings that only make sense together."""
+        uses_ray = self.env.mode == "ray" or self.base_policy.ray
+        if self.env.ray_address and not uses_ray:
+            raise ConfigError(
+                f"--ray_address {self.env.ray_address} is given but nothing runs on Ray: add "
+                "--env_backend ray and/or --config.base_policy.ray=true, or drop --ray_address"
+            )
+        if self.base_policy.ray and self.agent.algorithm == "dsrl_na":
+            raise ConfigError(
+                "base_policy.ray=true cannot serve --algorithm dsrl_na, whose update runs the base "
+                "policy inside its jitted step in this process; drop base_policy.ray"
+            )
 
     @property
     def replay_capacity(self) -> int:
@@ -845,24 +854,28 @@ def check_logdir(logdir: str) -> None:
 
 
 def make_base_policy(config: RunConfig) -> Any:
+    """The frozen base policy: in this process, behind a policy server (base_policy.remote), or
+    in a Ray actor that builds it there (base_policy.ray; it owns a local Ray it starts)."""
     bp = config.base_policy
-    if bp.ray:
-        from dsrl.base_policies.ray_actor import RayBasePolicy
+    if not bp.ray:
+        return _make_local_base_policy(bp)
+    from dsrl.base_policies.ray_actor import RayBasePolicy
 
-        _connect_ray(config)
+    env_cpus = config.env.num_envs * config.env.ray_num_cpus if config.env.mode == "ray" else 0
+    with _ray_errors_as_config_errors():
         return RayBasePolicy(
-            functools.partial(_make_local_base_policy, bp), num_gpus=bp.ray_num_gpus
+            functools.partial(_make_local_base_policy, bp),
+            num_gpus=bp.ray_num_gpus,
+            ray_address=config.env.ray_address,
+            local_ray_cpus=env_cpus,  # a local Ray started here must fit the env workers too
         )
-    return _make_local_base_policy(bp)
 
 
-def _connect_ray(config: RunConfig) -> None:
-    """Starts or joins Ray (env.ray_address); a missing Ray or an unreachable cluster is a
-    ConfigError naming the fix."""
-    from dsrl.envs.ray_workers import ensure_ray
-
+@contextlib.contextmanager
+def _ray_errors_as_config_errors():
+    """Ray missing or a cluster that does not answer: a ConfigError naming the fix."""
     try:
-        ensure_ray(config.env.ray_address)
+        yield
     except (ImportError, ConnectionError) as err:
         raise ConfigError(str(err)) from None
 
@@ -1074,19 +1087,18 @@ def make_vec_env(
         env_fn = functools.partial(
             make_agent_env, config.env.name, add_states=config.env.add_states, **kwargs
         )
-        if config.env.mode == "ray":
-            _connect_ray(config)
-        vec_env = VectorEnv(
-            [env_fn] * config.env.num_envs,
-            mode=config.env.mode,
-            smoothing=smoothing,
-            start_timeout_s=config.env.start_timeout_s,
-            reset_timeout_s=config.env.reset_timeout_s,
-            step_timeout_s=config.env.step_timeout_s,
-            max_worker_failures=config.env.max_worker_failures,
-            ray_address=config.env.ray_address,
-            ray_num_cpus_per_worker=config.env.ray_num_cpus,
-        )
+        with _ray_errors_as_config_errors():
+            vec_env = VectorEnv(
+                [env_fn] * config.env.num_envs,
+                mode=config.env.mode,
+                smoothing=smoothing,
+                start_timeout_s=config.env.start_timeout_s,
+                reset_timeout_s=config.env.reset_timeout_s,
+                step_timeout_s=config.env.step_timeout_s,
+                max_worker_failures=config.env.max_worker_failures,
+                ray_address=config.env.ray_address,
+                ray_num_cpus_per_worker=config.env.ray_num_cpus,
+            )
     resources.callback(vec_env.close)
     check_num_cameras(config, vec_env.spec.observation_spec)
     vec_env.robot_env = robot_env
