@@ -7,6 +7,7 @@ current episode."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -200,22 +201,88 @@ def test_training_goes_on_after_a_ray_worker_kills_itself(local_ray, steering, t
     assert rows[-1]["env/worker_restarts"] == 1 and rows[-1]["env/discarded_episodes"] == 1
 
 
-def test_ray_backend_without_ray_installed_names_the_fix(tmp_path):
-    """A Python without Ray (simulated by a module that refuses to import) gets one clear line."""
-    blocker = tmp_path / "ray.py"
-    blocker.write_text("raise ImportError('No module named ray')\n")
-    code = (
-        "from dsrl.envs.vector import VectorEnv\n"
-        "from dsrl.envs import make_env\n"
-        "VectorEnv([lambda: make_env('demo')], mode='ray')\n"
+def test_ray_base_policy_one_batched_actor_call_per_query(local_ray, steering):
+    """The policy is built in its actor (another process) from a factory, gives the local
+    policy's actions, answers K noises per observation in one call, and serves a whole rollout
+    over Ray env workers with one call per query for all of them."""
+    from dsrl.base_policies.flow_mlp import FlowMLPPolicy
+    from dsrl.base_policies.ray_actor import RayBasePolicy
+    from dsrl.training.rollout import stack_observations
+
+    local = FlowMLPPolicy.load_demo()
+    remote = RayBasePolicy(FlowMLPPolicy.load_demo)
+    try:
+        assert remote.actor_pid != os.getpid()
+        assert (remote.noise_shape, remote.action_dim) == (local.noise_shape, local.action_dim)
+        env = make_env("demo", image_size=16)
+        obs = stack_observations([env.reset(seed=s) for s in (1, 2)])
+        noise = np.random.default_rng(0).standard_normal((2, 3, *local.noise_shape))
+        noise = noise.astype(np.float32)
+        np.testing.assert_array_equal(
+            remote.sample_actions(obs, noise[:, 0]), local.sample_actions(obs, noise[:, 0])
+        )
+        multi = remote.sample_actions_multi(obs, noise)
+        assert multi.shape == (2, 3, *local.sample_actions(obs, noise[:, 0]).shape[1:])
+        for k in range(3):
+            np.testing.assert_allclose(
+                multi[:, k], local.sample_actions(obs, noise[:, k]), atol=1e-6
+            )
+        assert remote.num_calls() == 2
+
+        ray_steering = dataclasses.replace(steering, base_policy=remote)
+        with VectorEnv(demo_env_fns(2), mode="ray", **FAST) as venv:
+            source = steering.warmup_source(np.random.default_rng(3))
+            episodes = run_episodes(venv, ray_steering, source, [1, 2], discount=0.99)
+        assert remote.num_calls() == 2 + max(e.num_queries for e in episodes)
+    finally:
+        remote.close()
+
+
+def test_launcher_run_on_ray_env_workers_and_a_ray_base_policy(local_ray, tmp_path, capsys):
+    """examples/launch_train_sim.py end to end with --env_backend ray and the base policy in a
+    Ray actor (the run that used to hang: the policy actor no longer takes a CPU from the env
+    workers)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "launch_train_sim", Path(TESTS).parent / "examples" / "launch_train_sim.py"
     )
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    argv = [
+        "--env", "demo", "--env_backend", "ray", "--config.base_policy.ray=true",
+        "--num_envs", "2", "--max_steps", "32", "--start_online_updates", "30",
+        "--eval_interval", "1000", "--eval_episodes", "2", "--logdir", str(tmp_path),
+        "--no_progress", "--config.loop.num_video_episodes=0",
+    ]  # fmt: skip
+    assert launcher.main(argv) == 0
+    (run_dir,) = tmp_path.iterdir()
+    rows = read_metrics(run_dir)
+    assert rows[-1]["env_steps"] > 0 and rows[-1]["env/worker_restarts"] == 0
+    evals = [r for r in rows if "evaluation_mode/success_rate" in r]
+    assert len(evals) == 2  # at step 0 and at the end
+    assert "DSRL, deterministic (actor mode)" in capsys.readouterr().out
+
+
+def test_ray_backend_without_ray_installed_is_one_clear_error(tmp_path):
+    """A Python without Ray (a module named ray that refuses to import stands in for it): the
+    launcher stops with one error line naming the fix, and leaves no run directory."""
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "ray.py").write_text("raise ImportError('No module named ray')\n")
+    logdir = tmp_path / "runs"
     out = subprocess.run(
-        [sys.executable, "-c", code],
+        [
+            sys.executable, str(Path(TESTS).parent / "examples" / "launch_train_sim.py"),
+            "--env", "demo", "--env_backend", "ray", "--logdir", str(logdir), "--no_progress",
+        ],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        cwd=str(Path(TESTS).parent),
+        env={**os.environ, "PYTHONPATH": str(blocker), "JAX_PLATFORMS": "cpu"},
         timeout=120,
-    )
-    assert out.returncode != 0
-    assert "pip install ray==2.60.0" in out.stderr and "--env_backend subprocess" in out.stderr
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "pip install ray==2.60.0" in errors[0] and "--env_backend subprocess" in errors[0]
+    assert not logdir.exists() or not any(logdir.iterdir())
