@@ -30,7 +30,7 @@ from dsrl.utils.logging import RunLogger, read_metrics
 ray = pytest.importorskip("ray")
 
 TESTS = str(Path(__file__).resolve().parent)
-FAST = {"reset_timeout_s": 10.0, "step_timeout_s": 10.0, "start_timeout_s": 60.0}
+FAST = {"reset_timeout_s": 5.0, "step_timeout_s": 5.0, "start_timeout_s": 60.0}
 
 
 def _descendants(root: int) -> set[int]:
@@ -130,8 +130,11 @@ def test_ray_workers_give_the_subprocess_workers_transitions(local_ray, steering
                     np.testing.assert_array_equal(a[obs_key][k], b[obs_key][k])
 
 
-def test_a_killed_ray_worker_loses_only_its_episode(local_ray, steering):
-    with VectorEnv(demo_env_fns(3), mode="ray", **FAST) as venv:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["SIGKILL", "SIGSTOP"])
+def test_a_killed_or_stalled_ray_worker_loses_only_its_episode(local_ray, steering, sig):
+    """A real signal to a Ray env worker's process mid-episode: a kill is seen at once, a stall
+    at the step deadline; either way the actor is replaced and only its episode is lost."""
+    with VectorEnv(demo_env_fns(3), mode="ray", ray_num_cpus_per_worker=0.5, **FAST) as venv:
         pids = venv.worker_pids
         calls = {"n": 0}
         warmup = steering.warmup_source(np.random.default_rng(0))
@@ -139,14 +142,19 @@ def test_a_killed_ray_worker_loses_only_its_episode(local_ray, steering):
         def kill_on_second_query(obs):
             calls["n"] += 1
             if calls["n"] == 2:  # mid-episode, between two chunks
-                os.kill(pids[1], signal.SIGKILL)
+                os.kill(pids[1], sig)
             return warmup(obs)
 
+        started = time.monotonic()
         episodes = run_episodes(venv, steering, kill_on_second_query, [1, 2, 3], discount=0.99)
+        assert time.monotonic() - started < FAST["step_timeout_s"] + 30
         assert episodes[1].discarded and episodes[1].transitions == []
         for episode in (episodes[0], episodes[2]):
             assert not episode.discarded and len(episode.transitions) == episode.num_queries > 1
         assert venv.worker_restarts == 1
+        deadline = time.monotonic() + 30  # Ray force-kills a stopped worker after a grace period
+        while not process_gone(pids[1]) and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert process_gone(pids[1])
         new = venv.worker_pids
         assert new[1] not in (None, pids[1]) and (new[0], new[2]) == (pids[0], pids[2])

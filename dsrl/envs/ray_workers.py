@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import socket
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -238,7 +239,13 @@ class RayWorkers:
             i: getattr(self.actors[i], command).remote(payload)
             for i, payload in zip(indices, payloads, strict=True)
         }
-        _, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        try:  # the common case in one round trip: every actor answers in time
+            return ray.get(list(refs.values()), timeout=timeout_s)
+        except (ray.exceptions.RayError, TimeoutError):
+            pass  # sorted out below, one actor at a time, once all answered or time is up
+        left = max(deadline - time.monotonic(), 0.0)
+        _, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=left)
         late = set(pending)
         failures: dict[int, str] = {}
         replies: dict[int, Any] = {}

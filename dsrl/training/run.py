@@ -1047,6 +1047,18 @@ def build_run(
         raise
 
 
+def agent_env_fn(config: RunConfig) -> Any:
+    """A picklable zero-argument builder of one simulated env as the agent sees it."""
+    from dsrl.envs.wrappers import make_agent_env
+
+    kwargs = dict(config.env.kwargs)
+    # The demo env calls its agent image size `image_size`; the robot envs `resize_image`.
+    kwargs["image_size" if config.env.name == "demo" else "resize_image"] = config.env.image_size
+    return functools.partial(
+        make_agent_env, config.env.name, add_states=config.env.add_states, **kwargs
+    )
+
+
 def make_vec_env(
     config: RunConfig,
     base_policy: Any,
@@ -1077,19 +1089,9 @@ def make_vec_env(
             agent_env = DropAgentState(robot_env)
         vec_env = VectorEnv([lambda: agent_env], mode="inline", smoothing=smoothing)
     else:
-        from dsrl.envs.wrappers import make_agent_env
-
-        kwargs = dict(config.env.kwargs)
-        # The demo env calls its agent image size `image_size`; the robot envs `resize_image`.
-        kwargs["image_size" if config.env.name == "demo" else "resize_image"] = (
-            config.env.image_size
-        )
-        env_fn = functools.partial(
-            make_agent_env, config.env.name, add_states=config.env.add_states, **kwargs
-        )
         with _ray_errors_as_config_errors():
             vec_env = VectorEnv(
-                [env_fn] * config.env.num_envs,
+                [agent_env_fn(config)] * config.env.num_envs,
                 mode=config.env.mode,
                 smoothing=smoothing,
                 start_timeout_s=config.env.start_timeout_s,
