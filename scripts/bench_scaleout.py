@@ -160,7 +160,9 @@ def main() -> None:
     parser.add_argument("--preset", default="demo", help="demo, or libero_cpu for real LIBERO")
     parser.add_argument("--workers", default="1,2,4", help="env worker counts")
     parser.add_argument("--backends", default=",".join(BACKENDS))
-    parser.add_argument("--policy_latency_ms", type=float, default=20.0)
+    parser.add_argument(
+        "--policy_latency_ms", type=float, default=75.0, help="Pi0: ~75 ms a chunk on a 4090"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (one episode/worker)")
     parser.add_argument("--learner_devices", default="1,2")
     parser.add_argument("--learner_blocks", type=int, default=3, help="timed update blocks")
