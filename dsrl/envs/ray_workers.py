@@ -58,6 +58,22 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+def _use_auth_token_if_any() -> None:
+    """`ray start` turns token authentication on by default and keeps the token in
+    ~/.ray/auth_token, but a client connecting from Python sends it only in token mode, else the
+    cluster refuses it with a puzzling error after 20 s of retries. Ray's own switch (what `ray
+    start` runs) enables token mode when a token is available (the file, RAY_AUTH_TOKEN or
+    RAY_AUTH_TOKEN_PATH) and RAY_AUTH_MODE is unset; a token also works with a cluster that has
+    authentication off."""
+    try:  # Ray 2.60 (pinned); it also refreshes Ray's config cached at import
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def ensure_ray(address: str = "", num_cpus: float | None = None) -> bool:
     """Connects this process to Ray unless it already is; True when it started a local Ray
     (then the caller owns it and shuts it down with `ray.shutdown()`).
@@ -73,6 +89,7 @@ def ensure_ray(address: str = "", num_cpus: float | None = None) -> bool:
     if address:
         if address != "auto":
             _check_reachable(address)
+        _use_auth_token_if_any()
         kwargs["address"] = address
     else:
         # The local workers import the same dsrl as this process, installed or not, and a closed
@@ -95,7 +112,9 @@ def ensure_ray(address: str = "", num_cpus: float | None = None) -> bool:
         raise ConnectionError(
             f"could not connect to Ray at --ray_address={address!r}: {reason}. Start a cluster "
             "with `ray start --head` on the head node and pass its address (host:6379, or "
-            "'auto' on a node of the cluster), or leave --ray_address empty for a local Ray."
+            "'auto' on a node of the cluster), or leave --ray_address empty for a local Ray. A "
+            "cluster with token authentication needs its token here too: copy the head's "
+            "~/.ray/auth_token, or set RAY_AUTH_TOKEN."
         ) from None
     return not address
 
