@@ -99,6 +99,9 @@ def ensure_ray(address: str = "", num_cpus: float | None = None) -> bool:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         cores = os.cpu_count() or 1
         kwargs |= {
+            # "local": a new Ray even when this machine runs a cluster (`ray start`) or left its
+            # address behind in /tmp/ray, which ray.init() would otherwise join.
+            "address": "local",
             "num_cpus": max(cores, math.ceil(num_cpus or 0)),
             "include_dashboard": False,
         }
