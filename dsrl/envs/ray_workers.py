@@ -112,6 +112,11 @@ def ensure_ray(address: str = "", num_cpus: float | None = None) -> bool:
             ray.init(**kwargs)
     except (ConnectionError, ValueError, RuntimeError, TimeoutError) as err:
         reason = str(err).strip().rstrip(".")
+        if not address:
+            raise ConnectionError(
+                f"could not start a local Ray: {reason}. Check the Ray logs under /tmp/ray, or "
+                "use --env_backend subprocess without base_policy.ray."
+            ) from None
         raise ConnectionError(
             f"could not connect to Ray at --ray_address={address!r}: {reason}. Start a cluster "
             "with `ray start --head` on the head node and pass its address (host:6379, or "
