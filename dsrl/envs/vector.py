@@ -7,6 +7,8 @@ one IPC round trip and one render per chunk instead of T. Two modes:
   * "subprocess" (default): each env lives in its own process (multiprocessing "spawn", safe
     with JAX/threads in the parent). Required for LIBERO and Aloha: their renderers must never
     share a process, and rendering is the bottleneck, so workers run in parallel.
+  * "ray": each env lives in a Ray actor (dsrl.envs.ray_workers), on this machine or across a
+    cluster; same chunks, same seeding, same restart and discard rules as "subprocess".
   * "inline": the envs live in this process and run one after the other; for cheap envs such
     as the numpy demo, where IPC would cost more than the env.
 
@@ -409,11 +411,13 @@ class VectorEnv:
         step_timeout_s: float = 300.0,
         max_worker_failures: int = 3,
         smoothing: ChunkSmoothing | None = None,
+        ray_address: str = "",
+        ray_num_cpus_per_worker: float = 1.0,
     ):
         if not env_fns:
             raise ValueError("VectorEnv needs at least one env_fn.")
-        if mode not in ("subprocess", "inline"):
-            raise ValueError(f"mode must be 'subprocess' or 'inline', got {mode!r}.")
+        if mode not in ("subprocess", "inline", "ray"):
+            raise ValueError(f"mode must be 'subprocess', 'inline' or 'ray', got {mode!r}.")
         if start_method not in ("spawn", "forkserver"):
             raise ValueError(
                 f"start_method must be 'spawn' or 'forkserver', got {start_method!r} (fork is "
@@ -442,6 +446,18 @@ class VectorEnv:
             self._envs = [fn() for fn in env_fns]
             specs = [env.spec for env in self._envs]
             self._workers = None
+        elif mode == "ray":
+            from dsrl.envs.ray_workers import RayWorkers
+
+            self._envs = None
+            self._workers = RayWorkers(
+                env_fns,
+                start_timeout_s=float(start_timeout_s),
+                max_worker_failures=max_worker_failures,
+                num_cpus_per_worker=ray_num_cpus_per_worker,
+                address=ray_address,
+            )
+            specs = self._workers.specs
         else:
             self._envs = None
             self._workers = _SubprocessWorkers(
@@ -479,6 +495,8 @@ class VectorEnv:
         """Process id of each env's worker (None in "inline" mode); changes on a restart."""
         if self._workers is None:
             return [None] * self.num_envs
+        if self.mode == "ray":
+            return list(self._workers.pids)
         return [proc.pid for proc in self._workers.procs]
 
     def _check_open(self) -> None:

@@ -39,10 +39,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from dsrl.training import loop
-from dsrl.training.evaluation import EvalResult, eval_seeds, evaluate
+from dsrl.training.evaluation import (
+    EvalResult,
+    eval_seeds,
+    evaluate,
+    iid_episode_noise,
+    mode_episode_noise,
+    sampled_episode_noise,
+    warmup_episode_noise,
+)
 
 SUMMARY_FILE = "summary.json"
 TABLE_FILE = "table.txt"
@@ -277,24 +283,18 @@ def run(
             f"{run_dir or config.env.name} on {len(seeds)} seeds -> {out_dir}")  # fmt: skip
 
         results: dict[str, EvalResult] = {}
-        holder = {"agent": agent}
-
-        def sampled(obs):
-            latents, holder["agent"] = holder["agent"].sample_actions(obs)
-            return latents
 
         def run_source(key: str, source: Any, videos: int = 0) -> None:
             results[key] = evaluate(vec_env, steering, source, seeds, num_video_episodes=videos)
 
         videos = cfg.num_video_episodes
         if agent is not None:
-            # The loop's order: sampled first (it advances the agent's key), then the mode.
-            run_source("actor_sampled", steering.agent_source(sampled), videos)
-            run_source("actor_mode", steering.agent_source(agent.eval_actions))
+            # The loop's per-episode noise: the run's evaluation of this checkpoint, exactly.
+            run_source("actor_sampled", sampled_episode_noise(steering, agent), videos)
+            run_source("actor_mode", mode_episode_noise(steering, agent))
             videos = 0
-        # The loop's fixed generators: the same base-policy noise as the run's evaluations.
-        run_source("base_iid", steering.iid_source(np.random.default_rng([cfg.seed, 3])), videos)
-        run_source("base_warmup", steering.warmup_source(np.random.default_rng([cfg.seed, 4])))
+        run_source("base_iid", iid_episode_noise(steering, cfg.seed, 3), videos)
+        run_source("base_warmup", warmup_episode_noise(steering, cfg.seed, 4))
 
         prefixes = {
             "actor_sampled": "evaluation",

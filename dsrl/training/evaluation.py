@@ -7,17 +7,26 @@ curves are comparable:
   evaluation_base_iid/*  the frozen base policy with i.i.d. N(0, I) noise over (H, D),
   evaluation_base_warmup/*  the base policy under the warm-up family (e.g. horizon-repeated noise),
 which shows how much the noise parameterisation alone changes the base policy.
+
+Each of these sources is an `EpisodeNoise`: episode k draws from its own stream (a generator or
+PRNG key derived from k), so its noise does not depend on which env worker runs it or which
+episodes run beside it. Spreading `eval_episodes` over many workers (e.g. 500 episodes over 50
+Ray workers) then gives the per-episode results of running them one after another, and an
+episode re-run after a worker failure replays exactly. (The base policy still runs batched over
+the workers; XLA may round a batch of one differently in the last bit, which moves no outcome
+we have seen.)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
-from dsrl.steering import NoiseSource, Steering
+from dsrl.steering import AgentObservation, NoiseSource, Steering
 from dsrl.training.rollout import Episode, Timer, run_episodes
 
 _EVAL_RERUNS = 2  # re-runs of an evaluation episode lost to an env worker failure
@@ -35,6 +44,64 @@ def eval_seeds(seed: int, num_episodes: int) -> list[int]:
     return [
         int(np.random.SeedSequence([seed, 1, i]).generate_state(1)[0]) for i in range(num_episodes)
     ]
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeNoise:
+    """A noise source drawn per evaluation episode: `make(k)` builds episode k's own NoiseSource,
+    which is called with that episode's observation alone (a batch of one), once per query."""
+
+    make: Callable[[int], NoiseSource]
+
+
+def iid_episode_noise(steering: Steering, seed: int, stream: int) -> EpisodeNoise:
+    """The base policy's i.i.d. N(0, I) noise, episode k from generator (seed, stream, k)."""
+    return EpisodeNoise(lambda k: steering.iid_source(np.random.default_rng([seed, stream, k])))
+
+
+def warmup_episode_noise(steering: Steering, seed: int, stream: int) -> EpisodeNoise:
+    """The warm-up latent family, episode k from generator (seed, stream, k)."""
+    return EpisodeNoise(lambda k: steering.warmup_source(np.random.default_rng([seed, stream, k])))
+
+
+def mode_episode_noise(steering: Steering, agent: Any) -> EpisodeNoise:
+    """The actor's distribution mode (deterministic), one episode per agent call."""
+    return EpisodeNoise(lambda k: steering.agent_source(agent.eval_actions))
+
+
+def sampled_episode_noise(steering: Steering, agent: Any) -> EpisodeNoise:
+    """The actor's sampled latents, episode k with PRNG key fold_in(agent.rng, k): the same at
+    every evaluation of the same agent (a checkpoint reproduces them), and the agent's own key
+    is not advanced."""
+
+    def make(k: int) -> NoiseSource:
+        holder = {"agent": agent.replace(rng=jax.random.fold_in(agent.rng, k))}
+
+        def act(obs: AgentObservation) -> np.ndarray:
+            latents, holder["agent"] = holder["agent"].sample_actions(obs)
+            return latents
+
+        return steering.agent_source(act)
+
+    return EpisodeNoise(make)
+
+
+def _round_source(source: NoiseSource | EpisodeNoise, episodes: Sequence[int]) -> NoiseSource:
+    """The batched source of one round of episodes (their indices in the evaluation's seeds);
+    rows past them (idle envs padding the batch) repeat the last episode's draw."""
+    if not isinstance(source, EpisodeNoise):
+        return source
+    own = [source.make(k) for k in episodes]
+
+    def batched(obs: AgentObservation) -> tuple[np.ndarray | None, np.ndarray]:
+        rows = [src({key: v[j : j + 1] for key, v in obs.items()}) for j, src in enumerate(own)]
+        pad = len(obs["state"]) - len(rows)
+        latents = None
+        if rows[0][0] is not None:
+            latents = np.concatenate([r[0] for r in rows] + [rows[-1][0]] * pad)
+        return latents, np.concatenate([r[1] for r in rows] + [rows[-1][1]] * pad)
+
+    return batched
 
 
 def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
@@ -84,7 +151,7 @@ def per_task_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
 def evaluate(
     vec_env: Any,
     steering: Steering,
-    source: NoiseSource,
+    source: NoiseSource | EpisodeNoise,
     seeds: Sequence[int],
     *,
     num_video_episodes: int = 0,
@@ -92,7 +159,9 @@ def evaluate(
     step_penalty: bool = True,
 ) -> EvalResult:
     """Run `len(seeds)` episodes in rounds of `vec_env.num_envs`, recording videos of the first
-    `num_video_episodes` (agent-view frames, only in the first round).
+    `num_video_episodes` (agent-view frames, only in the first round). An `EpisodeNoise` source
+    gives each episode its own noise stream (see the module docstring); a plain NoiseSource is
+    called for the whole round.
 
     An episode lost to an env worker failure (`Episode.discarded`) is re-run with its seed, up to
     `_EVAL_RERUNS` times, so the metrics cover the same fixed seeds; one still lost after that is
@@ -104,7 +173,7 @@ def evaluate(
         episodes += run_episodes(
             vec_env,
             steering,
-            source,
+            _round_source(source, range(start, start + len(round_seeds))),
             round_seeds,
             discount=1.0,
             store_transitions=False,
@@ -119,7 +188,7 @@ def evaluate(
             rerun = run_episodes(
                 vec_env,
                 steering,
-                source,
+                _round_source(source, batch),
                 [seeds[k] for k in batch],
                 discount=1.0,
                 store_transitions=False,

@@ -37,7 +37,16 @@ from dsrl.agents import spec as transition_keys
 from dsrl.agents.spec import TransitionSpec
 from dsrl.envs.vector import VectorEnvError
 from dsrl.steering import Steering
-from dsrl.training.evaluation import EvalResult, episode_metrics, eval_seeds, evaluate
+from dsrl.training.evaluation import (
+    EvalResult,
+    episode_metrics,
+    eval_seeds,
+    evaluate,
+    iid_episode_noise,
+    mode_episode_noise,
+    sampled_episode_noise,
+    warmup_episode_noise,
+)
 from dsrl.training.rollout import AGENT_KEYS, Episode, run_episodes
 
 log = logging.getLogger(__name__)
@@ -300,19 +309,21 @@ class _Trainer:
         cfg = self.config
         step = state.grad_steps
         row: dict[str, float] = {}
+        # Per-episode noise streams (evaluation.EpisodeNoise): the same results on any number
+        # of env workers.
         sampled = self._run_eval(
-            self.steering.agent_source(self._sampled_act), cfg.num_video_episodes
+            sampled_episode_noise(self.steering, self.agent), cfg.num_video_episodes
         )
         row |= _prefixed("evaluation", sampled.metrics)
-        mode = self._run_eval(self.steering.agent_source(self.agent.eval_actions))
+        mode = self._run_eval(mode_episode_noise(self.steering, self.agent))
         row |= _prefixed("evaluation_mode", mode.metrics)
         if include_base:
             # Fixed generators: the same base-policy noise at every evaluation, like the
             # reference's per-eval PRNGKey(seed + 456).
-            iid = self._run_eval(self.steering.iid_source(np.random.default_rng([cfg.seed, 3])))
+            iid = self._run_eval(iid_episode_noise(self.steering, cfg.seed, 3))
             row |= _prefixed("evaluation_base_iid", iid.metrics)
             if cfg.eval_base_warmup:
-                warm_source = self.steering.warmup_source(np.random.default_rng([cfg.seed, 4]))
+                warm_source = warmup_episode_noise(self.steering, cfg.seed, 4)
                 row |= _prefixed("evaluation_base_warmup", self._run_eval(warm_source).metrics)
         row |= self._counters(state)
         self._log(row, step)

@@ -52,7 +52,7 @@ CONFIG_VERSION = 2  # 2: the sectioned layout below; 1 (no "version" key): flat 
 CONFIG_FILE = "config.json"
 ALGORITHMS = ("pixel_sac", "dsrl_na")
 WANDB_MODES = ("offline", "online", "disabled")
-ENV_MODES = ("subprocess", "inline")
+ENV_MODES = ("subprocess", "inline", "ray")
 
 
 class ConfigError(ValueError):
@@ -70,6 +70,11 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def _is_host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
 # --------------------------------------------------------------------------------------------
 # The config
 
@@ -78,8 +83,10 @@ def _positive_int(value: Any) -> bool:
 class EnvSection:
     name: str = "demo"  # demo | libero | aloha | droid (the real robot)
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # env constructor
-    mode: str = "subprocess"  # env workers: "subprocess" or "inline" (in this process)
+    mode: str = "subprocess"  # env workers: "subprocess", "inline" (in this process) or "ray"
     num_envs: int = 1
+    ray_address: str = ""  # mode "ray": "" a local Ray in this process; "auto" | host:port
+    ray_num_cpus: float = 1.0  # mode "ray": CPUs each env worker asks of the cluster
     image_size: int = 64  # the agent's image size (the reference's --resize_image)
     robot: str = "droid"  # droid only: "droid" (hardware) or "sim" (a simulated RobotEnv)
     use_prefix_feature: bool = False  # droid only: append Pi0's prefix feature to the state
@@ -123,6 +130,14 @@ class EnvSection:
         _need(self.num_cameras >= 0, "env.num_cameras", ">= 0 (0: any)", self.num_cameras)
         if {"tasks", "task_sampling"} & set(self.kwargs):  # LIBERO suite tasks, checked now
             _suite_env_fns(self, dict(self.kwargs))
+        _need(self.ray_num_cpus >= 0, "env.ray_num_cpus", ">= 0", self.ray_num_cpus)
+        if self.ray_address:
+            _need(
+                self.ray_address == "auto" or _is_host_port(self.ray_address),
+                "env.ray_address",
+                "'auto', host:port (the head node of `ray start --head`), or '' for a local Ray",
+                self.ray_address,
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +154,8 @@ class BasePolicySection:
     # Pi0's chunk length (e.g. 50, the reference's LIBERO/Aloha horizon, on the `tiny` variant);
     # 0: the variant's own (full/dummy 50, tiny 10). A local Pi0 only.
     action_horizon: int = 0
+    ray: bool = False  # run the model in a Ray actor (the cluster of env.ray_address)
+    ray_num_gpus: float = 0.0  # ray only: GPUs the actor asks for (1: place it on a GPU node)
 
     def __post_init__(self):
         _need(self.kind in ("flow_mlp", "pi0"), "base_policy.kind", "flow_mlp or pi0", self.kind)
@@ -155,6 +172,13 @@ class BasePolicySection:
                 )
                 + ": remove --config.base_policy.action_horizon"
             )
+        _need(self.ray_num_gpus >= 0, "base_policy.ray_num_gpus", ">= 0", self.ray_num_gpus)
+        _need(
+            not (self.ray and self.remote),
+            "base_policy.ray",
+            "False with base_policy.remote (a policy server already runs the model elsewhere)",
+            self.ray,
+        )
         if self.remote:
             from dsrl.base_policies.remote import parse_address
 
@@ -246,6 +270,21 @@ class RunConfig:
     def __post_init__(self):
         self.learner_config()  # a bad learner option fails here, before anything starts
         loop.check_buffer_capacity(self.replay_capacity, self.loop)
+        self._check_ray()
+
+    def _check_ray(self) -> None:
+        """Ray settings that only make sense together."""
+        uses_ray = self.env.mode == "ray" or self.base_policy.ray
+        if self.env.ray_address and not uses_ray:
+            raise ConfigError(
+                f"--ray_address {self.env.ray_address} is given but nothing runs on Ray: add "
+                "--env_backend ray and/or --config.base_policy.ray=true, or drop --ray_address"
+            )
+        if self.base_policy.ray and self.agent.algorithm == "dsrl_na":
+            raise ConfigError(
+                "base_policy.ray=true cannot serve --algorithm dsrl_na, whose update runs the base "
+                "policy inside its jitted step in this process; drop base_policy.ray"
+            )
 
     @property
     def replay_capacity(self) -> int:
@@ -363,6 +402,8 @@ FLAGS = {
     "discount": "loop.discount",
     "resize_image": "env.image_size",
     "num_envs": "env.num_envs",
+    "env_backend": "env.mode",
+    "ray_address": "env.ray_address",
     "action_magnitude": "steering.action_magnitude",
     "query_freq": "steering.query_freq",
     "noise_mode": "steering.noise_mode",
@@ -428,6 +469,7 @@ CHOICES = {
     "log.wandb_mode": WANDB_MODES,
     "agent.critic_reduction": ("mean", "min"),
     "env.robot": ("droid", "sim"),
+    "env.mode": ENV_MODES,
 }
 # Flat keys of config version 1 (config.json, presets, `--config.<key>`) -> today's paths.
 LEGACY_KEYS = {
@@ -814,7 +856,33 @@ def check_logdir(logdir: str) -> None:
 
 
 def make_base_policy(config: RunConfig) -> Any:
+    """The frozen base policy: in this process, behind a policy server (base_policy.remote), or
+    in a Ray actor that builds it there (base_policy.ray; it owns a local Ray it starts)."""
     bp = config.base_policy
+    if not bp.ray:
+        return _make_local_base_policy(bp)
+    from dsrl.base_policies.ray_actor import RayBasePolicy
+
+    env_cpus = config.env.num_envs * config.env.ray_num_cpus if config.env.mode == "ray" else 0
+    with _ray_errors_as_config_errors():
+        return RayBasePolicy(
+            functools.partial(_make_local_base_policy, bp),
+            num_gpus=bp.ray_num_gpus,
+            ray_address=config.env.ray_address,
+            local_ray_cpus=env_cpus,  # a local Ray started here must fit the env workers too
+        )
+
+
+@contextlib.contextmanager
+def _ray_errors_as_config_errors():
+    """Ray missing or a cluster that does not answer: a ConfigError naming the fix."""
+    try:
+        yield
+    except (ImportError, ConnectionError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def _make_local_base_policy(bp: BasePolicySection) -> Any:
     if bp.remote:
         from dsrl.base_policies.remote import RemotePolicy, parse_address
         from dsrl.serving import API_KEY_ENV
@@ -981,6 +1049,29 @@ def build_run(
         raise
 
 
+def _env_kwargs(config: RunConfig) -> dict[str, Any]:
+    kwargs = dict(config.env.kwargs)
+    # The demo env calls its agent image size `image_size`; the robot envs `resize_image`.
+    kwargs["image_size" if config.env.name == "demo" else "resize_image"] = config.env.image_size
+    return kwargs
+
+
+def agent_env_fn(config: RunConfig) -> Any:
+    """A picklable zero-argument builder of one simulated env as the agent sees it."""
+    from dsrl.envs.wrappers import make_agent_env
+
+    return functools.partial(
+        make_agent_env, config.env.name, add_states=config.env.add_states, **_env_kwargs(config)
+    )
+
+
+def agent_env_fns(config: RunConfig) -> list[Any]:
+    """One builder per env worker: over a LIBERO suite's tasks when `env.kwargs.tasks` is set,
+    else `num_envs` copies of `agent_env_fn`."""
+    suite_fns = _suite_env_fns(config.env, _env_kwargs(config))
+    return suite_fns or [agent_env_fn(config)] * config.env.num_envs
+
+
 def make_vec_env(
     config: RunConfig,
     base_policy: Any,
@@ -1011,31 +1102,18 @@ def make_vec_env(
             agent_env = DropAgentState(robot_env)
         vec_env = VectorEnv([lambda: agent_env], mode="inline", smoothing=smoothing)
     else:
-        from dsrl.envs.wrappers import make_agent_env
-
-        kwargs = dict(config.env.kwargs)
-        # The demo env calls its agent image size `image_size`; the robot envs `resize_image`.
-        kwargs["image_size" if config.env.name == "demo" else "resize_image"] = (
-            config.env.image_size
-        )
-        env_fns = (
-            _suite_env_fns(config.env, kwargs)
-            or [
-                functools.partial(
-                    make_agent_env, config.env.name, add_states=config.env.add_states, **kwargs
-                )
-            ]
-            * config.env.num_envs
-        )
-        vec_env = VectorEnv(
-            env_fns,
-            mode=config.env.mode,
-            smoothing=smoothing,
-            start_timeout_s=config.env.start_timeout_s,
-            reset_timeout_s=config.env.reset_timeout_s,
-            step_timeout_s=config.env.step_timeout_s,
-            max_worker_failures=config.env.max_worker_failures,
-        )
+        with _ray_errors_as_config_errors():
+            vec_env = VectorEnv(
+                agent_env_fns(config),
+                mode=config.env.mode,
+                smoothing=smoothing,
+                start_timeout_s=config.env.start_timeout_s,
+                reset_timeout_s=config.env.reset_timeout_s,
+                step_timeout_s=config.env.step_timeout_s,
+                max_worker_failures=config.env.max_worker_failures,
+                ray_address=config.env.ray_address,
+                ray_num_cpus_per_worker=config.env.ray_num_cpus,
+            )
     resources.callback(vec_env.close)
     check_num_cameras(config, vec_env.spec.observation_spec)
     vec_env.robot_env = robot_env
