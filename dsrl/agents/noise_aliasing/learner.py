@@ -108,22 +108,7 @@ class NoiseAliasingLearner(Learner):
                 "NoiseAliasingLearner.create needs base_policy=... (a FlowMLPPolicy or a "
                 "JaxBasePolicy): DSRL-NA turns noise into action chunks inside its update"
             )
-        num_aliases = cfg.resolved_num_aliases(has_jax_sampler(base_policy))
-        if num_aliases and int(cfg.distill_noises_per_state) != 1:
-            raise ValueError(
-                f"distill_noises_per_state={cfg.distill_noises_per_state} draws fresh noises "
-                f"inside the update, but this learner stores {num_aliases} aliases per transition "
-                "(num_aliases -1 picks them for a base policy without a pure-JAX sampler): leave "
-                "distill_noises_per_state at 1"
-            )
-        policy = None if num_aliases else _in_update_policy(base_policy)
-        if policy is None and not all(
-            hasattr(base_policy, a) for a in ("noise_shape", "action_dim")
-        ):
-            raise ValueError(
-                f"base_policy {type(base_policy).__name__} has no noise_shape / action_dim: pass "
-                "the run's BasePolicy (e.g. Pi0Policy), whose chunks the stored aliases hold"
-            )
+        policy, num_aliases = _sampler_and_aliases(cfg, base_policy)
         if noise_fn is None:
             if noise_param is None:
                 raise ValueError(
@@ -413,15 +398,31 @@ def has_jax_sampler(base_policy: Any) -> bool:
     return True
 
 
-def _in_update_policy(base_policy: Any) -> JaxBasePolicy:
-    """The pure-JAX sampler of num_aliases = 0, or an error naming the stored-alias fix."""
-    try:
-        return as_jax_base_policy(base_policy)
-    except ValueError as e:
+def _sampler_and_aliases(cfg: NoiseAliasingConfig, base_policy: Any):
+    """(the pure-JAX sampler the update calls, or None with stored aliases; K) for `base_policy`
+    under `cfg.num_aliases`, or an error naming the fix."""
+    num_aliases = cfg.resolved_num_aliases(has_jax_sampler(base_policy))
+    if not num_aliases:
+        try:
+            return as_jax_base_policy(base_policy), 0
+        except ValueError as e:
+            raise ValueError(
+                f"{e} Or keep DSRL-NA and store aliases instead: num_aliases=0 asks for the "
+                "in-update path; pass --num_aliases 16 (the default, -1, picks it for this policy)."
+            ) from None
+    if int(cfg.distill_noises_per_state) != 1:
         raise ValueError(
-            f"{e} Or keep DSRL-NA and store aliases instead: num_aliases=0 asks for the "
-            "in-update path; pass --num_aliases 16 (the default, -1, picks it for this policy)."
-        ) from None
+            f"distill_noises_per_state={cfg.distill_noises_per_state} draws fresh noises inside "
+            f"the update, but this learner stores {num_aliases} aliases per transition "
+            "(num_aliases -1 picks them for a base policy without a pure-JAX sampler): leave "
+            "distill_noises_per_state at 1"
+        )
+    if not all(hasattr(base_policy, a) for a in ("noise_shape", "action_dim")):
+        raise ValueError(
+            f"base_policy {type(base_policy).__name__} has no noise_shape / action_dim: pass "
+            "the run's BasePolicy (e.g. Pi0Policy), whose chunks the stored aliases hold"
+        )
+    return None, num_aliases
 
 
 def _td_targets(learner: NoiseAliasingLearner, batch: dict[str, Any], bp_params):
