@@ -11,7 +11,9 @@ one prefix pass (`sample_actions_multi`). Random weights (`--pi0_checkpoint rand
 LIBERO chunk (50 x 32 noise, 20 executed steps). Reported per variant and K: the
 fastest of `--repeats` wall times per query (on a shared machine other jobs only ever add time)
 and the median CPU seconds of the process (all threads), with the ratios k{K}_over_k0 (wall) and
-k{K}_over_k0_cpu; `max_k16_over_k0` is the worst variant's wall ratio (target: at most 1.5).
+k{K}_over_k0_cpu; `max_k16_over_k0` is the worst timed variant's wall ratio (target: at most
+1.5). Also the FLOPs per query, counted from the config (`query_flops`), for the variants in
+`--flops_variants`, `full` included: {variant}_gflop_k0 and {variant}_flops_k{K}_over_k0.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if str(ROOT) not in sys.path:  # this checkout's dsrl, whatever is installed
     sys.path.insert(0, str(ROOT))
 
 from dsrl.base_policies.pi0 import Pi0Policy  # noqa: E402
+from dsrl.base_policies.pi0.config import Pi0Config  # noqa: E402
 from dsrl.steering import Steering, make_noise_param  # noqa: E402
 from dsrl.training.aliases import query_with_aliases  # noqa: E402
 
@@ -43,6 +46,36 @@ def libero_observation(num_envs: int, rng: np.random.Generator) -> dict:
         "prompt": ["pick up the black bowl between the plate and the ramekin and place it on the "
                    "plate"] * num_envs,
     }  # fmt: skip
+
+
+def query_flops(config: Pi0Config, num_aliases: int, num_steps: int, cameras: int = 2) -> float:
+    """Matmul FLOPs of one query (one observation) with K aliases, counted from the config:
+    SigLIP on `cameras` images, PaliGemma on the prefix, the action expert on 1 + K flows of
+    `num_steps` Euler steps (attention scores included; norms and embeddings left out). For the
+    sizes no CPU here can time (`full`); XLA's cost analysis counts a loop body only once."""
+
+    def gemma(g, tokens: int, keys: int) -> float:
+        projections = 2 * g.width * g.head_dim * (g.num_heads + g.num_kv_heads)
+        scores = 2 * g.num_heads * g.head_dim * keys
+        return 2.0 * tokens * g.depth * (projections + scores + 3 * g.width * g.mlp_dim)
+
+    vit = config.vision
+    per_image = config.tokens_per_image
+    vision = (
+        cameras
+        * 2.0
+        * vit.depth
+        * per_image
+        * (4 * vit.width**2 + 2 * vit.width * vit.mlp_dim + 2 * per_image * vit.width)
+    )
+    prefix = cameras * per_image + config.max_token_len
+    suffix = 1 + config.action_horizon  # the state token and the action tokens
+    flows = (1 + num_aliases) * num_steps
+    return (
+        vision
+        + gemma(config.paligemma, prefix, prefix)
+        + flows * gemma(config.action_expert, suffix, prefix + suffix)
+    )
 
 
 def time_queries(variant: str, args: argparse.Namespace) -> dict[str, float]:
@@ -94,6 +127,9 @@ def main() -> None:
     parser.add_argument("--num_steps", type=int, default=10, help="flow-integration steps")
     parser.add_argument("--action_horizon", type=int, default=50, help="Pi0-LIBERO's 50")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--flops_variants", default="tiny,dummy,full", help="counted, not timed (query_flops)"
+    )
     args = parser.parse_args()
     if not args.aliases.startswith("0,"):
         parser.error("--aliases must start with 0 (the baseline the ratios divide by)")
@@ -105,6 +141,13 @@ def main() -> None:
         "action_horizon": args.action_horizon,
     }
     ratios = []
+    for variant in args.flops_variants.split(","):
+        config = Pi0Config.from_name(variant, action_horizon=args.action_horizon)
+        base = query_flops(config, 0, args.num_steps)
+        result[f"{variant}_gflop_k0"] = round(base / 1e9, 1)
+        for k in (4, 16):
+            ratio = query_flops(config, k, args.num_steps) / base
+            result[f"{variant}_flops_k{k}_over_k0"] = round(ratio, 3)
     for variant in args.variants.split(","):
         for key, value in time_queries(variant, args).items():
             result[f"{variant}_{key}"] = value
