@@ -144,7 +144,7 @@ def main() -> None:
     for variant in args.flops_variants.split(","):
         config = Pi0Config.from_name(variant, action_horizon=args.action_horizon)
         base = query_flops(config, 0, args.num_steps)
-        result[f"{variant}_gflop_k0"] = round(base / 1e9, 1)
+        result[f"{variant}_gflop_k0"] = round(base / 1e9, 3)
         for k in (4, 16):
             ratio = query_flops(config, k, args.num_steps) / base
             result[f"{variant}_flops_k{k}_over_k0"] = round(ratio, 3)
