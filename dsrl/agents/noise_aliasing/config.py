@@ -19,7 +19,8 @@ from dsrl.agents.config import SACConfig
 
 DISTILL_TARGETS = ("per_head", "mean")
 # Aliases stored per transition when `num_aliases` is "auto" and the base policy has no pure-JAX
-# sampler: Pi0 makes 16 extra chunks in its query's prefix pass for about 1.3x one chunk's time.
+# sampler (Pi0). They share the query's prefix pass: 16 cost 1.33x a plain query on the `dummy`
+# Pi0 (CPU), 2.9x by FLOPs on the full one (K = 4: 1.47x); see docs/dsrl_na.md.
 AUTO_ALIASES = 16
 NOISE_CRITIC_ENCODERS = ("separate", "shared")
 
