@@ -286,8 +286,16 @@ def test_bad_inputs_name_the_problem():
         learner.update(no_policy_obs)
     with pytest.raises(ValueError, match="noise_param"):
         NoiseAliasingLearner.create(0, SPEC, 3, small_config(), base_policy=linear_base_policy())
-    with pytest.raises(ValueError, match="pure-JAX sampler"):
-        NoiseAliasingLearner.create(0, SPEC, 3, small_config(), base_policy=object())
+    noise_param = make_noise_param("repeat", (HORIZON, NOISE_DIM), 1.5)
+    # The in-update path needs a pure-JAX sampler; the error names the stored-alias way out.
+    with pytest.raises(ValueError, match="pure-JAX sampler.*--num_aliases 16"):
+        NoiseAliasingLearner.create(
+            0, SPEC, 3, small_config(num_aliases=0), base_policy=object(), noise_param=noise_param
+        )
+    with pytest.raises(ValueError, match="no noise_shape / action_dim"):
+        NoiseAliasingLearner.create(
+            0, SPEC, 3, small_config(), base_policy=object(), noise_param=noise_param
+        )
     with pytest.raises(ValueError, match="distill_target"):
         small_config(distill_target="median")
     with pytest.raises(ValueError, match="unknown config keys"):

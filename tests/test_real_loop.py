@@ -229,10 +229,13 @@ def test_real_loop_end_to_end_with_resume(tmp_path):
         assert "episode 3" in kb2.prompts[0]
 
 
-def test_real_launcher_rejects_dsrl_na_on_a_policy_server_before_training(tmp_path, capsys):
-    """DSRL-NA runs the base policy inside its jitted update; a policy server cannot be run
-    there. The real launcher says so (the learner's own message) before any episode, closes the
-    keyboard and leaves no run directory."""
+def test_real_launcher_rejects_in_update_dsrl_na_on_a_policy_server_before_training(
+    tmp_path, capsys
+):
+    """DSRL-NA's in-update path (--num_aliases 0) runs the base policy inside its jitted update; a
+    policy server cannot be run there. The real launcher says so (the learner's own message,
+    naming stored aliases and DSRL-SAC as the ways out) before any episode, closes the keyboard
+    and leaves no run directory. (By default DSRL-NA stores aliases with such a policy.)"""
     from dsrl.serving import PolicyServer
 
     launcher = _launcher()
@@ -240,7 +243,8 @@ def test_real_launcher_rejects_dsrl_na_on_a_policy_server_before_training(tmp_pa
         kb = ScriptedKeyboard(answers=["\n", "1"])
         argv = [
             "--robot", "sim", "--pi0_remote", f"127.0.0.1:{server.port}", "--algorithm",
-            "dsrl_na", *[f"--{k}={v}" for k, v in IDS.items()], "--resize_image", "32",
+            "dsrl_na", "--num_aliases", "0", *[f"--{k}={v}" for k, v in IDS.items()],
+            "--resize_image", "32",
             "--hidden_dims", "16", "--wandb_mode", "disabled", "--logdir", str(tmp_path),
             "--no_progress", "--config.env_kwargs.control_hz=0",
         ]  # fmt: skip
@@ -249,5 +253,6 @@ def test_real_launcher_rejects_dsrl_na_on_a_policy_server_before_training(tmp_pa
     assert excinfo.value.code == 2
     err = capsys.readouterr().err
     assert "pure-JAX sampler" in err and "--algorithm pixel_sac" in err
+    assert "--num_aliases 16" in err
     assert kb.prompts == []  # no episode was started
     assert list(tmp_path.iterdir()) == []

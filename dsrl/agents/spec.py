@@ -18,6 +18,11 @@ NEXT_OBSERVATIONS = "next_observations"
 LATENTS = "latents"  # the agent's output (B, latent_dim); never called "actions"
 ACTION_CHUNKS = "action_chunks"  # the executed part of the base policy's chunk (query_freq, A)
 NOISE = "noise"  # the base policy's noise (H, D) that produced the chunk
+# DSRL-NA's stored aliases: K extra latents drawn at the query and the executed part of the chunk
+# the base policy made of each, computed in the same base-policy call as the executed chunk.
+ALIAS_LATENTS = "alias_latents"  # (K, latent_dim), float16
+ALIAS_CHUNKS = "alias_chunks"  # (K, query_freq, A), float16
+ALIAS_DTYPE = "float16"
 REWARDS, MASKS, DISCOUNTS = "rewards", "masks", "discounts"
 COMMON_KEYS = (OBSERVATIONS, LATENTS, REWARDS, MASKS, DISCOUNTS, NEXT_OBSERVATIONS)
 
@@ -30,7 +35,13 @@ class TransitionSpec:
       and the noise that produced it ("noise", (H, D)).
     policy_observation_keys: base-policy observation keys stored next to the agent's "pixels" and
       "state" in "observations" and "next_observations".
+    num_aliases: K > 0 also stores K aliases per transition: latents z_k ~ N(0, I) drawn at the
+      query ("alias_latents") and the executed part of pi_dp(s, noise(z_k)) ("alias_chunks"),
+      both float16 (z_k is drawn float16-exact, so the stored pair is consistent).
+    clip_aliases: clip the alias latents to +-action_magnitude before use.
     """
 
     action_chunks: bool = False
     policy_observation_keys: tuple[str, ...] = ()
+    num_aliases: int = 0
+    clip_aliases: bool = False

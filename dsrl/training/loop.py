@@ -206,7 +206,8 @@ def example_transition(
     and of every base-policy key in `transition_spec.policy_observation_keys`; the stored
     observations hold exactly the agent keys plus those. The "latents" have the steering's
     `latent_dim`; with `transition_spec.action_chunks`, the executed "action_chunks"
-    (query_freq, robot action dim) and the "noise" (H, D) are the steering's shapes too."""
+    (query_freq, robot action dim) and the "noise" (H, D) are the steering's shapes too, and so
+    are the `transition_spec.num_aliases` aliases ("alias_latents", "alias_chunks")."""
     keys = (*AGENT_KEYS, *transition_spec.policy_observation_keys)
     missing = [k for k in keys if k not in observation_spec]
     if missing:
@@ -230,7 +231,21 @@ def example_transition(
         transition[transition_keys.NOISE] = np.zeros(
             tuple(steering.noise_param.noise_shape), np.float32
         )
+    transition |= example_aliases(steering, transition_spec.num_aliases)
     return transition
+
+
+def example_aliases(steering: Steering, num_aliases: int) -> dict[str, np.ndarray]:
+    """The zero alias fields of one transition (none for K = 0): K latents and K executed
+    chunks, stored as float16 (see docs/dsrl_na.md for the bytes per transition)."""
+    if not num_aliases:
+        return {}
+    dtype = np.dtype(transition_keys.ALIAS_DTYPE)
+    chunk_shape = (steering.query_freq, int(steering.base_policy.action_dim))
+    return {
+        transition_keys.ALIAS_LATENTS: np.zeros((num_aliases, steering.latent_dim), dtype),
+        transition_keys.ALIAS_CHUNKS: np.zeros((num_aliases, *chunk_shape), dtype),
+    }
 
 
 def check_buffer_capacity(capacity: int, config: LoopConfig) -> None:
@@ -360,6 +375,7 @@ class _Trainer:
                 transition_spec=self.transition_spec,
                 timer=self.watch,
                 step_penalty=cfg.use_step_penalty,
+                alias_rng=np.random.default_rng([cfg.seed, 5, state.num_online_trajs]),
             )
         # Episodes lost to an env worker failure are not stored (ChunkResult.worker_restarted).
         episodes = [e for e in all_episodes if not e.discarded]

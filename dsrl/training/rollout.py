@@ -32,6 +32,7 @@ from dsrl.agents.spec import TransitionSpec
 from dsrl.envs.libero_suite import TASK_ID_KEY
 from dsrl.envs.vector import video_frame
 from dsrl.steering import AgentObservation, NoiseSource, Steering
+from dsrl.training.aliases import query_with_aliases
 
 Observation = dict[str, Any]
 AGENT_KEYS = ("pixels", "state")
@@ -120,6 +121,7 @@ def run_episodes(
     record_frames: bool = False,
     timer: Timer | None = None,
     step_penalty: bool = True,
+    alias_rng: np.random.Generator | None = None,
 ) -> list[Episode]:
     """Run one episode in each of the first `len(seeds)` envs of `vec_env`, in lock-step.
 
@@ -131,12 +133,17 @@ def run_episodes(
     Each stored transition holds `dsrl.agents.spec.COMMON_KEYS` plus what `transition_spec` asks
     for: `action_chunks` adds the executed "action_chunks" (query_freq, robot action dim) and the
     "noise" (H, D) that produced them; `policy_observation_keys` adds those base-policy
-    observation keys to the stored "observations" / "next_observations".
+    observation keys to the stored "observations" / "next_observations"; `num_aliases` K > 0
+    adds K (latent, executed chunk) aliases per transition, drawn from `alias_rng` and computed
+    in the same base-policy call as the executed chunk (`dsrl.training.aliases`).
 
     step_penalty: the agent's reward is -1 per query and 0 on success (the reference); False:
     0 per query and +1 on success (RLinf's `use_step_penalty: False`, reward_coef 1).
     """
     timer = timer or NullTimer()
+    num_aliases = int(transition_spec.num_aliases) if store_transitions else 0
+    if num_aliases and alias_rng is None:
+        raise ValueError("a transition spec with num_aliases > 0 needs alias_rng=<Generator>")
     num_envs = int(vec_env.num_envs)
     n = len(seeds)
     if not 1 <= n <= num_envs:
@@ -170,7 +177,18 @@ def run_episodes(
         if store_transitions and latents is None:
             raise ValueError("store_transitions=True needs a noise source that returns latents")
         with timer.section("base_policy"):
-            chunks = steering.base_policy.sample_actions(stack_observations(obs_list), noise)
+            policy_obs = stack_observations(obs_list)
+            if num_aliases:  # the aliases' chunks come from the same base-policy call
+                chunks, alias_latents, alias_chunks = query_with_aliases(
+                    steering,
+                    policy_obs,
+                    noise,
+                    alias_rng,
+                    num_aliases,
+                    transition_spec.clip_aliases,
+                )
+            else:
+                chunks = steering.base_policy.sample_actions(policy_obs, noise)
         executed = np.asarray(chunks, dtype=np.float32)[:, : steering.query_freq]
         with timer.section("env"):
             kwargs = {}
@@ -217,6 +235,9 @@ def run_episodes(
                 if transition_spec.action_chunks:
                     transition[transition_keys.ACTION_CHUNKS] = executed[i]
                     transition[transition_keys.NOISE] = noise[i]
+                if num_aliases:
+                    transition[transition_keys.ALIAS_LATENTS] = alias_latents[i]
+                    transition[transition_keys.ALIAS_CHUNKS] = alias_chunks[i]
                 transitions[i].append(transition)
             if record_frames:
                 chunk_frames = _frames_to_rgb(res.frames)

@@ -302,10 +302,7 @@ class RunConfig:
         fields = {f.name for f in dataclasses.fields(config_cls)}
         unknown = sorted(set(values) - fields)
         if unknown:
-            raise ConfigError(
-                f"unknown learner option(s) {unknown} in agent; the {self.agent.algorithm} "
-                f"learner accepts {sorted(fields)}"
-            )
+            raise unknown_learner_options(self.agent.algorithm, unknown, fields)
         values["action_magnitude"] = float(self.steering.action_magnitude)
         if "discount" in fields:
             values["discount"] = float(self.loop.discount)
@@ -426,6 +423,7 @@ FLAGS = {
     "encoder_type": "agent.encoder",
     "use_step_penalty": "loop.use_step_penalty",
     "train_actor_steps": "agent.train_actor_steps",
+    "num_aliases": "agent.num_aliases",  # DSRL-NA's stored aliases per transition
     "blend_steps": "env.blend_steps",
     "max_action_delta": "env.max_action_delta",
     # The reference's encoder flags (its learner's constructor arguments).
@@ -613,10 +611,7 @@ def _field_hint(tree: Mapping[str, Any], path: str) -> Any:
         _, config_cls = learner_classes(algorithm)
         learner_hints = typing.get_type_hints(config_cls)
         if rest not in learner_hints:
-            raise ConfigError(
-                f"unknown learner option(s) [{rest!r}] in agent; the {algorithm} learner "
-                f"accepts {sorted(learner_hints)}"
-            )
+            raise unknown_learner_options(algorithm, [rest], learner_hints)
         return learner_hints[rest]
     field, _, deeper = rest.partition(".")
     section_hints = typing.get_type_hints(hints[section])
@@ -627,6 +622,28 @@ def _field_hint(tree: Mapping[str, Any], path: str) -> Any:
             raise ConfigError(f"unknown config key {path!r}: {section}.{field} is a value")
         return Any
     return section_hints[field]
+
+
+def unknown_learner_options(algorithm: str, unknown: Sequence[str], accepted: Any) -> ConfigError:
+    """The error for learner options the algorithm lacks, naming the algorithm that has them
+    (e.g. --num_aliases with pixel_sac)."""
+    hints = []
+    for name in unknown:
+        owners = [
+            other
+            for other in ALGORITHMS
+            if other != algorithm and name in typing.get_type_hints(learner_classes(other)[1])
+        ]
+        if owners:
+            flag = f"--{_FLAG_OF.get(f'agent.{name}', f'config.agent.{name}')}"
+            hints.append(
+                f"{flag} is an option of {' / '.join(owners)} only: pass --algorithm "
+                f"{owners[0]} or drop it"
+            )
+    return ConfigError(
+        f"unknown learner option(s) {sorted(unknown)} in agent; the {algorithm} learner accepts "
+        f"{sorted(accepted)}" + "".join(f"; {h}" for h in hints)
+    )
 
 
 def apply(tree: dict[str, Any], key: str, value: Any, *, where: str) -> None:

@@ -18,6 +18,10 @@ import ml_collections
 from dsrl.agents.config import SACConfig
 
 DISTILL_TARGETS = ("per_head", "mean")
+# Aliases stored per transition when `num_aliases` is "auto" and the base policy has no pure-JAX
+# sampler (Pi0). They share the query's prefix pass: 16 cost 1.33x a plain query on the `dummy`
+# Pi0 (CPU), 2.9x by FLOPs on the full one (K = 4: 1.47x); see docs/dsrl_na.md.
+AUTO_ALIASES = 16
 NOISE_CRITIC_ENCODERS = ("separate", "shared")
 
 
@@ -51,6 +55,15 @@ class NoiseAliasingConfig(SACConfig):
     # on all B * M pairs). M = 1 is the official code. More noises per state cover the noise
     # space around each state in one step, which is what Q^W is distilled for.
     distill_noises_per_state: int = 1
+    # K aliases stored per transition. K = 0: each distillation step runs the base policy inside
+    # the update on fresh noise, and so does the Q^A target (needs a pure-JAX sampler, e.g. the
+    # demo's flow MLP). K > 0: the loop draws K latents z ~ N(0, I) at each query and stores them
+    # with the executed part of their chunks, computed in the query's own base-policy call (Pi0:
+    # one prefix pass for all 1 + K noises); each distillation step regresses Q^W on the
+    # B states x K stored aliases, and the Q^A target bootstraps through a target copy of Q^W.
+    # No base-policy call inside the update. -1 ("auto"): 0 for a base policy with a pure-JAX
+    # sampler, AUTO_ALIASES otherwise (Pi0, local or remote).
+    num_aliases: int = -1
 
     def __post_init__(self):
         super().__post_init__()
@@ -73,6 +86,18 @@ class NoiseAliasingConfig(SACConfig):
             f"distill_noises_per_state must be >= 1, got {self.distill_noises_per_state}",
         )
         need(
+            int(self.num_aliases) >= -1,
+            f"num_aliases must be >= 0 (stored aliases per transition) or -1 (auto), got "
+            f"{self.num_aliases}; set --num_aliases",
+        )
+        need(
+            int(self.num_aliases) <= 0 or int(self.distill_noises_per_state) == 1,
+            f"distill_noises_per_state={self.distill_noises_per_state} draws fresh noises inside "
+            f"the update, but with num_aliases={self.num_aliases} each distillation step uses the "
+            "K stored aliases of each state: leave distill_noises_per_state at 1, or set "
+            "num_aliases=0",
+        )
+        need(
             self.distill_target in DISTILL_TARGETS,
             f"distill_target must be one of {DISTILL_TARGETS}, got {self.distill_target!r}",
         )
@@ -85,6 +110,12 @@ class NoiseAliasingConfig(SACConfig):
     def num_distill_steps(self, num_critic_steps: int) -> int:
         """Distillation steps that go with `num_critic_steps` critic/actor steps (>= 1)."""
         return max(1, round(num_critic_steps * self.noise_critic_grad_steps / self.utd))
+
+    def resolved_num_aliases(self, has_jax_sampler: bool) -> int:
+        """K for a base policy with or without a pure-JAX sampler ("auto" = -1 resolved)."""
+        if int(self.num_aliases) >= 0:
+            return int(self.num_aliases)
+        return 0 if has_jax_sampler else AUTO_ALIASES
 
 
 def default_config() -> ml_collections.ConfigDict:
