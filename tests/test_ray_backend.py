@@ -246,10 +246,14 @@ def test_ray_base_policy_one_batched_actor_call_per_query(local_ray, steering):
         remote.close()
 
 
-def test_launcher_run_on_ray_env_workers_and_a_ray_base_policy(local_ray, tmp_path, capsys):
+@pytest.mark.parametrize("algorithm", ["pixel_sac", "dsrl_na"])
+def test_launcher_run_on_ray_env_workers_and_a_ray_base_policy(
+    local_ray, tmp_path, capsys, algorithm
+):
     """examples/launch_train_sim.py end to end with --env_backend ray and the base policy in a
     Ray actor (the run that used to hang: the policy actor no longer takes a CPU from the env
-    workers)."""
+    workers). DSRL-NA gets its distillation targets from aliases stored at each query (one
+    multi-noise call to the actor), never from the actor inside its update."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -261,8 +265,8 @@ def test_launcher_run_on_ray_env_workers_and_a_ray_base_policy(local_ray, tmp_pa
         "--env", "demo", "--env_backend", "ray", "--config.base_policy.ray=true",
         "--num_envs", "2", "--max_steps", "32", "--start_online_updates", "30",
         "--eval_interval", "1000", "--eval_episodes", "2", "--logdir", str(tmp_path),
-        "--no_progress", "--config.loop.num_video_episodes=0",
-    ]  # fmt: skip
+        "--no_progress", "--config.loop.num_video_episodes=0", "--algorithm", algorithm,
+    ] + (["--num_aliases", "4"] if algorithm == "dsrl_na" else [])  # fmt: skip
     assert launcher.main(argv) == 0
     (run_dir,) = tmp_path.iterdir()
     rows = read_metrics(run_dir)
@@ -270,6 +274,9 @@ def test_launcher_run_on_ray_env_workers_and_a_ray_base_policy(local_ray, tmp_pa
     evals = [r for r in rows if "evaluation_mode/success_rate" in r]
     assert len(evals) == 2  # at step 0 and at the end
     assert "DSRL, deterministic (actor mode)" in capsys.readouterr().out
+    if algorithm == "dsrl_na":  # the distillation ran, on the stored aliases
+        trained = [r for r in rows if "training/noise_critic_loss" in r]
+        assert trained and np.isfinite(trained[-1]["training/noise_critic_loss"])
 
 
 def test_ray_backend_without_ray_installed_is_one_clear_error(tmp_path):

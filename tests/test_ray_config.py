@@ -15,8 +15,12 @@ from dsrl.training import run as run_lib
         ([("env.mode", "ray"), ("env.ray_address", "headnode")], ["env.ray_address", "host:port"]),
         ([("env.ray_address", "10.0.0.1:6379")], ["--ray_address", "--env_backend ray"]),
         (
-            [("agent.algorithm", "dsrl_na"), ("base_policy.ray", "true")],
-            ["dsrl_na", "drop base_policy.ray"],
+            [
+                ("agent.algorithm", "dsrl_na"),
+                ("agent.num_aliases", "0"),
+                ("base_policy.ray", "true"),
+            ],
+            ["dsrl_na", "--num_aliases 0", "drop base_policy.ray"],
         ),
         (
             [("base_policy.ray", "true"), ("base_policy.remote", "127.0.0.1:8000")],

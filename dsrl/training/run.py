@@ -280,10 +280,12 @@ class RunConfig:
                 f"--ray_address {self.env.ray_address} is given but nothing runs on Ray: add "
                 "--env_backend ray and/or --config.base_policy.ray=true, or drop --ray_address"
             )
-        if self.base_policy.ray and self.agent.algorithm == "dsrl_na":
+        in_update = self.agent.learner.get("num_aliases", -1) == 0
+        if self.base_policy.ray and self.agent.algorithm == "dsrl_na" and in_update:
             raise ConfigError(
-                "base_policy.ray=true cannot serve --algorithm dsrl_na, whose update runs the base "
-                "policy inside its jitted step in this process; drop base_policy.ray"
+                "base_policy.ray=true cannot serve --algorithm dsrl_na with --num_aliases 0, whose "
+                "update runs the base policy inside its jitted step in this process; keep the "
+                "stored aliases (--num_aliases -1 or K > 0) or drop base_policy.ray"
             )
 
     @property
