@@ -1174,6 +1174,12 @@ def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
     robot_env = vec_env.robot_env
     agent = make_agent(config, vec_env.spec.observation_spec, steering)
     spec = agent.transition_spec()
+    if spec.num_aliases and not hasattr(base_policy, "sample_actions_multi"):
+        log(
+            f"[dsrl] note: {spec.num_aliases} stored aliases per query on a base policy without "
+            "prefix reuse (e.g. a policy server) cost that many extra full passes per query; "
+            "lower --num_aliases if queries are too slow (fewer distillation targets)"
+        )
     if config.replay.store_action_chunks:
         spec = dataclasses.replace(spec, action_chunks=True)
     # The base policy's observation keys the learner asks for have the learner's shapes.
