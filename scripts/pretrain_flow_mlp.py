@@ -4,7 +4,7 @@
    to the fork, then to a goal drawn 50/50 per demo REGARDLESS of the cue, with small Gaussian
    action perturbations for state coverage. Labels are the executed actions, cut into chunks of
    the policy horizon (padded with zero "stay" actions after the goal).
-2. Flow matching (Pi0's loss, `flow_mlp.flow_matching_loss`), Adam with cosine decay, seeded.
+2. Flow matching (Pi0's loss), `flow_mlp.train_flow_matching`: AdamW with cosine decay, seeded.
 3. Evaluation over seeded episodes: base success with i.i.d. noise (should be ~0.5: the policy
    cannot see the cue), with noise from the agent's warm-up family (`repeat` mode, N(0,1) clipped
    to +-action_magnitude), and a per-query best-of-K oracle over i.i.d. and over `repeat` noise

@@ -2,18 +2,22 @@
 
 1. Demonstrations on the real LIBERO task (`dsrl.envs.libero_scripted`, libero_object task 8 by
    default), in worker processes, without rendering. Each demonstration draws one grasp offset
-   (uniform in `offset_x` along the box, `offset_y` across the fingers; see --offset_y) and keeps it for the
-   whole episode, plus small Gaussian noise on the motion actions; every demonstration is kept,
+   and keeps it for the whole episode: along the box (x) uniform in `offset_x`, across the
+   fingers (y) from one of the `offset_y` intervals, picked with equal probability. By default
+   half the demos grasp centred (y within +-0.5 cm) and half 2.5-3.5 cm off, where the grasp
+   slips: the cloned policy has two modes and its noise picks one per chunk, so i.i.d. noise
+   mixes them and succeeds rarely, while a latent that keeps picking the centred mode succeeds
+   often. Small Gaussian noise is added on the motion actions; every demonstration is kept,
    the failed ones included. The initial layouts come from robosuite's placement sampler with
    seeds disjoint from the evaluation's. Labels are the executed actions cut into chunks of the
    policy horizon (padded with "hold still, gripper open" after the episode).
-2. Flow matching (Pi0's loss, `flow_mlp.flow_matching_loss`), Adam with cosine decay, seeded.
+2. Flow matching (Pi0's loss), `flow_mlp.train_flow_matching`: AdamW with cosine decay, seeded.
 3. Evaluation with the policy's own chunks (`query_freq` steps of each, like the DSRL loop): base
    success with i.i.d. noise, and with the all-zero noise, over `eval_episodes` seeded layouts.
 4. Writes config.json + params.npz + params.sha256 (default: dsrl/assets/flow_mlp_libero) and
    prints ONE JSON line.
 
-  python scripts/pretrain_flow_mlp_libero.py          # ~10 minutes on 2 CPU cores
+  python scripts/pretrain_flow_mlp_libero.py          # ~15 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
