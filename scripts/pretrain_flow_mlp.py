@@ -4,7 +4,7 @@
    to the fork, then to a goal drawn 50/50 per demo REGARDLESS of the cue, with small Gaussian
    action perturbations for state coverage. Labels are the executed actions, cut into chunks of
    the policy horizon (padded with zero "stay" actions after the goal).
-2. Flow matching (Pi0's loss, `flow_mlp.flow_matching_loss`), Adam with cosine decay, seeded.
+2. Flow matching (Pi0's loss), `flow_mlp.train_flow_matching`: AdamW with cosine decay, seeded.
 3. Evaluation over seeded episodes: base success with i.i.d. noise (should be ~0.5: the policy
    cannot see the cue), with noise from the agent's warm-up family (`repeat` mode, N(0,1) clipped
    to +-action_magnitude), and a per-query best-of-K oracle over i.i.d. and over `repeat` noise
@@ -26,16 +26,13 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 from dsrl.base_policies.flow_mlp import (  # noqa: E402
     DEMO_ASSET_DIR,
     FlowMLPConfig,
     FlowMLPPolicy,
-    flow_matching_loss,
-    init_params,
+    train_flow_matching,
 )
 from dsrl.envs.demo import (  # noqa: E402
     DemoEnv,
@@ -79,42 +76,6 @@ def collect_demonstrations(
         lengths.append(len(traj_states))
     stats = {"demo_reached_own_goal": reached / num_demos, "demo_mean_len": float(np.mean(lengths))}
     return np.asarray(states, np.float32), np.asarray(chunks, np.float32), stats
-
-
-def train(
-    config: FlowMLPConfig,
-    states: np.ndarray,
-    chunks: np.ndarray,
-    *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-) -> tuple[dict, list[float]]:
-    params = init_params(config, seed)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(500, steps // 10), steps, lr * 0.05)
-    optimizer = optax.adamw(schedule, weight_decay=1e-4)
-    opt_state = optimizer.init(params)
-
-    @jax.jit
-    def update(params, opt_state, states, chunks, rng):
-        loss, grads = jax.value_and_grad(
-            lambda p: flow_matching_loss(config, p, states, chunks, rng)
-        )(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    data_rng = np.random.default_rng(seed)
-    key = jax.random.PRNGKey(seed)
-    losses = []
-    for step in range(steps):
-        idx = data_rng.integers(0, len(states), batch_size)
-        key, sub = jax.random.split(key)
-        params, opt_state, loss = update(params, opt_state, states[idx], chunks[idx], sub)
-        if step % 1000 == 0 or step == steps - 1:
-            losses.append(float(loss))
-            print(f"[pretrain] step {step:6d} loss {float(loss):.4f}", file=sys.stderr)
-    return params, losses
 
 
 def evaluate(
@@ -181,7 +142,7 @@ def main() -> None:
         args.num_demos, config.horizon, args.seed, env_config, args.action_noise
     )
     print(f"[pretrain] {len(states)} (state, chunk) pairs, {demo_stats}", file=sys.stderr)
-    params, losses = train(
+    params, losses = train_flow_matching(
         config,
         states,
         chunks,
@@ -189,6 +150,7 @@ def main() -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        log=lambda line: print(f"[pretrain] {line}", file=sys.stderr),
     )
     train_seconds = time.perf_counter() - start
     policy = FlowMLPPolicy(config, params)

@@ -2,18 +2,22 @@
 
 1. Demonstrations on the real LIBERO task (`dsrl.envs.libero_scripted`, libero_object task 8 by
    default), in worker processes, without rendering. Each demonstration draws one grasp offset
-   (uniform in `offset_x` along the box, `offset_y` across the fingers; see --offset_y) and keeps it for the
-   whole episode, plus small Gaussian noise on the motion actions; every demonstration is kept,
+   and keeps it for the whole episode: along the box (x) uniform in `offset_x`, across the
+   fingers (y) from one of the `offset_y` intervals, picked with equal probability. By default
+   half the demos grasp centred (y within +-0.5 cm) and half 2.5-3.5 cm off, where the grasp
+   slips: the cloned policy has two modes and its noise picks one per chunk, so i.i.d. noise
+   mixes them and succeeds rarely, while a latent that keeps picking the centred mode succeeds
+   often. Small Gaussian noise is added on the motion actions; every demonstration is kept,
    the failed ones included. The initial layouts come from robosuite's placement sampler with
    seeds disjoint from the evaluation's. Labels are the executed actions cut into chunks of the
    policy horizon (padded with "hold still, gripper open" after the episode).
-2. Flow matching (Pi0's loss, `flow_mlp.flow_matching_loss`), Adam with cosine decay, seeded.
+2. Flow matching (Pi0's loss), `flow_mlp.train_flow_matching`: AdamW with cosine decay, seeded.
 3. Evaluation with the policy's own chunks (`query_freq` steps of each, like the DSRL loop): base
    success with i.i.d. noise, and with the all-zero noise, over `eval_episodes` seeded layouts.
 4. Writes config.json + params.npz + params.sha256 (default: dsrl/assets/flow_mlp_libero) and
    prints ONE JSON line.
 
-  python scripts/pretrain_flow_mlp_libero.py          # ~10 minutes on 2 CPU cores
+  python scripts/pretrain_flow_mlp_libero.py          # ~15 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ def _demo_worker(args: tuple) -> list[tuple[np.ndarray, np.ndarray, bool, tuple]
     out = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        offset = (float(rng.uniform(*offset_x)), float(rng.uniform(*offset_y)))
+        y_low, y_high = offset_y[2 * int(rng.integers(len(offset_y) // 2)) :][:2]
+        offset = (float(rng.uniform(*offset_x)), float(rng.uniform(y_low, y_high)))
         demonstrator = ScriptedPickPlace(grasp_offset=offset)
         obs = env.reset(seed=seed)
         states, actions, success = [], [], False
@@ -97,37 +102,6 @@ def to_chunks(demos, horizon: int) -> tuple[np.ndarray, np.ndarray]:
             states.append(state)
             chunks.append(padded[t : t + horizon])
     return np.asarray(states, np.float32), np.asarray(chunks, np.float32)
-
-
-def train(config, states, chunks, *, steps, batch_size, lr, seed):
-    import jax
-    import optax
-
-    from dsrl.base_policies.flow_mlp import flow_matching_loss, init_params
-
-    params = init_params(config, seed)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(500, steps // 10), steps, lr * 0.05)
-    optimizer = optax.adamw(schedule, weight_decay=1e-4)
-    opt_state = optimizer.init(params)
-
-    @jax.jit
-    def update(params, opt_state, states, chunks, rng):
-        loss, grads = jax.value_and_grad(
-            lambda p: flow_matching_loss(config, p, states, chunks, rng)
-        )(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    data_rng = np.random.default_rng(seed)
-    key = jax.random.PRNGKey(seed)
-    loss = float("nan")
-    for step in range(steps):
-        idx = data_rng.integers(0, len(states), batch_size)
-        key, sub = jax.random.split(key)
-        params, opt_state, loss = update(params, opt_state, states[idx], chunks[idx], sub)
-        if step % 2000 == 0 or step == steps - 1:
-            print(f"[pretrain] step {step:6d} loss {float(loss):.4f}", file=sys.stderr)
-    return params, float(loss)
 
 
 def evaluate_policy(
@@ -166,11 +140,12 @@ def main() -> None:
     parser.add_argument("--task_id", type=int, default=DEFAULT_TASK["task_id"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_demos", type=int, default=40)
-    # Grasp offsets (m), uniform in [lo, hi]. Across the fingers (y) grasps fail beyond ~1.2 cm;
-    # the y range is one-sided so that the policy's central noise grasps too far off: only
-    # the noise that picks the near tail succeeds (the zero noise, and an untrained agent, fail).
+    # Grasp offsets (m). Along the box (x): uniform in [lo, hi]. Across the fingers (y), where
+    # grasps fail beyond ~1.2 cm: one or more intervals [lo, hi]; each demo picks one of them with
+    # equal probability, then uniform in it. Two intervals, one that grasps and one too far off,
+    # make a two-mode policy whose noise picks the mode (see the module docstring).
     parser.add_argument("--offset_x", type=float, nargs=2, default=(-0.03, 0.03))
-    parser.add_argument("--offset_y", type=float, nargs=2, default=(-0.01, 0.05))
+    parser.add_argument("--offset_y", type=float, nargs="+", default=(-0.005, 0.005, 0.025, 0.035))
     parser.add_argument("--max_episode_steps", type=int, default=160, help="in evaluation")
     parser.add_argument("--action_noise", type=float, default=0.1)
     parser.add_argument("--train_steps", type=int, default=10000)
@@ -186,6 +161,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--demos_cache", default="", help="npz of demos to reuse / write")
     args = parser.parse_args()
+    if len(args.offset_y) % 2:
+        parser.error(f"--offset_y takes pairs LO HI (intervals), got {len(args.offset_y)} values")
 
     start = time.perf_counter()
     if args.demos_cache and os.path.exists(args.demos_cache):
@@ -209,7 +186,12 @@ def main() -> None:
     demo_success = float(np.mean([d[2] for d in demos]))
     print(f"[pretrain] {len(demos)} demos, success {demo_success:.2f}", file=sys.stderr)
 
-    from dsrl.base_policies.flow_mlp import FlowMLPConfig, FlowMLPPolicy, write_params_hash
+    from dsrl.base_policies.flow_mlp import (
+        FlowMLPConfig,
+        FlowMLPPolicy,
+        train_flow_matching,
+        write_params_hash,
+    )
 
     config = FlowMLPConfig(
         horizon=args.horizon,
@@ -221,7 +203,7 @@ def main() -> None:
         state_scale=10.0,
     )
     states, chunks = to_chunks(demos, config.horizon)
-    params, final_loss = train(
+    params, losses = train_flow_matching(
         config,
         states,
         chunks,
@@ -229,6 +211,8 @@ def main() -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        log_every=2000,
+        log=lambda line: print(f"[pretrain] {line}", file=sys.stderr),
     )
     train_seconds = time.perf_counter() - start - demo_seconds
     policy = FlowMLPPolicy(config, params)
@@ -262,7 +246,7 @@ def main() -> None:
         "num_demos": len(demos),
         "demo_success": demo_success,
         "num_pairs": len(states),
-        "final_loss": final_loss,
+        "final_loss": losses[-1],
         "demo_seconds": round(demo_seconds, 1),
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - start, 1),

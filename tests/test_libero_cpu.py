@@ -1,6 +1,6 @@
 """The LIBERO CPU proof: the pick-and-place env, its scripted demonstrator and the shipped base
-policy. (The learning test on the real simulator is not here yet: the first DSRL run did not
-lift the shipped policy; see the README section "DSRL on real LIBERO, on a CPU".)"""
+policy. (The learning test on the real simulator is not here yet: no DSRL run has lifted the
+shipped policy so far; see the README section "DSRL on real LIBERO, on a CPU".)"""
 
 from __future__ import annotations
 
@@ -15,8 +15,14 @@ import pytest  # noqa: E402
 from dsrl.base_policies.flow_mlp import LIBERO_ASSET_DIR, FlowMLPPolicy  # noqa: E402
 from dsrl.envs.libero_scripted import POLICY_STATE_DIM, ScriptedPickPlace  # noqa: E402
 
+# The shipped policy's params.npz, as made by scripts/pretrain_flow_mlp_libero.py (README). A new
+# policy changes every figure in the README: re-measure them when this changes.
+SHIPPED_SHA256 = "83bc1904856c205f948f056aaad9ba8a02d61ada3c5e6ec92a2b5a165a13d356"
+
 
 def test_shipped_libero_policy_loads_and_a_damaged_checkpoint_is_refused(tmp_path):
+    recorded = (LIBERO_ASSET_DIR / "params.sha256").read_text().split()[0]
+    assert recorded == SHIPPED_SHA256
     policy = FlowMLPPolicy.load_libero()
     assert policy.noise_shape == (16, 8) and policy.action_dim == 7
     assert policy.config.state_dim == POLICY_STATE_DIM

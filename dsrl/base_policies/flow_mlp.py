@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -179,6 +179,55 @@ def flow_matching_loss(
     target = noise - actions
     pred = VelocityField(config).apply({"params": params}, x_t, t, state)
     return jnp.mean(jnp.square(pred - target))
+
+
+def train_flow_matching(
+    config: FlowMLPConfig,
+    states: np.ndarray,
+    chunks: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    log_every: int = 1000,
+    log: Callable[[str], None] | None = None,
+) -> tuple[Params, list[float]]:
+    """Behaviour cloning with `flow_matching_loss` (both pretraining scripts use it).
+
+    AdamW (weight decay 1e-4) with a warm-up (min(500, steps // 10) steps) and cosine decay to
+    5% of `lr`; minibatches of `batch_size` (state, chunk) pairs drawn with replacement; every
+    random draw is seeded by `seed`. states: (N, state_dim); chunks: (N, horizon, action_dim).
+    Returns the parameters and the loss every `log_every` steps and at the last step (each also
+    passed to `log` as a line, when given).
+    """
+    import optax  # training only: loading and sampling a policy does not need it
+
+    params = init_params(config, seed)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(500, steps // 10), steps, lr * 0.05)
+    optimizer = optax.adamw(schedule, weight_decay=1e-4)
+    opt_state = optimizer.init(params)
+
+    @jax.jit
+    def update(params, opt_state, states, chunks, rng):
+        loss, grads = jax.value_and_grad(
+            lambda p: flow_matching_loss(config, p, states, chunks, rng)
+        )(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    data_rng = np.random.default_rng(seed)
+    key = jax.random.PRNGKey(seed)
+    losses = []
+    for step in range(steps):
+        idx = data_rng.integers(0, len(states), batch_size)
+        key, sub = jax.random.split(key)
+        params, opt_state, loss = update(params, opt_state, states[idx], chunks[idx], sub)
+        if step % log_every == 0 or step == steps - 1:
+            losses.append(float(loss))
+            if log is not None:
+                log(f"step {step:6d} loss {float(loss):.4f}")
+    return params, losses
 
 
 class FlowMLPPolicy:
