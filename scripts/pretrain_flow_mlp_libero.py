@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--out", default=LIBERO_ASSET_DIR)
     parser.add_argument("--task_id", type=int, default=DEFAULT_TASK["task_id"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_demos", type=int, default=40)
+    parser.add_argument("--num_demos", type=int, default=60)
     # Grasp offsets (m). Along the box (x): uniform in [lo, hi]. Across the fingers (y), where
     # grasps fail beyond ~1.2 cm: one or more intervals [lo, hi]; each demo picks one of them with
     # equal probability, then uniform in it. Two intervals, one that grasps and one too far off,
@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--offset_y", type=float, nargs="+", default=(-0.005, 0.005, 0.025, 0.035))
     parser.add_argument("--max_episode_steps", type=int, default=160, help="in evaluation")
     parser.add_argument("--action_noise", type=float, default=0.1)
-    parser.add_argument("--train_steps", type=int, default=10000)
+    parser.add_argument("--train_steps", type=int, default=12000)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--horizon", type=int, default=16)
@@ -156,6 +156,12 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=192)
     parser.add_argument("--num_layers", type=int, default=3)
     parser.add_argument("--num_steps", type=int, default=10, help="Euler steps when sampling")
+    parser.add_argument(
+        "--shared_noise",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one noise vector per chunk (FlowMLPConfig.shared_noise): the noise picks a mode",
+    )
     parser.add_argument("--query_freq", type=int, default=8)
     parser.add_argument("--eval_episodes", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
@@ -201,6 +207,7 @@ def main() -> None:
         hidden_dims=(args.hidden,) * args.num_layers,
         num_steps=args.num_steps,
         state_scale=10.0,
+        shared_noise=args.shared_noise,
     )
     states, chunks = to_chunks(demos, config.horizon)
     params, losses = train_flow_matching(

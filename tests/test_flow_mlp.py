@@ -142,6 +142,27 @@ def test_save_load_round_trip(tmp_path):
     )
 
 
+def test_shared_noise_reads_one_noise_vector_per_chunk(tmp_path):
+    """shared_noise: the chunk depends on the noise's first row only (the one 'repeat' steering
+    sets), and the setting survives save/load; without it every row counts."""
+    rng = np.random.default_rng(8)
+    noise = rng.standard_normal((3, 8, 2)).astype(np.float32)
+    other_rows = noise.copy()
+    other_rows[:, 1:] = rng.standard_normal((3, 7, 2))
+    tiled = np.repeat(noise[:, :1], 8, axis=1)
+    shared = _random_policy(shared_noise=True)
+    shared.save(tmp_path / "shared")
+    loaded = FlowMLPPolicy.load(tmp_path / "shared")
+    assert loaded.config.shared_noise
+    out = loaded.sample_actions(_obs(3), noise)
+    np.testing.assert_array_equal(loaded.sample_actions(_obs(3), other_rows), out)
+    np.testing.assert_array_equal(loaded.sample_actions(_obs(3), tiled), out)
+    per_step = _random_policy(shared_noise=False)
+    assert not np.allclose(
+        per_step.sample_actions(_obs(3), other_rows), per_step.sample_actions(_obs(3), noise)
+    )
+
+
 def test_bad_inputs_give_clear_errors(tmp_path):
     policy = _random_policy()
     with pytest.raises(ValueError, match=r"\(B, 8, 2\)"):

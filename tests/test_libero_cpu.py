@@ -17,7 +17,7 @@ from dsrl.envs.libero_scripted import POLICY_STATE_DIM, ScriptedPickPlace  # noq
 
 # The shipped policy's params.npz, as made by scripts/pretrain_flow_mlp_libero.py (README). A new
 # policy changes every figure in the README: re-measure them when this changes.
-SHIPPED_SHA256 = "83bc1904856c205f948f056aaad9ba8a02d61ada3c5e6ec92a2b5a165a13d356"
+SHIPPED_SHA256 = "48b5bdb98016528714bbebef70b63d6093dfe6ef787f20f8d35d7b563170d88e"
 
 
 def test_shipped_libero_policy_loads_and_a_damaged_checkpoint_is_refused(tmp_path):
@@ -26,6 +26,7 @@ def test_shipped_libero_policy_loads_and_a_damaged_checkpoint_is_refused(tmp_pat
     policy = FlowMLPPolicy.load_libero()
     assert policy.noise_shape == (16, 8) and policy.action_dim == 7
     assert policy.config.state_dim == POLICY_STATE_DIM
+    assert policy.config.shared_noise  # one noise vector per chunk: the one 'repeat' steers
     chunk = policy.sample_actions(
         {"policy_state": np.zeros((2, POLICY_STATE_DIM), np.float32)},
         np.zeros((2, *policy.noise_shape), np.float32),

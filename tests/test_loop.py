@@ -224,6 +224,23 @@ def test_loop_end_to_end_counters_logs_and_checkpoints(tmp_path, base_policy):
     assert fractions == pytest.approx(1.0, abs=1e-6)
 
 
+def test_eval_sampled_off_evaluates_the_mode_only_with_its_videos(tmp_path, base_policy):
+    """loop.eval_sampled=False (costly envs): no "evaluation/" episodes are run, the actor's mode
+    and the base policy still are, and the videos come from the mode's episodes."""
+    vec, steering, agent, buffer, logger, ckpt = _components(tmp_path, base_policy)
+    cfg = _loop_config(max_steps=4, eval_interval=4, eval_sampled=False)
+    result = loop.train(
+        env=vec, steering=steering, agent=agent, buffer=buffer, config=cfg, logger=logger
+    )
+    logger.close()
+    vec.close()
+    keys = set().union(*read_metrics(tmp_path))
+    assert not any(k.startswith("evaluation/") for k in keys)
+    assert {"evaluation_mode/success_rate", "evaluation_base_iid/success_rate"} <= keys
+    assert [e["step"] for e in result.evaluations] == [0, 4]
+    assert list((tmp_path / "videos").glob("*.mp4"))
+
+
 def test_resume_after_interruption_continues_exactly(tmp_path, base_policy):
     """Run A goes straight to 32 steps. Run B stops at 16 (checkpoint), is restored into fresh
     objects, and continues to 32: agent params, buffer and counters match A bit for bit."""

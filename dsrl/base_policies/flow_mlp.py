@@ -55,6 +55,11 @@ class FlowMLPConfig:
     # The state is multiplied by this before the network reads it (e.g. 10 for poses in metres,
     # so that centimetre differences are not lost against unit-scale activations).
     state_scale: float = 1.0
+    # True: one noise vector for the whole chunk (row 0 of the noise, repeated over the horizon),
+    # in training and sampling. The policy's noise then lives in the noise_dim-d space that
+    # 'repeat' steering moves in, so a latent picks a behaviour for the whole chunk instead of
+    # being an off-distribution (perfectly correlated) noise. Rows 1.. of a noise are ignored.
+    shared_noise: bool = False
 
     def __post_init__(self):
         if self.noise_dim < self.action_dim:
@@ -71,6 +76,13 @@ class FlowMLPConfig:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def effective_noise(self, noise: jax.Array) -> jax.Array:
+        """The (B, horizon, noise_dim) noise the flow starts from: row 0 repeated when
+        `shared_noise`, else the noise itself."""
+        if not self.shared_noise:
+            return noise
+        return jnp.broadcast_to(noise[:, :1], noise.shape)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FlowMLPConfig:
@@ -152,7 +164,8 @@ def sample_actions_jax(
         t = jnp.full((batch,), 1.0 - i / config.num_steps, jnp.float32)
         return x + dt * model.apply({"params": params}, x, t, state)
 
-    x0 = jax.lax.fori_loop(0, config.num_steps, euler_step, noise.astype(jnp.float32))
+    x1 = config.effective_noise(noise.astype(jnp.float32))
+    x0 = jax.lax.fori_loop(0, config.num_steps, euler_step, x1)
     return x0[..., : config.action_dim]
 
 
@@ -171,7 +184,7 @@ def flow_matching_loss(
     noise_rng, time_rng = jax.random.split(rng)
     pad = config.noise_dim - config.action_dim
     actions = jnp.pad(actions, ((0, 0), (0, 0), (0, pad)))
-    noise = jax.random.normal(noise_rng, actions.shape)
+    noise = config.effective_noise(jax.random.normal(noise_rng, actions.shape))
     # Beta(1.5, 1) has CDF x^1.5: inverse-CDF sampling avoids compiling a gamma sampler.
     beta = jax.random.uniform(time_rng, (actions.shape[0],)) ** (1.0 / 1.5)
     t = beta * 0.999 + 0.001

@@ -75,6 +75,10 @@ class LoopConfig:
     eval_base_every_eval: bool = False  # also evaluate the base policy at every eval
     # The base policy under the warm-up noise family too (off where each eval episode is costly).
     eval_base_warmup: bool = True
+    # The actor's sampled latents too ("evaluation/"), next to its mode ("evaluation_mode/");
+    # off halves the evaluation's env steps where each episode is costly (the videos then come
+    # from the mode's episodes).
+    eval_sampled: bool = True
     num_video_episodes: int = 1
     video_fps: int = 50
     log_interval: int = 500
@@ -326,12 +330,18 @@ class _Trainer:
         row: dict[str, float] = {}
         # Per-episode noise streams (evaluation.EpisodeNoise): the same results on any number
         # of env workers.
-        sampled = self._run_eval(
-            sampled_episode_noise(self.steering, self.agent), cfg.num_video_episodes
+        with_videos = None
+        if cfg.eval_sampled:
+            with_videos = self._run_eval(
+                sampled_episode_noise(self.steering, self.agent), cfg.num_video_episodes
+            )
+            row |= _prefixed("evaluation", with_videos.metrics)
+        mode = self._run_eval(
+            mode_episode_noise(self.steering, self.agent),
+            0 if with_videos else cfg.num_video_episodes,
         )
-        row |= _prefixed("evaluation", sampled.metrics)
-        mode = self._run_eval(mode_episode_noise(self.steering, self.agent))
         row |= _prefixed("evaluation_mode", mode.metrics)
+        with_videos = with_videos or mode
         if include_base:
             # Fixed generators: the same base-policy noise at every evaluation, like the
             # reference's per-eval PRNGKey(seed + 456).
@@ -344,7 +354,7 @@ class _Trainer:
         self._log(row, step)
         if self.logger is not None:
             with self.watch.section("io"):
-                for i, frames in enumerate(sampled.videos):
+                for i, frames in enumerate(with_videos.videos):
                     self.logger.log_video(f"eval_video/{i}", frames, step=step, fps=cfg.video_fps)
         self.evaluations.append({"step": float(step), **row})
         return row
