@@ -5,9 +5,9 @@
    and keeps it for the whole episode: along the box (x) uniform in `offset_x`, across the
    fingers (y) from one of the `offset_y` intervals, picked with equal probability. By default
    half the demos grasp centred (y within +-0.5 cm) and half 2.5-3.5 cm off, where the grasp
-   slips: the cloned policy has two modes and its noise picks one per chunk, so i.i.d. noise
-   mixes them and succeeds rarely, while a latent that keeps picking the centred mode succeeds
-   often. Small Gaussian noise is added on the motion actions; every demonstration is kept,
+   slips: the cloned policy has two modes and its noise picks one per chunk. With
+   --shared_noise (default) the noise is one vector per chunk, as 'repeat' steering sets it, so
+   a latent picks a mode instead of being an off-distribution noise. Small Gaussian noise is added on the motion actions; every demonstration is kept,
    the failed ones included. The initial layouts come from robosuite's placement sampler with
    seeds disjoint from the evaluation's. Labels are the executed actions cut into chunks of the
    policy horizon (padded with "hold still, gripper open" after the episode).
@@ -17,7 +17,7 @@
 4. Writes config.json + params.npz + params.sha256 (default: dsrl/assets/flow_mlp_libero) and
    prints ONE JSON line.
 
-  python scripts/pretrain_flow_mlp_libero.py          # ~15 minutes on 2 CPU cores
+  python scripts/pretrain_flow_mlp_libero.py          # ~5 minutes on 2 CPU cores
 """
 
 from __future__ import annotations

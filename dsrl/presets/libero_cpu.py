@@ -4,17 +4,16 @@ The proof on a real simulator (README "DSRL on real LIBERO, on a CPU"): libero_o
 ("pick up the chocolate pudding and place it in the basket"), layouts from robosuite's
 placement sampler (training and evaluation seeds disjoint), the shipped flow-matching base
 policy `dsrl/assets/flow_mlp_libero` (16-step chunks from low-dimensional poses, 8 steps
-executed per query; cloned from two-mode demos that grasp either centred or 2.5-3.5 cm off
-across the fingers: 0.18 success with i.i.d. noise and 0.22 with the all-zero noise over the
-pretraining's 50 layouts, 0.22 i.i.d. over this preset's 50 evaluation layouts), and the same
-launcher, loop and DSRL-SAC learner as the Pi0 runs. The agent sees what it sees in the LIBERO
-preset: the 64x64 agent view and the 8-d state. Episodes stop at 160 steps (the scripted
-demonstrator needs at most 121), and only the agent-view camera is rendered, once per query,
-at 64x64: rendering is what a CPU pays for. A light encoder and a small critic keep updates
-cheap. The latent is bounded at 0.5 (`action_magnitude`): the 8-d noise is repeated over all
-16 chunk steps, and larger repeated values push this small policy off the noise it was trained
-on (an untrained actor's sampled latents succeed 0.02 at 1.5, 0.40 at 0.5; measured in the
-README), so exploration would hardly ever see a success.
+executed per query, one 8-d noise vector per chunk; cloned from two-mode demos that grasp either
+centred or 2.5-3.5 cm off across the fingers: 0.50 success with i.i.d. noise and 0.00 with the
+all-zero noise over the pretraining's 50 layouts, 0.42 i.i.d. over this preset's 50 evaluation
+layouts), and the same launcher, loop and DSRL-SAC learner as the Pi0 runs. The agent sees what
+it sees in the LIBERO preset: the 64x64 agent view and the 8-d state. Episodes stop at 160 steps
+(the scripted demonstrator needs at most 121), and only the agent-view camera is rendered, once
+per query, at 64x64: rendering is what a CPU pays for, so evaluation runs the actor's mode only
+(`eval_sampled` off). A light encoder and a small critic keep updates cheap. The latent is
+bounded at 1.0 (`action_magnitude`): the policy was trained on N(0, I) noise vectors, so the
+box stays on the noise it knows.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ def get_config() -> ConfigDict:
                 "image_size": 64,
             },
             "base_policy": {"kind": "flow_mlp", "checkpoint": "libero"},
-            "steering": {"noise_mode": "repeat", "action_magnitude": 0.5, "query_freq": 8},
+            "steering": {"noise_mode": "repeat", "action_magnitude": 1.0, "query_freq": 8},
             "agent": {
                 "algorithm": "pixel_sac",
                 "hidden_dims": (128, 128),
@@ -63,6 +62,7 @@ def get_config() -> ConfigDict:
                 "eval_interval": 5_000,
                 "eval_episodes": 50,
                 "eval_base_warmup": False,  # each eval episode costs seconds of rendering
+                "eval_sampled": False,
                 "num_video_episodes": 1,
                 "video_fps": 20,
                 "log_interval": 500,
