@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dsrl.envs.base import EnvSpec
+from dsrl.envs.vector import _RestartingWorkers
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +147,14 @@ class _EnvActor:
         return run_chunk(self.env, *payload)
 
 
-class RayWorkers:
+class RayWorkers(_RestartingWorkers):
     """The `_SubprocessWorkers` interface over Ray actors (see dsrl.envs.vector).
 
     num_cpus_per_worker: the CPUs each actor asks of the cluster (Ray places it on a node with
     that many free); 1 is one simulator per core, as the subprocess backend runs them."""
+
+    KIND = "Ray worker"
+    LOGS = "the Ray worker logs"
 
     def __init__(
         self,
@@ -224,35 +228,6 @@ class RayWorkers:
         except Exception:  # noqa: BLE001 - already gone
             pass
 
-    def _restart(self, i: int, reason: str) -> None:
-        from dsrl.envs.vector import VectorEnvError, WorkerFailedError, _first_line
-
-        while True:
-            self._kill(i)
-            self.failures_in_a_row[i] += 1
-            if self.failures_in_a_row[i] >= self.max_worker_failures:
-                raise WorkerFailedError(
-                    f"Worker {self.names[i]} failed {self.failures_in_a_row[i]} times in a row "
-                    f"(last: {reason}); stopping instead of restarting it again. Check the "
-                    "simulator (the Ray worker logs), or raise the deadlines (reset_timeout_s, "
-                    "step_timeout_s) if it is only slow."
-                )
-            self.restarts[i] += 1
-            log.warning(
-                "Ray worker %s %s; restarting it (restart %d, failure %d in a row). Its episode "
-                "is discarded.",
-                self.names[i],
-                reason,
-                self.restarts[i],
-                self.failures_in_a_row[i],
-            )
-            self._launch(i)
-            try:
-                self._await_start(i)
-                return
-            except VectorEnvError as err:
-                reason = f"could not be restarted ({_first_line(err)})"
-
     def call(
         self, indices: Sequence[int], command: str, payloads: Sequence[Any], timeout_s: float
     ) -> list[Any]:
@@ -294,9 +269,6 @@ class RayWorkers:
         if errors:
             raise errors[min(errors)]
         return [WorkerFailure(failures[i]) if i in failures else replies[i] for i in indices]
-
-    def episode_completed(self, i: int) -> None:
-        self.failures_in_a_row[i] = 0
 
     def close(self) -> None:
         for i, actor in enumerate(self.actors):

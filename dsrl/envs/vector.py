@@ -198,7 +198,49 @@ class WorkerFailure:
     reason: str
 
 
-class _SubprocessWorkers:
+class _RestartingWorkers:
+    """The restart bookkeeping of the subprocess and the Ray workers. A subclass sets `names`,
+    `restarts`, `failures_in_a_row` and `max_worker_failures`, says what it is (`KIND`) and
+    where a failed worker's output went (`LOGS`), and implements _kill, _launch, _await_start."""
+
+    KIND = "Worker"
+    LOGS = "its stderr above"
+
+    def _restart(self, i: int, reason: str) -> None:
+        """Replaces worker i after `reason`; raises WorkerFailedError after too many in a row."""
+        while True:
+            self._kill(i)
+            self.failures_in_a_row[i] += 1
+            if self.failures_in_a_row[i] >= self.max_worker_failures:
+                raise WorkerFailedError(
+                    f"{self.KIND} {self.names[i]} failed {self.failures_in_a_row[i]} times in a "
+                    f"row (last: {reason}); stopping instead of restarting it again. Check the "
+                    f"simulator ({self.LOGS}), or raise the deadlines (reset_timeout_s, "
+                    "step_timeout_s) if it is only slow."
+                )
+            self.restarts[i] += 1
+            log.warning(
+                "%s %s %s; restarting it (restart %d, failure %d in a row). Its episode is "
+                "discarded.",
+                self.KIND,
+                self.names[i],
+                reason,
+                self.restarts[i],
+                self.failures_in_a_row[i],
+            )
+            self._launch(i)
+            try:
+                self._await_start(i)
+                return
+            except VectorEnvError as err:
+                reason = f"could not be restarted ({_first_line(err)})"
+
+    def episode_completed(self, i: int) -> None:
+        """A whole episode ran without a failure: worker i is healthy again."""
+        self.failures_in_a_row[i] = 0
+
+
+class _SubprocessWorkers(_RestartingWorkers):
     """One process per env. Every wait has a deadline; a worker that misses it or dies is
     killed and restarted from the same env_fn (WorkerFailure in its result slot), and one that
     fails `max_worker_failures` times in a row raises WorkerFailedError."""
@@ -270,34 +312,6 @@ class _SubprocessWorkers:
         proc.join(timeout=10)
         self.conns[i].close()
 
-    def _restart(self, i: int, reason: str) -> None:
-        """Replaces worker i after `reason`; raises WorkerFailedError after too many in a row."""
-        while True:
-            self._kill(i)
-            self.failures_in_a_row[i] += 1
-            if self.failures_in_a_row[i] >= self.max_worker_failures:
-                raise WorkerFailedError(
-                    f"Worker {self.names[i]} failed {self.failures_in_a_row[i]} times in a row "
-                    f"(last: {reason}); stopping instead of restarting it again. Check the "
-                    "simulator (its stderr above), or raise the deadlines (reset_timeout_s, "
-                    "step_timeout_s) if it is only slow."
-                )
-            self.restarts[i] += 1
-            log.warning(
-                "Worker %s %s; restarting it (restart %d, failure %d in a row). Its episode is "
-                "discarded.",
-                self.names[i],
-                reason,
-                self.restarts[i],
-                self.failures_in_a_row[i],
-            )
-            self._launch(i)
-            try:
-                self._await_start(i)
-                return
-            except VectorEnvError as err:
-                reason = f"could not be restarted ({_first_line(err)})"
-
     def call(
         self, indices: Sequence[int], command: str, payloads: Sequence[Any], timeout_s: float
     ) -> list[Any]:
@@ -346,10 +360,6 @@ class _SubprocessWorkers:
         if errors:
             raise errors[min(errors)]
         return [WorkerFailure(failures[i]) if i in failures else replies[i] for i in indices]
-
-    def episode_completed(self, i: int) -> None:
-        """A whole episode ran without a failure: worker i is healthy again."""
-        self.failures_in_a_row[i] = 0
 
     def close(self) -> None:
         for conn, proc in zip(self.conns, self.procs, strict=True):
