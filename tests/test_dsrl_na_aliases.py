@@ -13,16 +13,14 @@ distillation that needs no base-policy call inside the update.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from run_parts import load_script  # noqa: E402
 
 from dsrl.agents import ExecutionConfig  # noqa: E402
 from dsrl.agents.noise_aliasing import NoiseAliasingConfig, NoiseAliasingLearner  # noqa: E402
@@ -33,7 +31,6 @@ from dsrl.steering import Steering, make_noise_param  # noqa: E402
 from dsrl.training import aliases, loop  # noqa: E402
 from dsrl.training import run as run_lib  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 IMAGE, STATE_DIM = 16, 4
 
 
@@ -197,23 +194,13 @@ LIBERO_KWARGS = {
 }
 
 
-def _load_launcher():
-    spec = importlib.util.spec_from_file_location(
-        "launch_train_sim", ROOT / "examples" / "launch_train_sim.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["launch_train_sim"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_dsrl_na_trains_on_real_libero_with_a_tiny_random_pi0_and_resumes(tmp_path, capsys):
     pytest.importorskip("libero")
     from dsrl.utils.checkpoints import RunCheckpointer
     from dsrl.utils.logging import read_metrics
 
-    launcher = _load_launcher()
+    launcher = load_script("examples/launch_train_sim.py")
     argv = [
         "--env", "libero", "--algorithm", "dsrl_na", "--seed", "3", "--logdir", str(tmp_path),
         "--no_progress", "--wandb_mode", "disabled",

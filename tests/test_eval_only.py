@@ -6,16 +6,14 @@ seeds, change nothing in the run directory but add its eval folder, and honour e
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from run_parts import load_script
 
 from dsrl.utils.logging import read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [
     "--env", "demo", "--max_steps", "32", "--start_online_updates", "20", "--batch_size", "16",
     "--multi_grad_step", "1", "--update_block", "16", "--eval_interval", "1000",
@@ -26,13 +24,7 @@ TRAIN = [
 
 @pytest.fixture(scope="module")
 def launcher():
-    spec = importlib.util.spec_from_file_location(
-        "launch_train_sim_eval", ROOT / "examples" / "launch_train_sim.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/launch_train_sim.py", "launch_train_sim_eval")
 
 
 @pytest.fixture(scope="module")

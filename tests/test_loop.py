@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 from fault_loop_parts import small_learner
+from run_parts import load_script
 
 from dsrl.agents.spec import TransitionSpec
 from dsrl.base_policies.flow_mlp import FlowMLPPolicy
@@ -397,21 +397,11 @@ def test_launcher_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
     assert RunCheckpointer(run_dir).latest_step() == step + 8
 
 
-def _load_launcher():
-    spec = importlib.util.spec_from_file_location(
-        "launch_train_sim", ROOT / "examples" / "launch_train_sim.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["launch_train_sim"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_dsrl_lifts_demo_success_above_the_base_policy(tmp_path, capsys):
     """LEARNING: the demo preset, fixed seed. The steered deterministic policy must clearly beat
     the frozen base policy (~0.5) within a CI budget."""
-    launcher = _load_launcher()
+    launcher = load_script("examples/launch_train_sim.py")
     assert launcher.main(["--env", "demo", "--logdir", str(tmp_path), "--no_progress"]) == 0
     out = capsys.readouterr().out
     assert "DSRL, deterministic (actor mode)" in out

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from fault_loop_parts import demo_steering, replay_buffer, small_learner
 from faulty_demo_env import FaultyDemoEnv
+from run_parts import load_script
 
 from dsrl.envs import make_env
 from dsrl.envs.vector import VectorEnv
@@ -254,13 +255,7 @@ def test_launcher_run_on_ray_env_workers_and_a_ray_base_policy(
     Ray actor (the run that used to hang: the policy actor no longer takes a CPU from the env
     workers). DSRL-NA gets its distillation targets from aliases stored at each query (one
     multi-noise call to the actor), never from the actor inside its update."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "launch_train_sim", Path(TESTS).parent / "examples" / "launch_train_sim.py"
-    )
-    launcher = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launcher)
+    launcher = load_script("examples/launch_train_sim.py")
     argv = [
         "--env", "demo", "--env_backend", "ray", "--config.base_policy.ray=true",
         "--num_envs", "2", "--max_steps", "32", "--start_online_updates", "30",

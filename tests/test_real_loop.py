@@ -6,13 +6,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import pty
-import sys
 import termios
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
+from run_parts import load_script
 
 from dsrl.envs.droid import (
     DroidConfig,
@@ -23,7 +22,6 @@ from dsrl.envs.droid import (
 )
 from dsrl.envs.keyboard import ScriptedKeyboard, TerminalKeyboard
 
-ROOT = Path(__file__).resolve().parents[1]
 IDS = {"left_camera_id": "111", "right_camera_id": "222", "wrist_camera_id": "333"}
 
 
@@ -173,13 +171,7 @@ class DroidKeyedPolicy:
 
 
 def _launcher():
-    spec = importlib.util.spec_from_file_location(
-        "dsrl_launch_train_real", ROOT / "examples" / "launch_train_real.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/launch_train_real.py", "dsrl_launch_train_real")
 
 
 @pytest.mark.slow

@@ -5,18 +5,15 @@ say or saying that they do nothing."""
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from run_parts import load_script
 
 from dsrl.envs.keyboard import ScriptedKeyboard
 from dsrl.training import run as run_lib
 
-ROOT = Path(__file__).resolve().parents[1]
 # The flag lines as the reference's scripts pass them (examples/scripts/run_libero.sh,
 # run_aloha.sh, run_real.sh at 7f48937).
 REFERENCE = {
@@ -42,11 +39,7 @@ IDS = ["--left_camera_id", "111", "--right_camera_id", "222", "--wrist_camera_id
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"ref_{name}", ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"examples/{name}.py", f"ref_{name}")
 
 
 @pytest.fixture(scope="module")
