@@ -178,14 +178,7 @@ class RayWorkers(_RestartingWorkers):
         self.pids: list[int | None] = [None] * n
         self.restarts = [0] * n
         self.failures_in_a_row = [0] * n
-        try:
-            for i in range(n):
-                self._launch(i)
-            self.specs = [self._await_start(i) for i in range(n)]
-        except BaseException:
-            self.close()
-            raise
-        self.names = [f"env {i} ({spec.name})" for i, spec in enumerate(self.specs)]
+        self._start_all()
 
     def _check_capacity(self, cpus: float) -> None:
         total = self.ray.cluster_resources().get("CPU", 0.0)

@@ -199,12 +199,26 @@ class WorkerFailure:
 
 
 class _RestartingWorkers:
-    """The restart bookkeeping of the subprocess and the Ray workers. A subclass sets `names`,
-    `restarts`, `failures_in_a_row` and `max_worker_failures`, says what it is (`KIND`) and
-    where a failed worker's output went (`LOGS`), and implements _kill, _launch, _await_start."""
+    """The start-up and restart bookkeeping of the subprocess and the Ray workers. A subclass
+    sets `env_fns`, `restarts`, `failures_in_a_row` and `max_worker_failures`, says what it is
+    (`KIND`) and where a failed worker's output went (`LOGS`), implements _kill, _launch,
+    _await_start and close, and calls `_start_all`."""
 
     KIND = "Worker"
     LOGS = "its stderr above"
+
+    def _start_all(self) -> None:
+        """Launches every worker and waits for its spec. A failure here is most likely the
+        config (a missing asset, a bad kwarg): it is raised, after closing what started,
+        instead of restarting."""
+        try:
+            for i in range(len(self.env_fns)):
+                self._launch(i)
+            self.specs = [self._await_start(i) for i in range(len(self.env_fns))]
+        except BaseException:
+            self.close()
+            raise
+        self.names = [f"env {i} ({spec.name})" for i, spec in enumerate(self.specs)]
 
     def _restart(self, i: int, reason: str) -> None:
         """Replaces worker i after `reason`; raises WorkerFailedError after too many in a row."""
@@ -263,16 +277,7 @@ class _SubprocessWorkers(_RestartingWorkers):
         self.procs: list[Any] = [None] * n
         self.restarts = [0] * n
         self.failures_in_a_row = [0] * n
-        for i in range(n):
-            self._launch(i)
-        try:
-            # A failure here is most likely the config (a missing asset, a bad kwarg): raise it
-            # instead of restarting.
-            self.specs = [self._await_start(i) for i in range(n)]
-        except BaseException:
-            self.close()
-            raise
-        self.names = [f"env {i} ({spec.name})" for i, spec in enumerate(self.specs)]
+        self._start_all()
 
     def _launch(self, i: int) -> None:
         parent, child = self._ctx.Pipe()
