@@ -1,11 +1,13 @@
-"""DSRL-SAC vs DSRL-NA on the embedded demo: env steps to reach a success threshold.
+"""DSRL-SAC vs DSRL-NA: env steps to reach a success threshold, on the demo or real LIBERO.
 
     python scripts/compare_algorithms.py                       # 3 seeds each, demo preset
     python scripts/compare_algorithms.py --seeds 0 1 --max_env_steps 8000 --out /tmp/cmp
+    python scripts/compare_algorithms.py --preset libero_cpu --seeds 0 1 2 \
+        --max_env_steps 8000 --eval_interval 512 --eval_episodes 50    # real LIBERO, ~1 h
 
-Each run is the demo preset (`dsrl/presets/demo.py`) built by the launchers' `build_run`
-(`dsrl.training.run`), as `examples/launch_train_sim.py --env demo --algorithm {pixel_sac,dsrl_na}`
-does, so both algorithms
+Each run is the preset (`dsrl/presets/<preset>.py`) built by the launchers' `build_run`
+(`dsrl.training.run`), as `examples/launch_train_sim.py --env <preset> --algorithm
+{pixel_sac,dsrl_na}` does, so both algorithms
 see the same env, base policy, noise parameterisation, UTD (`multi_grad_step`), batch size,
 networks and evaluation seeds. A run stops at its first evaluation with success >= threshold
 (`--no_early_stop` runs the whole budget) or when `--max_env_steps` is spent.
@@ -108,7 +110,7 @@ def run_one(algorithm: str, seed: int, args, logdir: Path) -> dict[str, Any]:
     }  # fmt: skip
     overrides = [("loop.num_video_episodes", "0"), ("loop.progress", "false")]
     config = run_lib.load_config(
-        "demo", flags=flags, overrides=overrides + run_lib.config_overrides(args.config)
+        args.preset, flags=flags, overrides=overrides + run_lib.config_overrides(args.config)
     )
     recorder = _EvalRecorder(args.metric, args.threshold, not args.no_early_stop)
     with run_lib.build_run(config) as run:
@@ -147,7 +149,9 @@ def _fmt_steps(value: float) -> str:
     return "never" if not np.isfinite(value) else f"{value:.0f}"
 
 
-def plot(results: list[dict[str, Any]], path: Path, metric: str, threshold: float) -> None:
+def plot(
+    results: list[dict[str, Any]], path: Path, metric: str, threshold: float, title: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,7 +171,7 @@ def plot(results: list[dict[str, Any]], path: Path, metric: str, threshold: floa
     ax.set_xlabel("env steps")
     ax.set_ylabel(metric)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Demo task: DSRL-SAC vs DSRL-NA (one line per seed)")
+    ax.set_title(f"{title}: DSRL-SAC vs DSRL-NA (one line per seed)")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -176,6 +180,11 @@ def plot(results: list[dict[str, Any]], path: Path, metric: str, threshold: floa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from dsrl.presets import PRESETS
+
+    parser.add_argument(
+        "--preset", default="demo", choices=sorted(PRESETS), help="libero_cpu: real LIBERO"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--algorithms", nargs="+", choices=sorted(ALGORITHMS), default=["sac", "na"]
@@ -232,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("\n".join(lines))
     png = out / "success_vs_env_steps.png"
-    plot(results, png, args.metric, args.threshold)
+    plot(results, png, args.metric, args.threshold, args.preset)
     print(f"plot: {png}")
 
     sac = summary.get(f"sac_steps_to_{args.threshold}")
@@ -241,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     summary.update(
         {
             "metric": args.metric,
+            "preset": args.preset,
             "seeds": args.seeds,
             "max_env_steps": args.max_env_steps,
             "eval_episodes": args.eval_episodes,

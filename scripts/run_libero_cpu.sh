@@ -5,7 +5,7 @@
 # Extra arguments go to the launcher and override the preset, e.g.
 #   bash scripts/run_libero_cpu.sh --seed 1
 #   bash scripts/run_libero_cpu.sh --algorithm dsrl_na
-#   bash scripts/run_libero_cpu.sh --max_steps 4000 --eval_interval 4000   # the CI test's budget
+#   bash scripts/run_libero_cpu.sh --max_steps 3000 --eval_interval 3000 --config.loop.eval_episodes=20   # the CI test
 # Expects an installed environment (bash scripts/setup_env.sh or `source .venv/bin/activate`).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/sim_env.sh"
