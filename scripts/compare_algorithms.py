@@ -3,7 +3,7 @@
     python scripts/compare_algorithms.py                       # 3 seeds each, demo preset
     python scripts/compare_algorithms.py --seeds 0 1 --max_env_steps 8000 --out /tmp/cmp
     python scripts/compare_algorithms.py --preset libero_cpu --seeds 0 1 2 \
-        --max_env_steps 8000 --eval_interval 512 --eval_episodes 50    # real LIBERO, ~1 h
+        --max_env_steps 5000 --eval_interval 512 --eval_episodes 20    # real LIBERO (README)
 
 Each run is the preset (`dsrl/presets/<preset>.py`) built by the launchers' `build_run`
 (`dsrl.training.run`), as `examples/launch_train_sim.py --env <preset> --algorithm
@@ -179,9 +179,9 @@ def plot(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     from dsrl.presets import PRESETS
 
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--preset", default="demo", choices=sorted(PRESETS), help="libero_cpu: real LIBERO"
     )

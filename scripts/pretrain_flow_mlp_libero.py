@@ -7,9 +7,10 @@
    half the demos grasp centred (y within +-0.5 cm) and half 2.5-3.5 cm off, where the grasp
    slips: the cloned policy has two modes and its noise picks one per chunk. With
    --shared_noise (default) the noise is one vector per chunk, as 'repeat' steering sets it, so
-   a latent picks a mode instead of being an off-distribution noise. Small Gaussian noise is added on the motion actions; every demonstration is kept,
-   the failed ones included. The initial layouts come from robosuite's placement sampler with
-   seeds disjoint from the evaluation's. Labels are the executed actions cut into chunks of the
+   a latent picks a mode instead of being an off-distribution noise. Small Gaussian noise is
+   added on the motion actions; every demonstration is kept, the failed ones included. The
+   initial layouts come from robosuite's placement sampler with seeds disjoint from the
+   evaluation's. Labels are the executed actions cut into chunks of the
    policy horizon (padded with "hold still, gripper open" after the episode).
 2. Flow matching (Pi0's loss), `flow_mlp.train_flow_matching`: AdamW with cosine decay, seeded.
 3. Evaluation with the policy's own chunks (`query_freq` steps of each, like the DSRL loop): base

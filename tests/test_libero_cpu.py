@@ -91,7 +91,7 @@ def test_dsrl_lifts_the_shipped_policy_on_real_libero(tmp_path, capsys):
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "evaluation_mode/success_rate" in r]
-    assert [r["step"] for r in evals][0] == 0 and evals[-1]["step"] >= CI_GRAD_STEPS
+    assert evals[0]["step"] == 0 and evals[-1]["step"] >= CI_GRAD_STEPS
     base = evals[0]["evaluation_base_iid/success_rate"]
     untrained = evals[0]["evaluation_mode/success_rate"]
     steered = evals[-1]["evaluation_mode/success_rate"]
