@@ -4,7 +4,6 @@ CPU")."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -16,6 +15,7 @@ from run_parts import load_script  # noqa: E402
 
 from dsrl.base_policies.flow_mlp import LIBERO_ASSET_DIR, FlowMLPPolicy  # noqa: E402
 from dsrl.envs.libero_scripted import POLICY_STATE_DIM, ScriptedPickPlace  # noqa: E402
+from dsrl.utils.logging import read_metrics  # noqa: E402
 
 # The shipped policy's params.npz, as made by scripts/pretrain_flow_mlp_libero.py (README). A new
 # policy changes every figure in the README: re-measure them when this changes.
@@ -89,7 +89,7 @@ def test_dsrl_lifts_the_shipped_policy_on_real_libero(tmp_path, capsys):
     ]  # fmt: skip
     assert launcher.main(argv) == 0
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir)
     evals = [r for r in rows if "evaluation_mode/success_rate" in r]
     assert evals[0]["step"] == 0 and evals[-1]["step"] >= CI_GRAD_STEPS
     base = evals[0]["evaluation_base_iid/success_rate"]
