@@ -12,10 +12,10 @@
 
 Operator keys: Enter starts an episode after the scene reset, `q` stops it early, `1`/`0` label
 success/failure. The preset is `dsrl/presets/real.py`; the simulation launcher's reference flags
-plus the robot's (`dsrl.training.run.REAL_FLAGS`: cameras, `--instruction`, `--robot`, ...)
+plus the robot's (`dsrl.training.flags.REAL_FLAGS`: cameras, `--instruction`, `--robot`, ...)
 override it, and so does `--config.<path>=<value>`; `--env franka_droid` (the reference's
 run_real.sh flag) names this preset. The run is built by the same
-`dsrl.training.run.build_run` as in simulation (one inline env with the operator keyboard) and
+`dsrl.training.build.build_run` as in simulation (one inline env with the operator keyboard) and
 trained by the same loop. `--algorithm dsrl_na` needs a base policy with a pure-JAX sampler,
 which a policy server is not: the learner says so before training starts.
 """
@@ -33,13 +33,14 @@ if __name__ == "__main__":  # may re-execute itself once, before the heavy impor
     restart_with_hugepages()
 
 from dsrl import presets  # noqa: E402
-from dsrl.training import run as run_lib  # noqa: E402
+from dsrl.training import cli  # noqa: E402
+from dsrl.training.flags import FLAGS, REAL_FLAGS  # noqa: E402
 
 REAL_PRESETS = sorted(name for name, module in presets.PRESETS.items() if module == "real")
 
 
 def build_parser():
-    parser = run_lib.make_parser(__doc__.split("\n\n")[0], {**run_lib.FLAGS, **run_lib.REAL_FLAGS})
+    parser = cli.make_parser(__doc__.split("\n\n")[0], {**FLAGS, **REAL_FLAGS})
     # The reference's run_real.sh passes --env franka_droid; every name is the real preset.
     parser.add_argument("--env", choices=REAL_PRESETS, default=None, help="the preset (real)")
     return parser
@@ -47,13 +48,13 @@ def build_parser():
 
 def parse_config(argv: list[str] | None = None):
     """(RunConfig, parsed flags) of a command line, without building anything."""
-    return run_lib.parse_args(build_parser(), argv, preset="real")
+    return cli.parse_args(build_parser(), argv, preset="real")
 
 
 def main(argv: list[str] | None = None, *, keyboard=None, robot=None) -> int:
     """`keyboard` defaults to the terminal, `robot` to DROID's RobotEnv (or the simulated one
     with `--robot sim`); tests pass scripted ones."""
-    run, args = run_lib.start(build_parser(), argv, preset="real", keyboard=keyboard, robot=robot)
+    run, args = cli.start(build_parser(), argv, preset="real", keyboard=keyboard, robot=robot)
     if args.eval_only:  # evaluated already; `run` is the EvalOnlyResult
         return 0
     with run:

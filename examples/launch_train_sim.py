@@ -10,8 +10,8 @@
 
 The preset `dsrl/presets/<env>.py` gives every value; the reference's flag names
 (`--batch_size --max_steps --multi_grad_step --query_freq --action_magnitude --resize_image
---hidden_dims --num_qs --target_entropy ...`, the table `dsrl.training.run.FLAGS`) override it,
-and `--config.<path>=<value>` overrides any value of the run config (`dsrl.training.run.RunConfig`:
+--hidden_dims --num_qs --target_entropy ...`, the table `dsrl.training.flags.FLAGS`) override it,
+and `--config.<path>=<value>` overrides any value of the run config (`dsrl.training.config.RunConfig`:
 sections env, base_policy, steering, agent, execution, loop, replay, log). The final config is
 written to `<run_dir>/config.json`; `--resume <run_dir>` reloads it and continues from the latest
 checkpoint (counters, replay buffer, agent and RNG streams), applying only values given again.
@@ -34,20 +34,21 @@ if __name__ == "__main__":  # may re-execute itself once, before the heavy impor
     restart_with_hugepages()
 
 from dsrl import presets  # noqa: E402
-from dsrl.training import run as run_lib  # noqa: E402
+from dsrl.training import cli  # noqa: E402
+from dsrl.training.flags import FLAGS  # noqa: E402
 
 SIM_PRESETS = sorted(name for name, module in presets.PRESETS.items() if module != "real")
 
 
 def build_parser():
-    parser = run_lib.make_parser(__doc__.split("\n\n")[0], run_lib.FLAGS)
+    parser = cli.make_parser(__doc__.split("\n\n")[0], FLAGS)
     parser.add_argument("--env", choices=SIM_PRESETS, default=None, help="the preset (demo)")
     return parser
 
 
 def parse_config(argv: list[str] | None = None):
     """(RunConfig, parsed flags) of a command line, without building anything."""
-    return run_lib.parse_args(build_parser(), argv, preset="demo")
+    return cli.parse_args(build_parser(), argv, preset="demo")
 
 
 def demo_summary(result, run_dir: Path) -> str:
@@ -73,7 +74,7 @@ def demo_summary(result, run_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run, args = run_lib.start(build_parser(), argv, preset="demo")
+    run, args = cli.start(build_parser(), argv, preset="demo")
     if args.eval_only:  # evaluated already; `run` is the EvalOnlyResult
         return 0
     start = time.perf_counter()

@@ -38,7 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 import numpy as np  # noqa: E402
 
 from dsrl.training import loop  # noqa: E402
-from dsrl.training import run as run_lib  # noqa: E402
+from dsrl.training.build import (  # noqa: E402
+    agent_env_fn,
+    make_agent,
+    make_base_policy,
+    make_steering,
+    make_vec_env,
+)
+from dsrl.training.config_io import load_config  # noqa: E402
 from dsrl.training.rollout import run_episodes  # noqa: E402
 
 BACKENDS = ("subprocess", "ray")
@@ -64,10 +71,10 @@ def _loop_throughput(config, backend: str, workers: int, latency_s: float, round
     env = dataclasses.replace(config.env, mode=backend, num_envs=workers)
     config = dataclasses.replace(config, env=env)
     with contextlib.ExitStack() as resources:
-        policy = FixedLatencyPolicy(run_lib.make_base_policy(config), latency_s)
-        steering = run_lib.make_steering(config, policy)
-        venv = run_lib.make_vec_env(config, policy, resources)
-        agent = run_lib.make_agent(config, venv.spec.observation_spec, steering)
+        policy = FixedLatencyPolicy(make_base_policy(config), latency_s)
+        steering = make_steering(config, policy)
+        venv = make_vec_env(config, policy, resources)
+        agent = make_agent(config, venv.spec.observation_spec, steering)
         holder = {"agent": agent}
 
         def act(obs):
@@ -107,10 +114,10 @@ def _learner_child(devices: list[int], preset: str, blocks: int) -> None:
     from dsrl.agents.execution import ExecutionConfig
     from dsrl.envs.vector import VectorEnv
 
-    config = run_lib.load_config(preset)
-    base_policy = run_lib.make_base_policy(config)
-    steering = run_lib.make_steering(config, base_policy)
-    with VectorEnv([run_lib.agent_env_fn(config)], mode="inline") as venv:
+    config = load_config(preset)
+    base_policy = make_base_policy(config)
+    steering = make_steering(config, base_policy)
+    with VectorEnv([agent_env_fn(config)], mode="inline") as venv:
         spec = venv.spec.observation_spec
     example = loop.example_transition(spec, steering)
     k, b = config.loop.block, config.loop.batch_size
@@ -128,7 +135,7 @@ def _learner_child(devices: list[int], preset: str, blocks: int) -> None:
     for n in devices:
         execution = ExecutionConfig(num_devices=n)
         config_n = dataclasses.replace(config, execution=execution)
-        agent = run_lib.make_agent(config_n, spec, steering)
+        agent = make_agent(config_n, spec, steering)
         agent, _ = agent.update(batches)  # compile
         start = time.perf_counter()
         for _ in range(blocks):
@@ -173,7 +180,7 @@ def main() -> None:
         _learner_child(devices, args.preset, args.learner_blocks)
         return
 
-    config = run_lib.load_config(args.preset, overrides=[("log.wandb_mode", "disabled")])
+    config = load_config(args.preset, overrides=[("log.wandb_mode", "disabled")])
     workers = [int(n) for n in args.workers.split(",")]
     backends = args.backends.split(",")
     cores = os.cpu_count() or 1

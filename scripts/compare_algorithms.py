@@ -6,7 +6,7 @@
         --max_env_steps 5000 --eval_interval 512 --eval_episodes 20    # real LIBERO (README)
 
 Each run is the preset (`dsrl/presets/<preset>.py`) built by the launchers' `build_run`
-(`dsrl.training.run`), as `examples/launch_train_sim.py --env <preset> --algorithm
+(`dsrl.training.build`), as `examples/launch_train_sim.py --env <preset> --algorithm
 {pixel_sac,dsrl_na}` does, so both algorithms
 see the same env, base policy, noise parameterisation, UTD (`multi_grad_step`), batch size,
 networks and evaluation seeds. A run stops at its first evaluation with success >= threshold
@@ -84,9 +84,9 @@ def steps_to_threshold(rows: list[dict[str, float]], metric: str, threshold: flo
 
 def time_updates(config, run, blocks: int) -> float:
     """Seconds per gradient step of a fresh learner on the run's buffer (compile excluded)."""
-    from dsrl.training import run as run_lib
+    from dsrl.training.build import make_agent
 
-    agent = run_lib.make_agent(config, run.vec_env.spec.observation_spec, run.steering)
+    agent = make_agent(config, run.vec_env.spec.observation_spec, run.steering)
     block = config.loop.block
     batch_size = min(config.loop.batch_size, len(run.buffer))  # a tiny budget's small buffer
     agent, _ = agent.update(run.buffer.sample(batch_size, num_batches=block))
@@ -101,7 +101,9 @@ def time_updates(config, run, blocks: int) -> float:
 
 def run_one(algorithm: str, seed: int, args, logdir: Path) -> dict[str, Any]:
     from dsrl.training import loop
-    from dsrl.training import run as run_lib
+    from dsrl.training.build import build_run
+    from dsrl.training.cli import config_overrides
+    from dsrl.training.config_io import load_config
 
     flags = {
         "algorithm": algorithm, "seed": str(seed), "max_env_steps": str(args.max_env_steps),
@@ -109,11 +111,11 @@ def run_one(algorithm: str, seed: int, args, logdir: Path) -> dict[str, Any]:
         "eval_episodes": str(args.eval_episodes), "wandb_mode": "disabled", "logdir": str(logdir),
     }  # fmt: skip
     overrides = [("loop.num_video_episodes", "0"), ("loop.progress", "false")]
-    config = run_lib.load_config(
-        args.preset, flags=flags, overrides=overrides + run_lib.config_overrides(args.config)
+    config = load_config(
+        args.preset, flags=flags, overrides=overrides + config_overrides(args.config)
     )
     recorder = _EvalRecorder(args.metric, args.threshold, not args.no_early_stop)
-    with run_lib.build_run(config) as run:
+    with build_run(config) as run:
         start = time.perf_counter()
         try:
             loop.train(

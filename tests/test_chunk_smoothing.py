@@ -14,7 +14,8 @@ from dsrl.envs.droid import DroidConfig, DroidEnv, SimulatedRobotEnv
 from dsrl.envs.keyboard import ScriptedKeyboard
 from dsrl.envs.smoothing import ChunkSmoother, ChunkSmoothing
 from dsrl.envs.vector import VectorEnv
-from dsrl.training import run as run_lib
+from dsrl.training.config_io import load_config
+from dsrl.training.flags import ConfigError
 from tests.test_vector_env import CounterEnv
 
 W = np.array([1, 2, 3]) / 4  # cross-fade weights of the new chunk for blend_steps=3
@@ -71,9 +72,9 @@ def test_bad_settings_name_the_setting(kwargs, message):
         ChunkSmoothing(**kwargs)
     section = {"blend_steps": "env.blend_steps", "max_action_delta": "env.max_action_delta"}
     (name,) = kwargs
-    with pytest.raises(run_lib.ConfigError, match=f"{section[name]} must be .*--{name}"):
-        run_lib.load_config("demo", flags={name: str(kwargs[name])})
-    default = run_lib.load_config("demo").env  # off by default
+    with pytest.raises(ConfigError, match=f"{section[name]} must be .*--{name}"):
+        load_config("demo", flags={name: str(kwargs[name])})
+    default = load_config("demo").env  # off by default
     assert (default.blend_steps, default.max_action_delta) == (0, 0.0)
 
 

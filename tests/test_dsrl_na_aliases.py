@@ -29,7 +29,8 @@ from dsrl.agents.spec import TransitionSpec  # noqa: E402
 from dsrl.base_policies.flow_mlp import FlowMLPPolicy  # noqa: E402
 from dsrl.steering import Steering, make_noise_param  # noqa: E402
 from dsrl.training import aliases, loop  # noqa: E402
-from dsrl.training import run as run_lib  # noqa: E402
+from dsrl.training.build import make_agent, make_base_policy, make_steering  # noqa: E402
+from dsrl.training.config_io import load_config  # noqa: E402
 
 IMAGE, STATE_DIM = 16, 4
 
@@ -165,9 +166,9 @@ def test_the_rollout_stores_each_aliass_chunk_from_the_querys_own_call():
 def test_bad_alias_settings_name_the_fix(capsys):
     flags = {"algorithm": "pixel_sac", "num_aliases": "4"}
     with pytest.raises(ValueError, match="--num_aliases is an option of dsrl_na only"):
-        run_lib.load_config("demo", flags=flags)
+        load_config("demo", flags=flags)
     with pytest.raises(ValueError, match="num_aliases must be >= 0"):
-        run_lib.load_config("demo", flags={"algorithm": "dsrl_na", "num_aliases": "-2"})
+        load_config("demo", flags={"algorithm": "dsrl_na", "num_aliases": "-2"})
     with pytest.raises(ValueError, match="leave distill_noises_per_state at 1"):
         small_config(num_aliases=4, distill_noises_per_state=2)
     # "auto" resolves to stored aliases for a policy without a pure-JAX sampler; M != 1 then
@@ -223,11 +224,11 @@ def test_dsrl_na_trains_on_real_libero_with_a_tiny_random_pi0_and_resumes(tmp_pa
     for key in ("critic_loss", "noise_critic_loss", "actor_loss", "distill_target_q"):
         assert np.isfinite(rows[-1][f"training/{key}"]), key
 
-    config = run_lib.load_config(resume=run_dir)
-    policy = run_lib.make_base_policy(config)
-    steering = run_lib.make_steering(config, policy)
+    config = load_config(resume=run_dir)
+    policy = make_base_policy(config)
+    steering = make_steering(config, policy)
     obs_spec = {"pixels": ((64, 64, 3), np.uint8), "state": ((8,), np.float32)}
-    template = run_lib.make_agent(config, obs_spec, steering)
+    template = make_agent(config, obs_spec, steering)
     assert template.num_aliases == 16  # Pi0 has no pure-JAX sampler: stored aliases by default
     assert template.policy_observation_spec() == {}  # no Pi0 images in the buffer
     saved = RunCheckpointer(run_dir)

@@ -1,4 +1,4 @@
-"""examples/launch_train_sim.py and dsrl.training.run: presets, reference flag names, --config
+"""examples/launch_train_sim.py and dsrl.training.cli: presets, reference flag names, --config
 overrides, clear errors before any work, the run directory's life cycle, and scripts/plot_run.py
 on a real run directory."""
 
@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 from run_parts import load_script
 
-from dsrl.training import run as run_lib
+from dsrl.training.build import build_run, make_agent, make_base_policy, make_steering
+from dsrl.training.config import CONFIG_VERSION
+from dsrl.training.config_io import load_config, write_config_file
+from dsrl.training.flags import ConfigError
 from dsrl.utils.logging import RunLogger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,11 +143,11 @@ def test_unknown_learner_option_names_the_valid_ones():
     with pytest.raises(
         ValueError, match=r"unknown learner option\(s\) \['hiden_dims'\].*hidden_dims"
     ):
-        run_lib.load_config("demo", overrides=[("agent.hiden_dims", "3")])
-    good = run_lib.load_config("demo", flags={"action_magnitude": "2.5"}).learner_config()
+        load_config("demo", overrides=[("agent.hiden_dims", "3")])
+    good = load_config("demo", flags={"action_magnitude": "2.5"}).learner_config()
     assert good.action_magnitude == 2.5 and tuple(good.hidden_dims) == (64, 64)
     # The learner's discount is the loop's: one value, set once.
-    na = run_lib.load_config("demo", flags={"algorithm": "dsrl_na", "discount": "0.9"})
+    na = load_config("demo", flags={"algorithm": "dsrl_na", "discount": "0.9"})
     if "discount" in {f.name for f in dataclasses.fields(type(na.learner_config()))}:
         assert na.learner_config().discount == 0.9
 
@@ -156,8 +159,8 @@ def test_dsrl_na_is_built_with_the_steering(launcher):
     config, _ = launcher.parse_config(
         ["--env", "demo", "--algorithm", "dsrl_na", "--resize_image", "16", "--hidden_dims", "16"]
     )
-    steering = run_lib.make_steering(config, run_lib.make_base_policy(config))
-    agent = run_lib.make_agent(config, DemoEnv(image_size=16).spec.observation_spec, steering)
+    steering = make_steering(config, make_base_policy(config))
+    agent = make_agent(config, DemoEnv(image_size=16).spec.observation_spec, steering)
     assert isinstance(agent, NoiseAliasingLearner)
     assert agent.transition_spec().action_chunks
 
@@ -273,11 +276,11 @@ def test_corrupt_or_newer_config_json_is_named_in_the_error(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text('{"env": {"name": "demo"')
-    with pytest.raises(run_lib.ConfigError, match=r"config\.json is not valid JSON"):
-        run_lib.load_config(resume=run_dir)
+    with pytest.raises(ConfigError, match=r"config\.json is not valid JSON"):
+        load_config(resume=run_dir)
     (run_dir / "config.json").write_text('{"version": 99, "env": {"name": "demo"}}')
-    with pytest.raises(run_lib.ConfigError, match="config version 99; this dsrl reads"):
-        run_lib.load_config(resume=run_dir)
+    with pytest.raises(ConfigError, match="config version 99; this dsrl reads"):
+        load_config(resume=run_dir)
     (run_dir / "config.json").write_text("[1, 2]")
     with pytest.raises(SystemExit) as excinfo:
         launcher_main(["--resume", str(run_dir)])
@@ -309,8 +312,8 @@ def test_a_version_1_config_json_reads_as_todays_config(tmp_path):
     run_dir = tmp_path / "old_run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps(flat))
-    old = run_lib.load_config(resume=run_dir)
-    today = run_lib.load_config(  # the old run's values where today's demo preset differs
+    old = load_config(resume=run_dir)
+    today = load_config(  # the old run's values where today's demo preset differs
         "demo",
         overrides=[
             ("execution.mode", "loop"),
@@ -320,10 +323,10 @@ def test_a_version_1_config_json_reads_as_todays_config(tmp_path):
     )
     assert old == today
     # Written back, it is today's layout with its version.
-    run_lib.write_config_file(run_dir, old)
+    write_config_file(run_dir, old)
     saved = json.loads((run_dir / "config.json").read_text())
-    assert saved["version"] == run_lib.CONFIG_VERSION and saved["env"]["num_envs"] == 8
-    assert run_lib.load_config(resume=run_dir) == today
+    assert saved["version"] == CONFIG_VERSION and saved["env"]["num_envs"] == 8
+    assert load_config(resume=run_dir) == today
 
 
 def launcher_main(argv):
@@ -353,7 +356,7 @@ def test_a_failed_resume_leaves_config_json_and_the_run_as_they_were(tmp_path, c
     assert launcher_main(argv) == 0
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     saved = (run_dir / "config.json").read_bytes()
-    assert json.loads(saved)["version"] == run_lib.CONFIG_VERSION
+    assert json.loads(saved)["version"] == CONFIG_VERSION
     capsys.readouterr()
     for bad, message in [
         (["--config.agent.hiden_dims=3"], "unknown learner option(s) ['hiden_dims']"),
@@ -367,7 +370,7 @@ def test_a_failed_resume_leaves_config_json_and_the_run_as_they_were(tmp_path, c
         assert (run_dir / "config.json").read_bytes() == saved, bad
     assert launcher_main(["--resume", str(run_dir), "--no_progress", "--max_steps", "12"]) == 0
     assert "resumed" in capsys.readouterr().out
-    assert run_lib.load_config(resume=run_dir).loop.max_steps == 12
+    assert load_config(resume=run_dir).loop.max_steps == 12
     steps = [int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]
     assert max(steps) == 12
 
@@ -383,8 +386,8 @@ def test_a_run_directory_written_before_the_run_config_resumes(tmp_path, capsys)
     assert launcher_main(["--resume", str(run_dir), "--max_steps", "12", "--no_progress"]) == 0
     out = capsys.readouterr().out
     assert f"resumed {run_dir} at gradient step 8, 184 env steps, buffer 27" in out
-    config = run_lib.load_config(resume=run_dir)
-    assert json.loads((run_dir / "config.json").read_text())["version"] == run_lib.CONFIG_VERSION
+    config = load_config(resume=run_dir)
+    assert json.loads((run_dir / "config.json").read_text())["version"] == CONFIG_VERSION
     assert config.env.image_size == 16 and config.learner_config().bottleneck_dim == 8
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 12 and rows[-1]["replay_buffer_size"] >= 27
@@ -428,11 +431,11 @@ def test_worker_deadlines_and_checkpoints_kept_come_from_the_run_config(tmp_path
         ("log.logdir", str(tmp_path)),
         ("log.wandb_mode", "disabled"),
     ]
-    config = run_lib.load_config("demo", overrides=overrides)
-    with run_lib.build_run(config, log=lambda *_: None) as run:
+    config = load_config("demo", overrides=overrides)
+    with build_run(config, log=lambda *_: None) as run:
         assert run.vec_env.step_timeout_s == 7.5
         assert run.vec_env.max_worker_failures == 5
         assert run.checkpointer.max_to_keep == 4
     for key, value in (("env.step_timeout_s", "0"), ("log.checkpoints_to_keep", "0")):
-        with pytest.raises(run_lib.ConfigError, match=key):
-            run_lib.load_config("demo", overrides=[(key, value)])
+        with pytest.raises(ConfigError, match=key):
+            load_config("demo", overrides=[(key, value)])

@@ -21,7 +21,8 @@ from dsrl.base_policies.pi0 import Pi0Policy  # noqa: E402
 from dsrl.base_policies.pi0.config import Pi0Config  # noqa: E402
 from dsrl.envs import make_env  # noqa: E402
 from dsrl.training import loop  # noqa: E402
-from dsrl.training import run as run_lib  # noqa: E402
+from dsrl.training.build import make_agent, make_steering  # noqa: E402
+from dsrl.training.config_io import load_config  # noqa: E402
 from dsrl.utils.checkpoints import RunCheckpointer  # noqa: E402
 from dsrl.utils.logging import read_metrics  # noqa: E402
 
@@ -104,16 +105,16 @@ def test_launcher_steers_tiny_pi0_on_real_libero(tmp_path, pi0_files):
     assert train_rows[-1]["step"] == 2 and np.isfinite(train_rows[-1]["training/critic_loss"])
 
     # -- the checkpoint: counters and the replay buffer (one transition per query).
-    config = run_lib.load_config(resume=run_dir)
+    config = load_config(resume=run_dir)
     env = make_env("libero", **ENV_KWARGS, resize_image=config.env.image_size)
     policy = Pi0Policy.from_checkpoint(
         ckpt, "libero", variant="tiny", dtype="float32", tokenizer_path=tokenizer,
         num_steps=NUM_STEPS,
     )  # fmt: skip
     try:
-        steering = run_lib.make_steering(config, policy)
+        steering = make_steering(config, policy)
         assert steering.latent_dim == CFG.action_dim
-        template = run_lib.make_agent(config, env.spec.observation_spec, steering)
+        template = make_agent(config, env.spec.observation_spec, steering)
         saved = RunCheckpointer(run_dir)
         _, state, buffer = loop.restore(saved, template)
         saved.close()

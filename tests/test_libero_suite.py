@@ -19,8 +19,11 @@ pytest.importorskip("libero")
 from run_parts import load_script, write_tiny_libero_pi0  # noqa: E402
 
 from dsrl.envs import libero_suite  # noqa: E402
-from dsrl.training import loop  # noqa: E402
-from dsrl.training import run as run_lib  # noqa: E402
+from dsrl.training import (
+    cli,  # noqa: E402
+    loop,  # noqa: E402
+)
+from dsrl.training.config_io import load_config  # noqa: E402
 from dsrl.training.eval_only import format_table, task_names  # noqa: E402
 from dsrl.training.evaluation import EvalResult, summarize  # noqa: E402
 from dsrl.training.rollout import Episode  # noqa: E402
@@ -105,7 +108,7 @@ def test_evaluation_reports_success_per_task_and_their_average():
     assert not [k for k in single if k.startswith("task_")]  # single-task metrics unchanged
 
     result = EvalResult(metrics, [], episodes)
-    tasks = task_names(run_lib.load_config("libero_spatial"), {"actor_mode": result})
+    tasks = task_names(load_config("libero_spatial"), {"actor_mode": result})
     assert tasks == {"0": LANGUAGES[0], "4": LANGUAGES[4]}
     summary = {
         "sources": {
@@ -215,7 +218,7 @@ def test_a_run_over_two_libero_tasks_logs_success_per_task_and_resumes(
 ):
     launcher = load_script("examples/launch_train_sim.py")
     logdir = tmp_path / "runs"
-    run, _ = run_lib.start(launcher.build_parser(), _argv(logdir, *pi0_files), preset="demo")
+    run, _ = cli.start(launcher.build_parser(), _argv(logdir, *pi0_files), preset="demo")
     with run:
         assert run.agent.observation_spec == (("pixels", (64, 64, 3)), ("state", (STATE_DIM,)))
         seen = _spy_on_queries(run, monkeypatch)
@@ -240,7 +243,7 @@ def test_a_run_over_two_libero_tasks_logs_success_per_task_and_resumes(
     assert "evaluation_base_iid/task_1/success_rate" in evals[0]
 
     # The replay buffer: each worker's transitions carry its task's one-hot after the state.
-    config = run_lib.load_config(resume=run_dir)
+    config = load_config(resume=run_dir)
     assert list(config.env.kwargs["tasks"]) == [0, 1]
     saved = RunCheckpointer(run_dir)
     _, state, buffer = loop.restore(saved, run.agent)
@@ -254,7 +257,7 @@ def test_a_run_over_two_libero_tasks_logs_success_per_task_and_resumes(
 
     # Resume: the same task conditioning, the run goes on from its checkpoint (the 2 gradient
     # steps still owed to the collected data; no evaluation, to keep the test short).
-    resumed, _ = run_lib.start(
+    resumed, _ = cli.start(
         launcher.build_parser(),
         ["--resume", str(run_dir), "--max_steps", "4", "--eval_episodes", "0", "--no_progress"],
         preset="demo",

@@ -25,7 +25,8 @@ from dsrl.envs.demo import DemoEnv
 from dsrl.envs.vector import VectorEnv
 from dsrl.steering import Steering, make_noise_param
 from dsrl.training import loop
-from dsrl.training import run as run_lib
+from dsrl.training.build import make_agent, make_steering
+from dsrl.training.config_io import load_config
 from dsrl.training.rollout import run_episodes
 from dsrl.utils.checkpoints import RunCheckpointer
 from dsrl.utils.logging import RunLogger, read_metrics
@@ -362,10 +363,10 @@ def test_launcher_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
         proc.wait()
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     # What the checkpoint holds, read here with the run's own config.
-    config = run_lib.load_config(resume=run_dir)
+    config = load_config(resume=run_dir)
     spec = DemoEnv(image_size=16).spec
-    steering = run_lib.make_steering(config, FlowMLPPolicy.load_demo())
-    template = run_lib.make_agent(config, spec.observation_spec, steering)
+    steering = make_steering(config, FlowMLPPolicy.load_demo())
+    template = make_agent(config, spec.observation_spec, steering)
     saved = RunCheckpointer(run_dir)
     agent, state, buffer = loop.restore(saved, template)
     saved.close()

@@ -15,7 +15,8 @@ from dsrl.agents import PixelSACLearner
 from dsrl.agents.pixel_sac import learner as learner_lib
 from dsrl.envs import make_env
 from dsrl.envs.vector import VectorEnv
-from dsrl.training import run as run_lib
+from dsrl.training.build import build_run
+from dsrl.training.config_io import load_config
 from dsrl.training.evaluation import summarize
 from dsrl.training.rollout import run_episodes
 
@@ -68,9 +69,9 @@ def test_train_actor_steps_delays_the_dsrl_na_actor_too():
 def test_step_penalty_switch_changes_the_stored_rewards():
     """Same seeds and noise: with the penalty -1 per query and 0 on success; without it 0 per
     query and +1 on success. Everything else, and env/return as the sum, follows."""
-    from dsrl.training.run import make_base_policy, make_steering
+    from dsrl.training.build import make_base_policy, make_steering
 
-    config = run_lib.load_config("demo")
+    config = load_config("demo")
     steering = make_steering(config, make_base_policy(config))
     episodes = {}
     with VectorEnv([lambda: make_env("demo", image_size=16)] * 4, mode="inline") as venv:
@@ -95,7 +96,7 @@ def test_step_penalty_switch_changes_the_stored_rewards():
 def test_a_short_demo_run_logs_the_metric_set(tmp_path):
     """The launcher's demo run (with every new option on) writes RLinf's metric names for
     exploration and evaluation, gradient norms and the buffer's utilisation to metrics.jsonl."""
-    config = run_lib.load_config(
+    config = load_config(
         "demo",
         flags={
             "logdir": str(tmp_path), "max_steps": "8", "num_envs": "2", "resize_image": "16",
@@ -108,7 +109,7 @@ def test_a_short_demo_run_logs_the_metric_set(tmp_path):
                    ("agent.bottleneck_dim", "8"), ("loop.progress", "false"),
                    ("loop.num_video_episodes", "0")],
     )  # fmt: skip
-    with run_lib.build_run(config, log=lambda *_: None) as run:
+    with build_run(config, log=lambda *_: None) as run:
         assert run.vec_env.smoothing is not None
         run.train()
         rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").open()]

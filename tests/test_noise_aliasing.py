@@ -308,17 +308,18 @@ def test_bad_inputs_name_the_problem():
 def test_short_demo_run_through_the_launcher(tmp_path):
     """`--algorithm dsrl_na` on the demo: the buffer stores the executed chunks, the noise and the
     base policy's observation; the loop runs NA updates and logs their metrics."""
-    from dsrl.training import run as run_lib
+    from dsrl.training.build import build_run
+    from dsrl.training.config_io import load_config
 
     flags = {
         "algorithm": "dsrl_na", "max_steps": "64", "eval_interval": "64", "eval_episodes": "4",
         "start_online_updates": "30", "batch_size": "32", "logdir": str(tmp_path),
         "wandb_mode": "disabled", "num_envs": "4", "update_block": "16",
     }  # fmt: skip
-    config = run_lib.load_config(
+    config = load_config(
         "demo", flags=flags, overrides=[("loop.num_video_episodes", "0"), ("loop.progress", "0")]
     )
-    with run_lib.build_run(config) as run:
+    with build_run(config) as run:
         assert isinstance(run.agent, NoiseAliasingLearner)
         result = run.train()
     assert result.state.grad_steps >= 64

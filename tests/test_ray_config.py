@@ -6,7 +6,9 @@ import socket
 
 import pytest
 
-from dsrl.training import run as run_lib
+from dsrl.training.build import make_base_policy
+from dsrl.training.config_io import load_config
+from dsrl.training.flags import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -29,8 +31,8 @@ from dsrl.training import run as run_lib
     ],
 )
 def test_ray_settings_that_cannot_work_are_config_errors(overrides, words):
-    with pytest.raises(run_lib.ConfigError) as err:
-        run_lib.load_config("demo", overrides=overrides)
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", overrides=overrides)
     for word in words:
         assert word in str(err.value)
 
@@ -42,11 +44,11 @@ def test_an_address_where_no_cluster_answers_fails_in_seconds_naming_ray_start()
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = run_lib.load_config(
+    config = load_config(
         "demo",
         overrides=[("env.mode", "ray"), ("base_policy.ray", "true")],
         flags={"ray_address": f"127.0.0.1:{port}"},
     )
-    with pytest.raises(run_lib.ConfigError, match="ray start --head"):
-        run_lib.make_base_policy(config)
+    with pytest.raises(ConfigError, match="ray start --head"):
+        make_base_policy(config)
     assert not ray.is_initialized()

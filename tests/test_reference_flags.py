@@ -12,7 +12,9 @@ import pytest
 from run_parts import load_script
 
 from dsrl.envs.keyboard import ScriptedKeyboard
-from dsrl.training import run as run_lib
+from dsrl.training import cli
+from dsrl.training.cli import notices
+from dsrl.training.flags import ConfigError
 
 # The flag lines as the reference's scripts pass them (examples/scripts/run_libero.sh,
 # run_aloha.sh, run_real.sh at 7f48937).
@@ -73,7 +75,7 @@ def test_sim_flag_lines_build_a_run_with_a_tiny_50_step_pi0(sim, tmp_path, scrip
     50-step chunk so --query_freq 20 / 50 fits, the reference's learner) and Pi0 is queried."""
     pytest.importorskip({"libero": "libero", "aloha": "gym_aloha"}[script])
     argv = shlex.split(REFERENCE[script]) + TINY_PI0 + HORIZON_50 + ["--logdir", str(tmp_path)]
-    run, _ = run_lib.start(sim.build_parser(), argv, preset="demo")
+    run, _ = cli.start(sim.build_parser(), argv, preset="demo")
     with run:
         assert run.steering.base_policy.noise_shape == (50, 32)
         assert run.config.learner_config().num_qs == 10
@@ -90,7 +92,7 @@ def test_sim_flag_lines_build_a_run_with_a_tiny_50_step_pi0(sim, tmp_path, scrip
 def test_real_flag_line_builds_on_the_simulated_robot(real, tmp_path, capsys):
     argv = shlex.split(REFERENCE["real"]) + TINY_PI0 + ["--robot", "sim", *IDS]
     kb = ScriptedKeyboard(answers=[])
-    run, _ = run_lib.start(
+    run, _ = cli.start(
         real.build_parser(), [*argv, "--logdir", str(tmp_path)], preset="real", keyboard=kb
     )
     with run:
@@ -101,9 +103,9 @@ def test_real_flag_line_builds_on_the_simulated_robot(real, tmp_path, capsys):
 
 
 def test_action_horizon_on_a_base_policy_without_one_is_rejected(sim, capsys):
-    with pytest.raises(run_lib.ConfigError, match="local Pi0 only"):
+    with pytest.raises(ConfigError, match="local Pi0 only"):
         sim.parse_config(["--env", "demo", *HORIZON_50])
-    with pytest.raises(run_lib.ConfigError, match="policy server"):
+    with pytest.raises(ConfigError, match="policy server"):
         sim.parse_config(["--env", "libero", "--pi0_remote", "127.0.0.1:8000", *HORIZON_50])
     with pytest.raises(SystemExit):
         sim.main(["--env", "demo", *HORIZON_50])
@@ -121,9 +123,9 @@ def test_encoder_flags_reach_the_learner(sim, capsys):
     assert (learner.cnn_padding, learner.bottleneck_dim, learner.dropout_rate) == ("SAME", 24, 0.1)
     assert (learner.aug_next, learner.encoder_pooling) == (False, "spatial_softmax")
     assert learner.softmax_temperature == -1.0 and config.env.num_cameras == 1
-    assert run_lib.notices(config, args) == []
+    assert notices(config, args) == []
     # The reference's learnable temperature (-1) builds a learned spatial-softmax temperature.
-    from dsrl.training.run import make_agent, make_base_policy, make_steering
+    from dsrl.training.build import make_agent, make_base_policy, make_steering
 
     steering = make_steering(config, make_base_policy(config))
     spec = {"pixels": ((32, 32, 3), np.uint8), "state": ((4,), np.float32)}
@@ -133,7 +135,7 @@ def test_encoder_flags_reach_the_learner(sim, capsys):
     ignored, args = sim.parse_config(
         ["--env", "demo", "--encoder_norm", "group", "--softmax_temperature", "2", "--suffix", "x"]
     )
-    lines = run_lib.notices(ignored, args)
+    lines = notices(ignored, args)
     assert len(lines) == 3 and all("does nothing" in line for line in lines)
     with pytest.raises(SystemExit):
         sim.main(["--env", "demo", "--use_bottleneck", "0"])
@@ -146,7 +148,7 @@ def test_encoder_flags_reach_the_learner(sim, capsys):
 def test_add_states_0_drops_the_agent_state_but_not_the_base_policys(sim, tmp_path):
     argv = ["--env", "demo", "--add_states", "0", "--logdir", str(tmp_path),
             "--wandb_mode", "disabled"]  # fmt: skip
-    run, _ = run_lib.start(sim.build_parser(), argv, preset="demo")
+    run, _ = cli.start(sim.build_parser(), argv, preset="demo")
     with run:
         assert run.vec_env.spec.observation_spec["state"][0] == (0,)
         assert run.agent.observation_spec == (("pixels", (32, 32, 3)), ("state", (0,)))

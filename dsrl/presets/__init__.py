@@ -1,5 +1,5 @@
 """Per-environment presets: `get_config()` returns an ml_collections ConfigDict laid out like
-`dsrl.training.run.RunConfig` (sections env, base_policy, steering, agent, execution, loop,
+`dsrl.training.config.RunConfig` (sections env, base_policy, steering, agent, execution, loop,
 replay, log). They live in the library, not under examples/, so that `build_run` and both
 launchers read them with a normal import, installed or from a checkout."""
 

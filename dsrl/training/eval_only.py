@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dsrl.training import loop
+from dsrl.training import build, loop
 from dsrl.training.evaluation import (
     EvalResult,
     eval_seeds,
@@ -228,7 +228,6 @@ def run(
     log: Any = print,
 ) -> EvalOnlyResult:
     """Evaluate as `args` asks (see the module docstring) and write the eval folder."""
-    from dsrl.training import run as run_lib
     from dsrl.utils.checkpoints import RunCheckpointer
     from dsrl.utils.logging import RunLogger
 
@@ -248,14 +247,14 @@ def run(
         else f"--eval_seeds {args.eval_seeds}"
     )
     with contextlib.ExitStack() as resources:
-        base_policy = run_lib.make_base_policy(config)
+        base_policy = build.make_base_policy(config)
         if callable(getattr(base_policy, "close", None)):
             resources.callback(base_policy.close)
-        steering = run_lib.make_steering(config, base_policy)
-        vec_env = run_lib.make_vec_env(config, base_policy, resources, keyboard, robot)
+        steering = build.make_steering(config, base_policy)
+        vec_env = build.make_vec_env(config, base_policy, resources, keyboard, robot)
         agent, state, step = None, loop.LoopState(), None
         if not args.base_policy_only:
-            template = run_lib.make_agent(config, vec_env.spec.observation_spec, steering)
+            template = build.make_agent(config, vec_env.spec.observation_spec, steering)
             checkpointer = RunCheckpointer(run_dir, read_only=True)
             resources.callback(checkpointer.close)
             restored = checkpointer.restore(

@@ -1,0 +1,144 @@
+"""The command line of both launchers (`examples/launch_train_sim.py`, `launch_train_real.py`).
+
+`make_parser` takes the reference's flag names (`dsrl.training.flags`) and the eval-only flags;
+`start` parses a command line into a RunConfig (`dsrl.training.config_io.load_config`) and builds
+the run (`dsrl.training.build.build_run`) or, with `--eval_only`, evaluates
+(`dsrl.training.eval_only.run`). `--config.<path>=<value>` sets any value of the RunConfig.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dsrl.steering import MODES as NOISE_MODES
+from dsrl.training import eval_only
+from dsrl.training.build import build_run
+from dsrl.training.config import ALGORITHMS, ENV_MODES, WANDB_MODES, RunConfig
+from dsrl.training.config_io import load_config
+from dsrl.training.flags import FLAGS, IGNORED_FLAGS, LIST_FLAGS, REAL_FLAGS, ConfigError
+
+# The choices argparse offers for a flag, by the RunConfig path it sets.
+CHOICES = {
+    "steering.noise_mode": NOISE_MODES,
+    "agent.algorithm": ALGORITHMS,
+    "log.wandb_mode": WANDB_MODES,
+    "agent.critic_reduction": ("mean", "min"),
+    "env.robot": ("droid", "sim"),
+    "env.mode": ENV_MODES,
+}
+
+
+def make_parser(description: str, flags: Mapping[str, str]) -> argparse.ArgumentParser:
+    """--resume, the given reference flags (`flags`: name -> RunConfig path), the reference's
+    ignored flags and --no_progress; `--config.<path>=<value>` is read from the rest."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog="Any config value: --config.<path>=<value> (e.g. --config.agent.num_qs=2).",
+    )
+    parser.add_argument("--resume", default=None, help="a run directory to continue")
+    for name, path in flags.items():
+        kwargs: dict[str, Any] = {"default": None, "help": f"sets {path}"}
+        if name == "hidden_dims":
+            kwargs |= {"nargs": "+", "help": "one value N means (N, N, N)"}
+        elif name in LIST_FLAGS:
+            kwargs |= {"nargs": "+", "help": f"sets {path} (one value per layer)"}
+        elif name in IGNORED_FLAGS:
+            kwargs["help"] = (
+                f"accepted for the reference's scripts; does nothing: {IGNORED_FLAGS[name]}"
+            )
+        elif name == "use_prefix_feature":
+            kwargs |= {"action": "store_true"}
+        elif path in CHOICES:
+            kwargs["choices"] = CHOICES[path]
+        parser.add_argument(f"--{name}", **kwargs)
+    for name in IGNORED_FLAGS:
+        if name not in flags:
+            parser.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--no_progress", action="store_true", help="hide the tqdm bar")
+    eval_only.add_arguments(parser)  # --eval_only, --checkpoint_step, --eval_seeds, ...
+    return parser
+
+
+def config_overrides(extra: Sequence[str]) -> list[tuple[str, str]]:
+    """['--config.a.b=1', '--config.c', '2'] -> [('a.b', '1'), ('c', '2')]."""
+    out, i = [], 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--config."):
+            raise ConfigError(f"unrecognised argument {arg!r} (see --help)")
+        body = arg[len("--config.") :]
+        if "=" in body:
+            key, value = body.split("=", 1)
+        elif i + 1 < len(extra):
+            key, value = body, extra[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"{arg} needs a value: --config.{body}=<value>")
+        out.append((key, value))
+        i += 1
+    return out
+
+
+def parse_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, preset: str | None
+) -> tuple[RunConfig, argparse.Namespace]:
+    """(RunConfig, parsed flags) of a command line. The preset is `--env` where the parser has
+    it, else `preset`; a resumed run keeps its own (a different `--env` is an error)."""
+    args, extra = parser.parse_known_args(argv)
+    eval_only.check_arguments(args)  # `--eval_only RUN_DIR` reads RUN_DIR's config
+    flags = {name: getattr(args, name) for name in {**FLAGS, **REAL_FLAGS} if hasattr(args, name)}
+    config = load_config(
+        getattr(args, "env", None) or (None if args.resume else preset),
+        resume=args.resume,
+        flags=flags,
+        overrides=config_overrides(extra),
+    )
+    progress = dataclasses.replace(config.loop, progress=not args.no_progress)
+    return dataclasses.replace(config, loop=progress), args
+
+
+def notices(config: RunConfig, args: argparse.Namespace) -> list[str]:
+    """One line per flag that was given but changes nothing in this run (printed once at
+    start-up, so a reference script's flag never looks as if it had an effect it has not)."""
+    out = []
+    for name, why in IGNORED_FLAGS.items():
+        if getattr(args, name, None) is not None:
+            out.append(f"--{name} is accepted for the reference's scripts and does nothing: {why}")
+    learner = dict(config.agent.learner)
+    pooling = learner.get("encoder_pooling", "flatten")
+    if getattr(args, "softmax_temperature", None) is not None and pooling != "spatial_softmax":
+        out.append(
+            f"--softmax_temperature does nothing with encoder_pooling={pooling!r} (the reference's "
+            "'small' encoder ignored it too); pass --use_spatial_softmax 1 to use it"
+        )
+    if getattr(args, "eval_interval", None) is not None and config.loop.eval_episodes == 0:
+        out.append(
+            "--eval_interval does nothing: control evaluation is off (eval_episodes 0; on a real "
+            "robot each evaluation episode costs robot time); pass --eval_episodes N to evaluate"
+        )
+    return out
+
+
+def start(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    preset: str | None,
+    log: Any = print,
+    **kwargs: Any,
+) -> tuple[Any, argparse.Namespace]:
+    """Parse the command line and build the run; a bad value ends the process with one error
+    line naming it (exit status 2, argparse's), before any work. Flags that do nothing in this
+    run are named once (`notices`). With `--eval_only` nothing is trained: the evaluation runs
+    here and its `dsrl.training.eval_only.EvalOnlyResult` is returned instead of a Run."""
+    try:
+        config, args = parse_args(parser, argv, preset)
+        for line in notices(config, args):
+            log(f"[dsrl] note: {line}")
+        if args.eval_only:
+            return eval_only.run(config, args, log=log, **kwargs), args
+        return build_run(config, args.resume, log=log, **kwargs), args
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
