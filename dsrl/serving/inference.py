@@ -17,7 +17,8 @@ from dsrl.serving import batching, msgpack_numpy
 from dsrl.serving.compiles import CompileCounter
 from dsrl.serving.decoding import Request
 from dsrl.serving.protocol import MAX_ERROR_CHARS, RequestError, clip, error_frame
-from dsrl.serving.validation import check_noise, check_output, check_spec
+from dsrl.serving.specs import Field, check_fields
+from dsrl.serving.validation import check_noise, check_output
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +41,14 @@ def log_failure(what: str, error: BaseException) -> None:
 
 class Inference:
     """The served policy with what it takes to answer a request: noise shape, compiled batch
-    sizes, the observation spec and the seeded stream of default noise."""
+    sizes, the observation's fields and the seeded stream of default noise."""
 
     def __init__(
         self,
         policy: Any,
         *,
         batch_sizes: tuple[int, ...],
-        observation_spec: Mapping[str, tuple[Any, Any]] | None,
+        fields: tuple[Field, ...],
         compiles: CompileCounter,
         seed: int,
     ):
@@ -55,7 +56,7 @@ class Inference:
         self.noise_shape = tuple(int(d) for d in policy.noise_shape)
         self.batch_sizes = batch_sizes
         self.max_batch = batch_sizes[-1]
-        self.observation_spec = observation_spec
+        self.fields = fields
         self.compiles = compiles
         # Default noise (requests without "noise") comes from one seeded stream.
         self._rng = np.random.default_rng(seed)
@@ -82,8 +83,7 @@ class Inference:
         if request.method == "infer_batch":
             return self._run_batch(request.obs, request.noise, request.want_feature)
         obs = request.obs
-        if self.observation_spec:
-            check_spec(obs, self.observation_spec, None)
+        check_fields(obs, self.fields, None)
         if request.method == "get_prefix_feature":
             return {"prefix_feature": self._prefix_feature(obs, batched=False)}
         noise = request.noise
@@ -120,8 +120,7 @@ class Inference:
                 f"it into requests of at most {self.max_batch} (or restart the server with "
                 f"--max_batch {batch})",
             )
-        if self.observation_spec:
-            check_spec(obs, self.observation_spec, batch)
+        check_fields(obs, self.fields, batch)
         if noise is None:
             raise RequestError("missing_key", "infer_batch needs 'noise' (B, H, D)")
         noise = check_noise(noise, self.noise_shape, batch)

@@ -7,6 +7,8 @@ This module wires the parts together; each concern lives in its own module:
   * `validation`: checks on values, keys, shapes, dtypes and noise, and on the policy's output;
   * `batching`: compiled batch sizes and padding;
   * `inference`: running a request on the policy (inference thread pool) and the warm-up;
+  * `specs`: the keys, shapes and dtypes each served robot must send;
+  * `connections`: the open connections and which to evict at the cap;
   * `auth`: the API-key check; `memory`: heap trimming; `compiles`: compile counting.
 
 Staying responsive under abuse (issue 16): the event loop only moves bytes, a chunk at a time.
@@ -14,8 +16,10 @@ Frames are decoded and validated in a decode thread pool, under `FrameLimits` ch
 object is built; inference runs in its own pool (openpi issue #717). The objects that live as
 long as the server are frozen out of the cyclic collector. So a hostile frame, a slow inference
 or a slow client never stalls `/healthz`, handshakes or other connections. Open connections are
-capped (HTTP 503 beyond it), a connection idle for `idle_timeout_s` is closed (1001), one stalled
-that long partway through a frame or with its reply unread is dropped.
+capped (at the cap the longest-idle connection is evicted; HTTP 503 if none is idle), a connection
+idle for `idle_timeout_s` is closed (1001), a dead one within three keep-alive ping intervals, one
+stalled that long partway through a frame or with its reply unread is dropped. Each request is
+checked against the robot's observation spec (`specs`) before inference.
 
 The server binds 127.0.0.1 unless told otherwise; an empty host is refused (asyncio would bind
 every IPv4 and IPv6 interface, each on its own port when port=0). It enforces an API key when one
@@ -29,26 +33,23 @@ import concurrent.futures
 import contextlib
 import functools
 import gc
-import http
-import json
 import logging
 import threading
-import time
-import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import websockets
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.frames import CloseCode
+from websockets.asyncio.server import serve
 
 from dsrl.serving import batching, msgpack_numpy, transport
 from dsrl.serving.auth import ApiKeyGate
 from dsrl.serving.compiles import CompileCounter
-from dsrl.serving.decoding import Request, parse_request, too_large
+from dsrl.serving.connections import ConnectionTable
+from dsrl.serving.decoding import Request, parse_request
 from dsrl.serving.inference import Inference, log_failure
 from dsrl.serving.memory import HeapTrimmer
 from dsrl.serving.protocol import API_KEY_ENV, METHODS, RequestError, error_frame
+from dsrl.serving.sessions import Sessions
+from dsrl.serving.specs import spec_for_policy
 
 __all__ = ["API_KEY_ENV", "PolicyServer", "RequestError"]
 
@@ -63,6 +64,10 @@ DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_IDLE_TIMEOUT_S = 600.0
 DEFAULT_AUTH_FAILURE_DELAY_S = 1.0
+# Keep-alive pings: a peer that answers none for this long after one is sent is closed.
+DEFAULT_PING_INTERVAL_S = 10.0
+# Wait for a peer's closing handshake without pings (websockets' default).
+_CLOSE_TIMEOUT_S = 10.0
 
 
 def _check_arguments(
@@ -76,6 +81,7 @@ def _check_arguments(
     idle_timeout_s: float,
     open_timeout_s: float,
     auth_failure_delay_s: float,
+    ping_interval_s: float,
 ) -> None:
     """Refuse a server that could not work, before anything is built."""
     for attr in ("noise_shape", "action_dim"):
@@ -94,9 +100,10 @@ def _check_arguments(
         raise ValueError("max_request_bytes, num_workers and decode_workers must be positive")
     if max_connections < 1:
         raise ValueError(f"max_connections must be >= 1, got {max_connections}")
-    if idle_timeout_s < 0 or open_timeout_s <= 0 or auth_failure_delay_s < 0:
+    if min(idle_timeout_s, auth_failure_delay_s, ping_interval_s) < 0 or open_timeout_s <= 0:
         raise ValueError(
-            "idle_timeout_s and auth_failure_delay_s must be >= 0 and open_timeout_s > 0"
+            "idle_timeout_s, auth_failure_delay_s and ping_interval_s must be >= 0 and "
+            "open_timeout_s > 0"
         )
     if auth_failure_delay_s >= open_timeout_s:
         raise ValueError(
@@ -112,6 +119,7 @@ def _new_stats() -> dict[str, Any]:
         "connections": 0,
         "open_connections": 0,
         "refused_connections": 0,
+        "evicted_idle": 0,
         "idle_closed": 0,
         "stalled_closed": 0,
         "auth_failures": 0,
@@ -119,6 +127,25 @@ def _new_stats() -> dict[str, Any]:
         "compiles_at_startup": 0,
         "compiles_while_serving": 0,
         "warmup_s": 0.0,
+    }
+
+
+def _metadata(
+    policy: Any, extra: Mapping[str, Any] | None, inference: Inference, max_request_bytes: int
+) -> dict[str, Any]:
+    """What the server announces on connect: the policy's own metadata, the caller's, then what a
+    client needs to form requests."""
+    return {
+        **dict(getattr(policy, "metadata", None) or {}),
+        **dict(extra or {}),
+        "policy": type(policy).__name__,
+        "noise_shape": list(inference.noise_shape),
+        "action_dim": int(policy.action_dim),
+        "methods": list(METHODS),
+        "max_request_bytes": max_request_bytes,
+        "max_batch": inference.max_batch,
+        "batch_sizes": list(inference.batch_sizes),
+        "server": "dsrl",
     }
 
 
@@ -143,11 +170,16 @@ class PolicyServer:
         and method is run on it so that JAX compiles everything then, not while serving
         (`stats["compiles_while_serving"]` counts any compilation after that). Without it,
         each batch size compiles on first use.
-      max_connections: open websocket connections; more get HTTP 503.
+      observation_spec: {key: (shape, dtype)} of ONE observation, checked before inference
+        (default: derived from the policy, `dsrl.serving.specs`).
+      max_connections: open websocket connections; at the cap a newcomer evicts the connection
+        idle the longest (`dsrl.serving.connections`), and gets HTTP 503 only if none is idle.
       idle_timeout_s: a connection without a request for this long is closed (0 = never).
+      ping_interval_s: keep-alive pings; a peer that answers none within this is dropped as dead
+        (within three intervals in all; 0 = no pings).
       open_timeout_s: a TCP connection must finish its websocket handshake within this.
-      auth_failure_delay_s: a wrong API key is answered (401) after this delay, and the same
-        client address gets 429 without its key being checked until then.
+      auth_failure_delay_s: a wrong API key is answered (401) after this delay; only that
+        handshake waits, a correct key is never delayed or refused (`dsrl.serving.auth`).
 
     Use `serve_forever()` from a script, or `with server.running():` (a background thread) in
     tests and benchmarks; `server.port` is the bound port (pass port=0 for an ephemeral one).
@@ -173,6 +205,7 @@ class PolicyServer:
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         open_timeout_s: float = 10.0,
         auth_failure_delay_s: float = DEFAULT_AUTH_FAILURE_DELAY_S,
+        ping_interval_s: float = DEFAULT_PING_INTERVAL_S,
         num_workers: int = 1,
         decode_workers: int = 2,
         seed: int = 0,
@@ -187,6 +220,7 @@ class PolicyServer:
             idle_timeout_s=idle_timeout_s,
             open_timeout_s=open_timeout_s,
             auth_failure_delay_s=auth_failure_delay_s,
+            ping_interval_s=ping_interval_s,
         )
         self.policy = policy
         self.host = host
@@ -203,14 +237,13 @@ class PolicyServer:
         self.max_connections = int(max_connections)
         self.idle_timeout_s = float(idle_timeout_s)
         self.open_timeout_s = float(open_timeout_s)
+        self.ping_interval_s = float(ping_interval_s)
         self.stats: dict[str, Any] = _new_stats()
         self._stats_lock = threading.Lock()
-        if observation_spec is None:
-            observation_spec = getattr(policy, "observation_spec", None)
         self.inference = Inference(
             policy,
             batch_sizes=batching.padded_sizes(max_batch, batch_sizes),
-            observation_spec=dict(observation_spec) if observation_spec else None,
+            fields=spec_for_policy(policy, observation_spec),
             compiles=CompileCounter(self.stats, self._stats_lock),
             seed=seed,
         )
@@ -218,19 +251,7 @@ class PolicyServer:
         self.action_dim = int(policy.action_dim)
         self.batch_sizes = self.inference.batch_sizes
         self.max_batch = self.inference.max_batch
-        self.metadata = {
-            **dict(getattr(policy, "metadata", None) or {}),
-            **dict(metadata or {}),
-            "policy": type(policy).__name__,
-            "noise_shape": list(self.noise_shape),
-            "action_dim": self.action_dim,
-            "methods": list(METHODS),
-            "max_request_bytes": self.max_request_bytes,
-            "max_batch": self.max_batch,
-            "batch_sizes": list(self.batch_sizes),
-            "server": "dsrl",
-        }
-        self._packed_metadata = msgpack_numpy.packb(self.metadata)
+        self.metadata = _metadata(policy, metadata, self.inference, self.max_request_bytes)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=num_workers,
             thread_name_prefix="policy-infer",
@@ -239,16 +260,31 @@ class PolicyServer:
         self._decode_executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=decode_workers, thread_name_prefix="policy-decode"
         )
-        self._auth = ApiKeyGate(self.api_key, float(auth_failure_delay_s), self.stats)
-        self._trimmer = HeapTrimmer(self._decode_executor)
-        self._open_connections = 0
+        self._connections = ConnectionTable(self.max_connections)
+        self._sessions = self._make_sessions(float(auth_failure_delay_s))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
+    def _make_sessions(self, auth_failure_delay_s: float) -> Sessions:
+        return Sessions(
+            metadata_frame=msgpack_numpy.packb(self.metadata),
+            auth=ApiKeyGate(self.api_key, auth_failure_delay_s, self.open_timeout_s, self.stats),
+            table=self._connections,
+            stats=self.stats,
+            snapshot=self.stats_snapshot,
+            idle_timeout_s=self.idle_timeout_s,
+            max_request_bytes=self.max_request_bytes,
+            decode=self._decode,
+            decode_pool=self._decode_executor,
+            infer=self.inference.serve,
+            infer_pool=self._executor,
+            trimmer=HeapTrimmer(self._decode_executor),
+        )
+
     def stats_snapshot(self) -> dict[str, Any]:
         with self._stats_lock:
-            return {**self.stats, "open_connections": self._open_connections}
+            return {**self.stats, "open_connections": len(self._connections)}
 
     # ----------------------------------------------------------------------------- requests
 
@@ -265,117 +301,6 @@ class PolicyServer:
         except Exception as e:  # noqa: BLE001 - a decoder bug must not kill the connection
             log_failure("decoding a request failed", e)
             return error_frame("bad_request", f"{type(e).__name__}: {e}")
-
-    # ----------------------------------------------------------------------------- websocket
-
-    async def _process_request(self, connection: ServerConnection, request: Any):
-        parsed = urllib.parse.urlsplit(request.path)
-        if parsed.path == "/healthz":
-            return connection.respond(http.HTTPStatus.OK, "OK\n")
-        denied = await self._auth.check(connection, request, parsed)
-        if denied is not None:
-            return denied
-        if parsed.path == "/stats":
-            return connection.respond(http.HTTPStatus.OK, json.dumps(self.stats_snapshot()) + "\n")
-        if self._open_connections >= self.max_connections:
-            self.stats["refused_connections"] += 1
-            return connection.respond(
-                http.HTTPStatus.SERVICE_UNAVAILABLE,
-                f"server at its connection cap ({self.max_connections} open connections): close "
-                "idle clients, retry later, or raise --max_connections\n",
-            )
-        return None
-
-    async def _handler(self, ws: transport.Connection) -> None:
-        self._open_connections += 1
-        try:
-            if self._open_connections > self.max_connections:
-                # Several handshakes passed the cap check at once; the late ones leave.
-                self.stats["refused_connections"] += 1
-                await ws.close(CloseCode.TRY_AGAIN_LATER, "connection cap reached; retry later")
-                return
-            self.stats["connections"] += 1
-            await self._serve_connection(ws)
-        finally:
-            self._open_connections -= 1
-            # Connection state is freed now: after a flood, hand the memory back once it is over.
-            self._trimmer.note(asyncio.get_running_loop())
-
-    async def _serve_connection(self, ws: transport.Connection) -> None:
-        await ws.send(self._packed_metadata)
-        prev_total_ms: float | None = None
-        while True:
-            message = await self._next_message(ws)
-            if message is None:
-                return
-            start = time.perf_counter()
-            frame = await self._answer(ws, message, start, prev_total_ms)
-            del message  # the frame may be tens of MB; do not hold it during inference
-            self.stats["errors" if isinstance(frame, str) else "requests"] += 1
-            if not await self._send_reply(ws, frame):
-                return
-            prev_total_ms = (time.perf_counter() - start) * 1000.0
-
-    async def _next_message(self, ws: transport.Connection) -> bytes | None:
-        """The next request frame's bytes; None once the connection is closed or dropped."""
-        try:
-            async with asyncio.timeout(self.idle_timeout_s or None):
-                return await ws.recv(decode=False)
-        except websockets.ConnectionClosed:
-            return None
-        except TimeoutError:
-            pass
-        if ws.reader.mid_frame:
-            # Stalled partway through a frame: its close frame could only arrive as more
-            # payload, so a closing handshake cannot succeed. Drop the connection and the
-            # part-frame buffered for it now.
-            self.stats["stalled_closed"] += 1
-            ws.transport.abort()
-            return None
-        self.stats["idle_closed"] += 1
-        await ws.close(
-            CloseCode.GOING_AWAY,
-            f"no request for {self.idle_timeout_s:g} s (idle timeout); reconnect",
-        )
-        return None
-
-    async def _answer(
-        self, ws: transport.Connection, message: bytes, start: float, prev_total_ms: float | None
-    ) -> bytes | str:
-        """The reply frame (or error frame) for one message, decoded and run off the loop."""
-        loop = asyncio.get_running_loop()
-        if len(message) > transport.LARGE_FRAME_BYTES:
-            self._trimmer.note(loop)
-        info = ws.messages.popleft()
-        if info.dropped_bytes:
-            error = too_large(len(message) + info.dropped_bytes, self.max_request_bytes)
-            return error_frame(error.kind, str(error))
-        if info.text:
-            return error_frame(
-                "bad_frame", "expected a binary msgpack frame, got a text frame; send bytes"
-            )
-        request = await loop.run_in_executor(self._decode_executor, self._decode, message)
-        del message
-        if isinstance(request, str):
-            return request
-        return await loop.run_in_executor(
-            self._executor, self.inference.serve, request, start, prev_total_ms
-        )
-
-    async def _send_reply(self, ws: transport.Connection, frame: bytes | str) -> bool:
-        """Send one reply; False once the connection is closed or dropped."""
-        try:
-            async with asyncio.timeout(self.idle_timeout_s or None):
-                await ws.send(frame)
-            return True
-        except websockets.ConnectionClosed:
-            return False
-        except TimeoutError:
-            # The client stopped reading: a close frame would queue behind the unread reply,
-            # so drop the connection (and the reply buffered for it) at once.
-            self.stats["stalled_closed"] += 1
-            ws.transport.abort()
-            return False
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -401,7 +326,7 @@ class PolicyServer:
         gc.freeze()
         sock = transport.listening_socket(self.host, self.port)
         self._server = await serve(
-            self._handler,
+            self._sessions.handler,
             sock=sock,
             create_connection=functools.partial(
                 transport.Connection, keep_bytes=self.max_request_bytes
@@ -418,7 +343,13 @@ class PolicyServer:
             # not websockets' default 16 (16 x max_size per connection).
             max_queue=1,
             open_timeout=self.open_timeout_s,
-            process_request=self._process_request,
+            # Keep-alive pings tell an idle client from a dead one: a peer that stops answering
+            # them is dropped within three intervals (ping, pong deadline, closing handshake),
+            # long before idle_timeout_s.
+            ping_interval=self.ping_interval_s or None,
+            ping_timeout=self.ping_interval_s or None,
+            close_timeout=self.ping_interval_s or _CLOSE_TIMEOUT_S,
+            process_request=self._sessions.process_request,
         )
         # ... but a long kernel queue, so that during a flood a health check waits its turn
         # instead of having its SYN dropped (and retried by the client 1 s later).

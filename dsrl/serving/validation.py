@@ -35,38 +35,6 @@ def check_tree(obs: Mapping[str, Any], prefix: str = "obs") -> None:
             finite_check(name, value)
 
 
-def check_spec(obs: Mapping[str, Any], spec: Mapping[str, tuple[Any, Any]], batch: int | None):
-    """Validate required keys, shapes (None = any size) and dtypes of one observation."""
-    missing = [k for k in spec if k not in obs]
-    if missing:
-        raise RequestError(
-            "missing_key",
-            f"observation lacks key(s) {missing}; the served policy needs {sorted(spec)}",
-        )
-    for key, (shape, dtype) in spec.items():
-        value = obs[key]
-        if dtype is str:
-            ok = isinstance(value, str) if batch is None else isinstance(value, list | np.ndarray)
-            if not ok:
-                raise RequestError("bad_dtype", f"obs[{key!r}] must be a string")
-            continue
-        if not isinstance(value, np.ndarray):
-            raise RequestError(
-                "bad_dtype", f"obs[{key!r}] must be a numpy array, got {type(value).__name__}"
-            )
-        want = tuple(shape) if batch is None else (batch, *shape)
-        if len(want) != value.ndim or any(
-            w is not None and w != v for w, v in zip(want, value.shape, strict=True)
-        ):
-            raise RequestError(
-                "bad_shape", f"obs[{key!r}] has shape {value.shape}, expected {want}"
-            )
-        if dtype is not None and value.dtype != np.dtype(dtype):
-            raise RequestError(
-                "bad_dtype", f"obs[{key!r}] has dtype {value.dtype}, expected {np.dtype(dtype)}"
-            )
-
-
 def check_output(reply: Mapping[str, Any], batch: int | None) -> None:
     """NaN/inf actions or features are an error, never a successful reply."""
     for key in ("actions", "prefix_feature"):
