@@ -15,8 +15,8 @@ Limits (docs/real_robot.md, "Limits and abuse"): frames over --max_request_mb, -
 --max_depth or --max_str_kb get an error reply; `infer_batch` takes at most --max_batch
 observations, padded to one of --batch_sizes, all compiled before the port is bound (on a warm-up
 observation built from --robot / the flow policy's state) so nothing compiles while serving;
---max_connections, --idle_timeout_s, --open_timeout_s and --auth_failure_delay_s bound what idle
-or hostile clients can hold.
+--max_connections, --idle_timeout_s, --ping_interval_s, --open_timeout_s and --auth_failure_delay_s
+bound what idle or hostile clients can hold.
 
 Clients: `dsrl.base_policies.remote.RemotePolicy(host, port)` (what `--pi0_remote host:port`
 uses) or the unmodified `openpi_client.websocket_client_policy.WebsocketClientPolicy`, with the
@@ -172,7 +172,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="skip start-up compilation (each batch size then compiles on its first request)",
     )
-    p.add_argument("--max_connections", type=int, default=64, help="open websocket connections")
+    p.add_argument(
+        "--max_connections",
+        type=int,
+        default=64,
+        help="open websocket connections; at the cap a new client evicts the longest-idle one",
+    )
     p.add_argument(
         "--idle_timeout_s",
         type=float,
@@ -186,7 +191,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--auth_failure_delay_s",
         type=float,
         default=1.0,
-        help="a wrong API key is answered after this delay; the address gets 429 meanwhile",
+        help="a wrong API key is answered (401) after this delay; only that handshake waits, "
+        "a correct key is never delayed or refused",
+    )
+    p.add_argument(
+        "--ping_interval_s",
+        type=float,
+        default=10.0,
+        help="keep-alive pings: a client that answers none within this is closed as dead "
+        "(0 = no pings)",
     )
     p.add_argument(
         "--seed",
@@ -214,6 +227,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "--idle_timeout_s must be >= 0 (0 = never) and --auth_failure_delay_s in "
             "[0, --open_timeout_s)"
         )
+    if args.ping_interval_s < 0:
+        p.error(f"--ping_interval_s must be >= 0 (0 = no pings), got {args.ping_interval_s}")
     if args.batch_sizes is not None:
         try:
             sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
@@ -258,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         idle_timeout_s=args.idle_timeout_s,
         open_timeout_s=args.open_timeout_s,
         auth_failure_delay_s=args.auth_failure_delay_s,
+        ping_interval_s=args.ping_interval_s,
         num_workers=args.workers,
         seed=args.seed,
     )

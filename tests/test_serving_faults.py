@@ -331,7 +331,7 @@ def test_error_text_is_capped_in_replies_and_logs(caplog):
         ws.close()
     assert reply.startswith("dsrl-server error [inference_failed]: ValueError: policy exploded")
     assert len(reply) < 1000
-    records = [r.getMessage() for r in caplog.records if r.name == "dsrl.serving.server"]
+    records = [r.getMessage() for r in caplog.records if r.name.startswith("dsrl.serving")]
     assert records and all(len(m) < 5000 for m in records)
 
 
@@ -414,31 +414,6 @@ def test_non_finite_inputs_and_outputs_are_errors_not_actions(server, policy):
 # ----------------------------------------------------------------------------- connections
 
 
-def test_connection_cap_refuses_extra_clients_and_frees_slots(policy):
-    with _server(policy, max_connections=3).running() as srv:
-        held = [_connect(srv)[0] for _ in range(3)]
-        for _ in range(20):
-            with pytest.raises(websockets.InvalidStatus) as info:
-                _connect(srv)
-            assert info.value.response.status_code == 503
-            assert b"--max_connections" in info.value.response.body
-        assert _health(srv) == 200  # health checks are not connections
-        # Held connections still serve; closing one frees its slot for a new client.
-        obs, noise = _obs(9), _noise(9)
-        out = openpi_msgpack.unpackb(
-            _roundtrip(held[0], openpi_msgpack.packb({**obs, "noise": noise}))
-        )
-        np.testing.assert_allclose(out["actions"], _expected(policy, obs, noise), atol=1e-6)
-        held.pop().close()
-        deadline = time.monotonic() + 30
-        while srv.stats_snapshot()["open_connections"] > 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        _assert_still_serves(srv, policy)
-        assert srv.stats_snapshot()["refused_connections"] >= 20
-        for ws in held:
-            ws.close()
-
-
 def test_idle_connections_are_closed_but_slow_requests_are_not(policy):
     # The idle timeout leaves room for a loaded machine between connecting and sending; the
     # slow request takes longer than it.
@@ -463,54 +438,6 @@ def test_idle_connections_are_closed_but_slow_requests_are_not(policy):
             assert rp.connections == 2
         assert srv.stats_snapshot()["idle_closed"] >= 2
         _assert_still_serves(srv, policy)
-
-
-def test_wrong_api_keys_are_delayed_per_address_and_others_unaffected(policy):
-    delay = 3.0
-    with _server(policy, api_key="s3cret", auth_failure_delay_s=delay).running() as srv:
-        headers = {"Authorization": "Api-Key s3cret"}
-        # A client connected before the attack (from another address) keeps being served.
-        early, _ = _connect(srv, source="127.0.0.3", additional_headers=headers)
-        outcome: dict = {}
-
-        def guess() -> None:
-            t0 = time.monotonic()
-            try:
-                _connect(srv, additional_headers={"Authorization": "Api-Key guess"})
-            except websockets.InvalidStatus as e:
-                outcome["status"] = e.response.status_code
-            outcome["elapsed"] = time.monotonic() - t0
-
-        attacker = threading.Thread(target=guess)
-        attacker.start()
-        deadline = time.monotonic() + 30
-        while srv.stats_snapshot()["auth_failures"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        # During the penalty the same address is refused without its key being checked, even
-        # the right key: a guess made now would teach nothing.
-        with pytest.raises(websockets.InvalidStatus) as info:
-            _connect(srv, additional_headers=headers)
-        assert info.value.response.status_code == 429
-        # Another address with the right key, health checks and the early client are served
-        # while the wrong guess is still waiting for its 401.
-        ws, _ = _connect(srv, source="127.0.0.2", additional_headers=headers)
-        obs, noise = _obs(11), _noise(11)
-        for conn in (ws, early):
-            out = openpi_msgpack.unpackb(
-                _roundtrip(conn, openpi_msgpack.packb({**obs, "noise": noise}))
-            )
-            np.testing.assert_allclose(out["actions"], _expected(policy, obs, noise), atol=1e-6)
-        assert _health(srv) == 200
-        served_during_penalty = attacker.is_alive()
-        attacker.join(timeout=60)
-        assert served_during_penalty, "the other clients waited for the wrong guess"
-        assert outcome["status"] == 401 and outcome["elapsed"] >= 0.9 * delay
-        ws.close()
-        early.close()
-        # After the penalty the right key works again from that address.
-        _assert_still_serves(srv, policy, api_key="s3cret")
-        stats = srv.stats_snapshot()
-        assert stats["auth_failures"] == 1 and stats["auth_throttled"] >= 1
 
 
 def test_remote_policy_reports_wrong_key_after_the_delay(policy):

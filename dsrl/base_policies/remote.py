@@ -1,7 +1,7 @@
 """A base policy served by `scripts/serve_policy.py` on another machine (usually a GPU box).
 
 `RemotePolicy` implements the BasePolicy contract over the openpi websocket protocol
-(`dsrl/serving/server.py`): `noise_shape` and `action_dim` come from the server's metadata,
+(`dsrl/serving/protocol.py`): `noise_shape` and `action_dim` come from the server's metadata,
 `sample_actions(observation, noise)` sends ONE batched request per call (several when the batch
 exceeds the server's `max_batch`, announced in its metadata). Requests are
 idempotent (the actions are a deterministic function of observation and noise), so a dropped
@@ -24,8 +24,8 @@ import numpy as np
 import websockets
 import websockets.sync.client
 
-from dsrl.serving import msgpack_numpy
-from dsrl.serving.server import API_KEY_ENV
+from dsrl.serving import protocol
+from dsrl.serving.protocol import API_KEY_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,11 @@ class RemotePolicy:
     # ---------------------------------------------------------------------------- transport
 
     def _connect(self) -> None:
-        headers = {"Authorization": f"Api-Key {self.api_key}"} if self.api_key else None
+        headers = (
+            {protocol.API_KEY_HEADER: f"{protocol.API_KEY_SCHEME}{self.api_key}"}
+            if self.api_key
+            else None
+        )
         try:
             ws = websockets.sync.client.connect(
                 self.uri,
@@ -112,7 +116,7 @@ class RemotePolicy:
                     "set DSRL_SERVER_API_KEY to the server's key"
                 ) from None
             raise
-        self.metadata = msgpack_numpy.unpackb(ws.recv(timeout=self.open_timeout_s))
+        self.metadata = protocol.unpackb(ws.recv(timeout=self.open_timeout_s))
         self._ws = ws
         self.connections += 1
 
@@ -130,7 +134,7 @@ class RemotePolicy:
             except (OSError, TimeoutError, websockets.WebSocketException) as e:
                 self._drop()
                 rcvd = getattr(e, "rcvd", None)
-                if rcvd is not None and rcvd.code == 1009:
+                if rcvd is not None and rcvd.code == protocol.CLOSE_MESSAGE_TOO_BIG:
                     # Our frame exceeded the server's size limit; re-sending cannot help.
                     raise RemotePolicyError(
                         f"policy server {self.uri} closed the connection: request too large "
@@ -157,7 +161,7 @@ class RemotePolicy:
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         """Send one request map, return the decoded reply map."""
-        frame = msgpack_numpy.packb(message)
+        frame = protocol.packb(message)
 
         def roundtrip() -> Any:
             assert self._ws is not None
@@ -167,7 +171,7 @@ class RemotePolicy:
         reply = self._with_retries(roundtrip)
         if isinstance(reply, str):
             raise RemotePolicyError(f"policy server {self.uri} rejected the request: {reply}")
-        return msgpack_numpy.unpackb(reply)
+        return protocol.unpackb(reply)
 
     def close(self) -> None:
         self._drop()

@@ -24,6 +24,8 @@ import sentencepiece
 logger = logging.getLogger(__name__)
 
 _NUM_STATE_BINS = 256
+# The start of an over-long prompt that the truncation warning shows.
+_LOGGED_PROMPT_CHARS = 120
 
 
 def train_sentencepiece_model(sentences: Iterable[str], vocab_size: int, **options: Any) -> bytes:
@@ -114,12 +116,16 @@ class PaligemmaTokenizer:
             ids = self.encode_ids(prompt, state)
             n = len(ids)
             if n > self.max_len:
+                # An excerpt only: a client may send a prompt of any length (one was 6,742
+                # characters), and each new one is logged.
                 logger.warning(
                     "Prompt is %d tokens, more than max_len=%d: truncating. Shorten the prompt or "
-                    "raise max_token_len. Prompt: %r",
+                    "raise max_token_len. Prompt (%d characters): %r%s",
                     n,
                     self.max_len,
-                    prompt,
+                    len(prompt),
+                    prompt[:_LOGGED_PROMPT_CHARS],
+                    "..." if len(prompt) > _LOGGED_PROMPT_CHARS else "",
                 )
                 ids, n = ids[: self.max_len], self.max_len
             tokens = np.zeros(self.max_len, dtype=np.int32)
