@@ -273,8 +273,9 @@ class RunConfig:
 
     def learner_config(self) -> Any:
         """The learner's validated config: its defaults, the preset's and the command line's
-        `agent` overrides, and the two values the learner shares with the run (the latent bound
-        is the steering's action_magnitude; the discount is the loop's)."""
+        `agent` overrides, and the latent bound it shares with the run (the steering's
+        action_magnitude). The discount is the loop's alone: it reaches the learner per
+        transition, as the batch's "discounts"."""
         config_cls = registry.get(self.agent.algorithm).config
         values = dict(self.agent.learner)
         fields = {f.name for f in dataclasses.fields(config_cls)}
@@ -282,8 +283,6 @@ class RunConfig:
         if unknown:
             raise unknown_learner_options(self.agent.algorithm, unknown, fields)
         values["action_magnitude"] = float(self.steering.action_magnitude)
-        if "discount" in fields:
-            values["discount"] = float(self.loop.discount)
         return config_cls.from_config_dict(values)
 
     def to_tree(self) -> dict[str, Any]:

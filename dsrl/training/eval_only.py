@@ -49,6 +49,8 @@ from dsrl.training.evaluation import (
     sampled_episode_noise,
     warmup_episode_noise,
 )
+from dsrl.utils.checkpoints import RunCheckpointer
+from dsrl.utils.logging import RunLogger
 
 SUMMARY_FILE = "summary.json"
 TABLE_FILE = "table.txt"
@@ -228,9 +230,6 @@ def run(
     log: Any = print,
 ) -> EvalOnlyResult:
     """Evaluate as `args` asks (see the module docstring) and write the eval folder."""
-    from dsrl.utils.checkpoints import RunCheckpointer
-    from dsrl.utils.logging import RunLogger
-
     cfg = config.loop
     run_dir = Path(args.resume) if args.resume else None
     episodes = cfg.eval_episodes
@@ -254,62 +253,15 @@ def run(
         vec_env = build.make_vec_env(config, base_policy, resources, keyboard, robot)
         agent, state, step = None, loop.LoopState(), None
         if not args.base_policy_only:
-            template = build.make_agent(config, vec_env.spec.observation_spec, steering)
-            checkpointer = RunCheckpointer(run_dir, read_only=True)
-            resources.callback(checkpointer.close)
-            restored = checkpointer.restore(
-                loop.checkpoint_template(template), step=args.checkpoint_step, load_buffer=False
-            )
-            if restored is None:
-                raise FileNotFoundError(
-                    f"{run_dir} has no checkpoint to evaluate yet; wait for its first "
-                    "checkpoint_interval, or pass --base_policy_only"
-                )
-            tree, _ = restored
-            agent = tree["agent"]
-            state = loop.LoopState.from_tree(tree["counters"])
+            agent, state = _restore_agent(config, args, run_dir, vec_env, steering, resources)
             step = state.grad_steps
-        stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
-        if run_dir is not None:
-            name = f"eval_{step}_{stamp}" if step is not None else f"eval_base_{stamp}"
-            out_dir = run_dir / name
-        else:
-            out_dir = Path(config.log.logdir) / f"{config.log.prefix}_eval_base_{stamp}"
-        out_dir.mkdir(parents=True, exist_ok=False)
+        out_dir = _out_dir(config, run_dir, step)
         logger = RunLogger(out_dir, config.to_tree(), project="", wandb_mode="disabled")
         resources.callback(logger.close)
         log(f"[dsrl] evaluating {'the base policy' if agent is None else f'step {step}'} of "
             f"{run_dir or config.env.name} on {len(seeds)} seeds -> {out_dir}")  # fmt: skip
-
-        results: dict[str, EvalResult] = {}
-
-        def run_source(key: str, source: Any, videos: int = 0) -> None:
-            results[key] = evaluate(vec_env, steering, source, seeds, num_video_episodes=videos)
-
-        videos = cfg.num_video_episodes
-        if agent is not None:
-            # The loop's per-episode noise: the run's evaluation of this checkpoint, exactly.
-            run_source("actor_sampled", sampled_episode_noise(steering, agent), videos)
-            run_source("actor_mode", mode_episode_noise(steering, agent))
-            videos = 0
-        run_source("base_iid", iid_episode_noise(steering, cfg.seed, 3), videos)
-        run_source("base_warmup", warmup_episode_noise(steering, cfg.seed, 4))
-
-        prefixes = {
-            "actor_sampled": "evaluation",
-            "actor_mode": "evaluation_mode",
-            "base_iid": "evaluation_base_iid",
-            "base_warmup": "evaluation_base_warmup",
-        }
-        row = {
-            f"{prefixes[k]}/{name}": value
-            for k, r in results.items()
-            for name, value in r.metrics.items()
-        }
-        logger.log(row, step=step or 0)
-        video_source = "actor_sampled" if agent is not None else "base_iid"
-        for i, frames in enumerate(results[video_source].videos):
-            logger.log_video(f"eval_video/{i}", frames, step=step or 0, fps=cfg.video_fps)
+        results = _evaluate_sources(vec_env, steering, agent, seeds, cfg)
+        _log_results(logger, results, agent is not None, step or 0, cfg.video_fps)
         summary = {
             "run_dir": str(run_dir) if run_dir else None,
             "env": config.env.name,
@@ -336,3 +288,74 @@ def run(
     log(table)
     log(f"[dsrl] evaluation written to {out_dir}")
     return EvalOnlyResult(out_dir=out_dir, summary=summary, table=table)
+
+
+def _restore_agent(config, args, run_dir, vec_env, steering, resources) -> tuple[Any, Any]:
+    """(agent, loop counters) of the run's newest intact checkpoint or of --checkpoint_step,
+    read without changing anything in the run directory."""
+    template = build.make_agent(config, vec_env.spec.observation_spec, steering)
+    checkpointer = RunCheckpointer(run_dir, read_only=True)
+    resources.callback(checkpointer.close)
+    restored = checkpointer.restore(
+        loop.checkpoint_template(template), step=args.checkpoint_step, load_buffer=False
+    )
+    if restored is None:
+        raise FileNotFoundError(
+            f"{run_dir} has no checkpoint to evaluate yet; wait for its first "
+            "checkpoint_interval, or pass --base_policy_only"
+        )
+    tree, _ = restored
+    return tree["agent"], loop.LoopState.from_tree(tree["counters"])
+
+
+def _out_dir(config: Any, run_dir: Path | None, step: int | None) -> Path:
+    """A new folder for this evaluation: in the run directory, or for the base policy alone on
+    a preset, under the log directory."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+    if run_dir is not None:
+        name = f"eval_{step}_{stamp}" if step is not None else f"eval_base_{stamp}"
+        out_dir = run_dir / name
+    else:
+        out_dir = Path(config.log.logdir) / f"{config.log.prefix}_eval_base_{stamp}"
+    out_dir.mkdir(parents=True, exist_ok=False)
+    return out_dir
+
+
+def _evaluate_sources(vec_env, steering, agent, seeds, cfg) -> dict[str, EvalResult]:
+    """Every noise source on the same seeds, with the training loop's noise streams; videos of
+    the first one (the actor's sampled latents, or the base policy alone)."""
+    results: dict[str, EvalResult] = {}
+
+    def run_source(key: str, source: Any, videos: int = 0) -> None:
+        results[key] = evaluate(vec_env, steering, source, seeds, num_video_episodes=videos)
+
+    videos = cfg.num_video_episodes
+    if agent is not None:
+        # The loop's per-episode noise: the run's evaluation of this checkpoint, exactly.
+        run_source("actor_sampled", sampled_episode_noise(steering, agent), videos)
+        run_source("actor_mode", mode_episode_noise(steering, agent))
+        videos = 0
+    run_source("base_iid", iid_episode_noise(steering, cfg.seed, 3), videos)
+    run_source("base_warmup", warmup_episode_noise(steering, cfg.seed, 4))
+    return results
+
+
+def _log_results(
+    logger: Any, results: dict[str, EvalResult], has_agent: bool, step: int, fps: int
+) -> None:
+    """The results under the training loop's metric names, and the videos."""
+    prefixes = {
+        "actor_sampled": "evaluation",
+        "actor_mode": "evaluation_mode",
+        "base_iid": "evaluation_base_iid",
+        "base_warmup": "evaluation_base_warmup",
+    }
+    row = {
+        f"{prefixes[k]}/{name}": value
+        for k, r in results.items()
+        for name, value in r.metrics.items()
+    }
+    logger.log(row, step=step)
+    video_source = "actor_sampled" if has_agent else "base_iid"
+    for i, frames in enumerate(results[video_source].videos):
+        logger.log_video(f"eval_video/{i}", frames, step=step, fps=fps)

@@ -146,6 +146,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def set_path(tree: dict[str, Any], path: str, value: Any) -> None:
+    """tree[a][b][c] = value for path "a.b.c", making the sections on the way."""
     *parents, leaf = path.split(".")
     node = tree
     for i, part in enumerate(parents):
