@@ -1,6 +1,6 @@
 """Steering: how the agent's latent becomes the base policy's noise and then an action chunk.
 
-Names (see DESIGN.md): the agent emits a `latent` (size `latent_dim`); the noise
+Names (see docs/architecture.md): the agent emits a `latent` (size `latent_dim`); the noise
 parameterisation maps it to the base policy's `noise` (H, noise_dim); the base policy turns the
 noise into an action chunk, of which the env executes the first `query_freq` actions.
 

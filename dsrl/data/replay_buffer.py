@@ -1,6 +1,6 @@
 """A circular replay buffer of nested-dict transitions with its own seeded RNG.
 
-One transition is one base-policy query (see DESIGN.md, "Transitions"), e.g.
+One transition is one base-policy query (see docs/architecture.md, "One training query"), e.g.
 
     {"observations": {"pixels": uint8 (H, W, C), "state": float32 (d,)},
      "latents": float32 (latent_dim,), "rewards": float32 (), "masks": float32 (),
