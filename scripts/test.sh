@@ -8,4 +8,4 @@ source scripts/setup_env.sh
 ruff check .
 ruff format --check .
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
-python -m pytest -ra "$@"
+python -m pytest -ra --durations=30 "$@"
