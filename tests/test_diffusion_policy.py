@@ -1,0 +1,229 @@
+"""The DPPO DiffusionMLP base policy: parity with DPPO's own DDIM output, checkpoint loading
+without torch, the base-policy contract, persistence, and DDPM behaviour cloning."""
+
+import json
+import pathlib
+import pickle
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dsrl.base_policies.base import BasePolicy, as_jax_base_policy
+from dsrl.base_policies.diffusion import (
+    DiffusionMLPPolicy,
+    DiffusionPolicyConfig,
+    NetworkConfig,
+    Normalization,
+    SamplerConfig,
+    load_dppo_params,
+)
+from dsrl.base_policies.diffusion.network import DiffusionMLP, init_network_params
+from dsrl.base_policies.diffusion.torch_checkpoint import (
+    CheckpointFormatError,
+    load_torch_checkpoint,
+)
+from dsrl.base_policies.diffusion.train import BCConfig, train_diffusion_policy
+
+FIXTURES = pathlib.Path(__file__).parent / "data" / "dppo_parity"
+CASES = ["residual_relu", "residual_layernorm_mish", "mlp_clips"]
+
+
+def _case(name):
+    config = DiffusionPolicyConfig.from_json(json.loads((FIXTURES / f"{name}.json").read_text()))
+    with np.load(FIXTURES / f"{name}.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    return config, FIXTURES / f"{name}.pt", arrays
+
+
+def _small_config(**sampler):
+    network = NetworkConfig(
+        action_dim=2, horizon_steps=3, cond_dim=4, mlp_dims=(32, 32, 32), residual_style=True
+    )
+    sampler = {"denoising_steps": 20, "ddim_steps": 5, **sampler}
+    return DiffusionPolicyConfig(network, SamplerConfig(**sampler))
+
+
+# Parity with DPPO ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_ddim_output_matches_dppo(name):
+    """Same checkpoint, observation and initial noise -> DPPO's DDIM action chunk (float32)."""
+    config, checkpoint, data = _case(name)
+    policy = DiffusionMLPPolicy.from_dppo_checkpoint(checkpoint, config)
+    actions = policy.sample_actions({"state": data["obs"]}, data["noise"])
+    assert actions.shape == data["actions"].shape and actions.dtype == np.float32
+    assert np.abs(actions - data["actions"]).max() <= 1e-5
+    # The sampler's clips act on some entries but not all, so both paths are compared.
+    clip = config.sampler.final_action_clip_value or config.sampler.denoised_clip_value
+    at_clip = np.isclose(np.abs(data["actions"]), clip)
+    assert 0.1 < at_clip.mean() < 0.9
+
+    eps = DiffusionMLP(config.network).apply(
+        {"params": policy.params},
+        jnp.asarray(data["noise"]),
+        jnp.asarray(data["eps_t"]),
+        jnp.asarray(data["obs"]),
+    )
+    assert np.abs(np.asarray(eps) - data["eps"]).max() <= 1e-5
+
+
+def test_loader_takes_ema_weights_like_dppo_and_model_on_request():
+    config, checkpoint, data = _case("residual_relu")
+    ema = load_dppo_params(checkpoint, config.network)
+    model = load_dppo_params(checkpoint, config.network, weights="model")
+    raw = load_torch_checkpoint(checkpoint)
+    assert raw["epoch"] == 7 and set(raw) == {"epoch", "model", "ema"}
+    np.testing.assert_array_equal(
+        ema["mlp_mean"]["layers.0"]["kernel"], raw["ema"]["network.mlp_mean.layers.0.weight"].T
+    )
+    policy = DiffusionMLPPolicy(config, model)
+    other = policy.sample_actions({"state": data["obs"]}, data["noise"])
+    assert np.abs(other - data["actions"]).max() > 1e-3
+
+
+def test_mismatched_config_names_the_differing_parameters():
+    config, checkpoint, _ = _case("residual_relu")
+    wider = NetworkConfig(**{**config.network.__dict__, "mlp_dims": (128, 128, 128)})
+    with pytest.raises(ValueError, match=r"shape: network\.mlp_mean\.layers\.0 kernel"):
+        load_dppo_params(checkpoint, wider)
+    plain = NetworkConfig(**{**config.network.__dict__, "residual_style": False})
+    with pytest.raises(ValueError, match=r"missing: network\.mlp_mean\.moduleList\.0\.linear_1"):
+        load_dppo_params(checkpoint, plain)
+    with pytest.raises(ValueError, match="no 'final' entry"):
+        load_dppo_params(checkpoint, config.network, weights="final")
+
+
+def test_checkpoint_that_pickles_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps({"ema": Payload()}, protocol=2))
+    with pytest.raises(CheckpointFormatError, match="refusing to load it"):
+        load_torch_checkpoint(path)
+    assert not marker.exists()
+
+    legacy = tmp_path / "legacy.pt"
+    legacy.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointFormatError, match="not a zip-format"):
+        load_torch_checkpoint(legacy)
+
+
+# The base-policy contract ---------------------------------------------------------------------------
+
+
+def test_policy_is_deterministic_batched_and_checks_its_inputs():
+    config = _small_config()
+    policy = DiffusionMLPPolicy(config, init_network_params(config.network, 3))
+    assert isinstance(policy, BasePolicy) and policy.noise_shape == (3, 2)
+    rng = np.random.default_rng(0)
+    obs = {"state": rng.uniform(-1, 1, (5, 4)).astype(np.float32)}
+    noise = rng.standard_normal((5, 3, 2)).astype(np.float32)
+    first = policy.sample_actions(obs, noise)
+    np.testing.assert_array_equal(first, policy.sample_actions(obs, noise))
+    # Rows are independent: permuting the batch permutes the chunks.
+    order = np.array([3, 0, 4, 1, 2])
+    permuted = policy.sample_actions({"state": obs["state"][order]}, noise[order])
+    np.testing.assert_allclose(permuted, first[order], atol=1e-6)
+    assert np.abs(first - policy.sample_actions(obs, noise + 0.5)).max() > 1e-3
+
+    with pytest.raises(ValueError, match=r"expected \(B, 3, 2\)"):
+        policy.sample_actions(obs, noise[:, :2])
+    with pytest.raises(ValueError, match="batch mismatch"):
+        policy.sample_actions(obs, noise[:4])
+    with pytest.raises(KeyError, match="needs observation\\['state'\\]"):
+        policy.sample_actions({"pixels": obs["state"]}, noise)
+    with pytest.raises(ValueError, match="Set ddim_steps"):
+        SamplerConfig(denoising_steps=20)
+
+
+def test_normalization_maps_raw_observations_to_raw_actions():
+    config = _small_config(final_action_clip_value=1.0)
+    params = init_network_params(config.network, 1)
+    norm = Normalization(
+        obs_min=np.array([-2, 0, 1, -5], np.float32),
+        obs_max=np.array([2, 4, 3, 5], np.float32),
+        action_min=np.array([-0.5, 10], np.float32),
+        action_max=np.array([0.5, 30], np.float32),
+    )
+    raw_policy = DiffusionMLPPolicy(config, params, norm)
+    unit_policy = DiffusionMLPPolicy(config, params)
+    rng = np.random.default_rng(1)
+    raw_obs = rng.uniform(norm.obs_min, norm.obs_max, (4, 4)).astype(np.float32)
+    noise = rng.standard_normal((4, 3, 2)).astype(np.float32)
+    actions = raw_policy.sample_actions({"state": raw_obs}, noise)
+    unit = unit_policy.sample_actions({"state": norm.normalize_obs(raw_obs)}, noise)
+    np.testing.assert_allclose(actions, norm.unnormalize_action(unit), atol=1e-5)
+    # Final clip at 1 in normalized space = the action bounds in env units.
+    assert (actions >= norm.action_min - 1e-5).all() and (actions <= norm.action_max + 1e-5).all()
+
+
+def test_pure_jax_sampler_for_dsrl_na_matches_sample_actions():
+    config = _small_config()
+    norm = Normalization.from_data(np.arange(8.0).reshape(2, 4), np.ones((2, 3, 2)) * [1, 3])
+    policy = DiffusionMLPPolicy(config, init_network_params(config.network, 0), norm)
+    jax_policy = as_jax_base_policy(policy)
+    assert jax_policy.observation_spec == {"state": ((4,), np.float32)}
+    obs = np.linspace(0, 7, 12, dtype=np.float32).reshape(3, 4)
+    noise = np.random.default_rng(2).standard_normal((3, 3, 2)).astype(np.float32)
+    out = jax.jit(jax_policy.apply_fn)(jax_policy.params, {"state": obs}, noise)
+    np.testing.assert_allclose(
+        np.asarray(out), policy.sample_actions({"state": obs}, noise), atol=1e-6
+    )
+
+
+def test_save_load_roundtrip_and_damaged_params_are_detected(tmp_path):
+    config, checkpoint, data = _case("residual_layernorm_mish")
+    norm = Normalization.from_data(data["obs"] * 3.0, np.tanh(data["noise"]))
+    policy = DiffusionMLPPolicy.from_dppo_checkpoint(checkpoint, config, normalization=norm)
+    policy.save(tmp_path / "policy")
+    loaded = DiffusionMLPPolicy.load(tmp_path / "policy")
+    assert loaded.config == config
+    obs = {"state": data["obs"] * 3.0}
+    np.testing.assert_array_equal(
+        loaded.sample_actions(obs, data["noise"]), policy.sample_actions(obs, data["noise"])
+    )
+    params_file = tmp_path / "policy" / "params.npz"
+    params_file.write_bytes(params_file.read_bytes()[:-8] + b"damaged!")
+    with pytest.raises(ValueError, match="sha256"):
+        DiffusionMLPPolicy.load(tmp_path / "policy")
+    with pytest.raises(FileNotFoundError, match="from_dppo_checkpoint"):
+        DiffusionMLPPolicy.load(tmp_path / "nothing")
+
+
+# Behaviour cloning ------------------------------------------------------------------------------------
+
+
+def test_ddpm_behaviour_cloning_reproduces_a_deterministic_demonstrator():
+    """A chunk that is a smooth function of the observation is learned: from any noise, the
+    cloned policy returns it far more closely than the best constant chunk does."""
+    config = _small_config()
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-1, 1, (2048, 4)).astype(np.float32)
+    weights = rng.standard_normal((4, 6)).astype(np.float32)
+    chunks = (np.tanh(obs @ weights) * 5.0 + 2.0).reshape(-1, 3, 2)  # raw units, not [-1, 1]
+
+    bc = BCConfig(steps=1500, batch_size=128, ema_decay=0.99, ema_start_step=200, log_every=500)
+    policy, losses = train_diffusion_policy(config, obs, chunks, bc)
+    assert losses[-1] < 0.5 * losses[0]
+
+    test_obs = rng.uniform(-1, 1, (256, 4)).astype(np.float32)
+    target = (np.tanh(test_obs @ weights) * 5.0 + 2.0).reshape(-1, 3, 2)
+    noise = rng.standard_normal((256, 3, 2)).astype(np.float32)
+    predicted = policy.sample_actions({"state": test_obs}, noise)
+    error = np.abs(predicted - target).mean()
+    constant_error = np.abs(chunks.mean(0) - target).mean()
+    assert error < 0.25 * constant_error, (error, constant_error)
+
+    with pytest.raises(ValueError, match=r"expected \(N, 3, 2\)"):
+        train_diffusion_policy(config, obs, chunks[:, :2], bc)
