@@ -227,3 +227,51 @@ def test_ddpm_behaviour_cloning_reproduces_a_deterministic_demonstrator():
 
     with pytest.raises(ValueError, match=r"expected \(N, 3, 2\)"):
         train_diffusion_policy(config, obs, chunks[:, :2], bc)
+
+
+# Naming it in a run ---------------------------------------------------------------------------------
+
+
+def test_a_run_config_names_a_saved_diffusion_policy(tmp_path):
+    from dsrl.training.build import make_base_policy, make_steering
+    from dsrl.training.config import ConfigError
+    from dsrl.training.config_io import load_config
+
+    config, checkpoint, data = _case("residual_relu")
+    DiffusionMLPPolicy.from_dppo_checkpoint(checkpoint, config).save(tmp_path / "hopper_like")
+    run_config = load_config(
+        "demo",
+        overrides=[
+            ("base_policy.kind", "diffusion_mlp"),
+            ("base_policy.checkpoint", str(tmp_path / "hopper_like")),
+            ("steering.query_freq", "4"),  # the release executes the whole 4-step chunk
+        ],
+    )
+    policy = make_base_policy(run_config)
+    assert isinstance(policy, DiffusionMLPPolicy) and policy.noise_shape == (4, 3)
+    actions = policy.sample_actions({"state": data["obs"]}, data["noise"])
+    assert np.abs(actions - data["actions"]).max() <= 1e-5
+    assert make_steering(run_config, policy).base_policy is policy
+
+    with pytest.raises(ConfigError, match="base_policy.checkpoint must be a policy directory"):
+        load_config("demo", overrides=[("base_policy.kind", "diffusion_mlp")])
+
+
+def test_release_configs_have_dppo_parameter_counts():
+    """The DSRL release's networks, as DPPO's DiffusionMLP builds them (counts from DPPO's code
+    at 7b10df6), so its checkpoints load into these configs."""
+    from dsrl.base_policies.diffusion.network import param_shapes
+    from dsrl.base_policies.diffusion.release import release_config
+
+    dppo_counts = {"hopper": 553_020, "can": 575_564, "square": 2_305_212, "transport": 9_044_176}
+    for task, count in dppo_counts.items():
+        shapes = param_shapes(release_config(task).network)
+        n = sum(int(np.prod(s)) for s in jax.tree_util.tree_leaves(shapes, is_leaf=_is_shape))
+        assert n == count, task
+    assert release_config("transport").sampler.ddim_steps == 100
+    with pytest.raises(ValueError, match="known: hopper"):
+        release_config("ant")
+
+
+def _is_shape(x):
+    return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
