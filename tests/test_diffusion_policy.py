@@ -54,7 +54,7 @@ def test_ddim_output_matches_dppo(name):
     """Same checkpoint, observation and initial noise -> DPPO's DDIM action chunk (float32)."""
     config, checkpoint, data = _case(name)
     policy = DiffusionMLPPolicy.from_dppo_checkpoint(checkpoint, config)
-    actions = policy.sample_actions({"state": data["obs"]}, data["noise"])
+    actions = policy.sample_actions({"policy_state": data["obs"]}, data["noise"])
     assert actions.shape == data["actions"].shape and actions.dtype == np.float32
     assert np.abs(actions - data["actions"]).max() <= 1e-5
     # The sampler's clips act on some entries but not all, so both paths are compared.
@@ -81,7 +81,7 @@ def test_loader_takes_ema_weights_like_dppo_and_model_on_request():
         ema["mlp_mean"]["layers.0"]["kernel"], raw["ema"]["network.mlp_mean.layers.0.weight"].T
     )
     policy = DiffusionMLPPolicy(config, model)
-    other = policy.sample_actions({"state": data["obs"]}, data["noise"])
+    other = policy.sample_actions({"policy_state": data["obs"]}, data["noise"])
     assert np.abs(other - data["actions"]).max() > 1e-3
 
 
@@ -127,13 +127,13 @@ def test_policy_is_deterministic_batched_and_checks_its_inputs():
     policy = DiffusionMLPPolicy(config, init_network_params(config.network, 3))
     assert isinstance(policy, BasePolicy) and policy.noise_shape == (3, 2)
     rng = np.random.default_rng(0)
-    obs = {"state": rng.uniform(-1, 1, (5, 4)).astype(np.float32)}
+    obs = {"policy_state": rng.uniform(-1, 1, (5, 4)).astype(np.float32)}
     noise = rng.standard_normal((5, 3, 2)).astype(np.float32)
     first = policy.sample_actions(obs, noise)
     np.testing.assert_array_equal(first, policy.sample_actions(obs, noise))
     # Rows are independent: permuting the batch permutes the chunks.
     order = np.array([3, 0, 4, 1, 2])
-    permuted = policy.sample_actions({"state": obs["state"][order]}, noise[order])
+    permuted = policy.sample_actions({"policy_state": obs["policy_state"][order]}, noise[order])
     np.testing.assert_allclose(permuted, first[order], atol=1e-6)
     assert np.abs(first - policy.sample_actions(obs, noise + 0.5)).max() > 1e-3
 
@@ -141,8 +141,8 @@ def test_policy_is_deterministic_batched_and_checks_its_inputs():
         policy.sample_actions(obs, noise[:, :2])
     with pytest.raises(ValueError, match="batch mismatch"):
         policy.sample_actions(obs, noise[:4])
-    with pytest.raises(KeyError, match="needs observation\\['state'\\]"):
-        policy.sample_actions({"pixels": obs["state"]}, noise)
+    with pytest.raises(KeyError, match="needs observation\\['policy_state'\\]"):
+        policy.sample_actions({"pixels": obs["policy_state"]}, noise)
     with pytest.raises(ValueError, match="Set ddim_steps"):
         SamplerConfig(denoising_steps=20)
 
@@ -161,8 +161,8 @@ def test_normalization_maps_raw_observations_to_raw_actions():
     rng = np.random.default_rng(1)
     raw_obs = rng.uniform(norm.obs_min, norm.obs_max, (4, 4)).astype(np.float32)
     noise = rng.standard_normal((4, 3, 2)).astype(np.float32)
-    actions = raw_policy.sample_actions({"state": raw_obs}, noise)
-    unit = unit_policy.sample_actions({"state": norm.normalize_obs(raw_obs)}, noise)
+    actions = raw_policy.sample_actions({"policy_state": raw_obs}, noise)
+    unit = unit_policy.sample_actions({"policy_state": norm.normalize_obs(raw_obs)}, noise)
     np.testing.assert_allclose(actions, norm.unnormalize_action(unit), atol=1e-5)
     # Final clip at 1 in normalized space = the action bounds in env units.
     assert (actions >= norm.action_min - 1e-5).all() and (actions <= norm.action_max + 1e-5).all()
@@ -173,12 +173,12 @@ def test_pure_jax_sampler_for_dsrl_na_matches_sample_actions():
     norm = Normalization.from_data(np.arange(8.0).reshape(2, 4), np.ones((2, 3, 2)) * [1, 3])
     policy = DiffusionMLPPolicy(config, init_network_params(config.network, 0), norm)
     jax_policy = as_jax_base_policy(policy)
-    assert jax_policy.observation_spec == {"state": ((4,), np.float32)}
+    assert jax_policy.observation_spec == {"policy_state": ((4,), np.float32)}
     obs = np.linspace(0, 7, 12, dtype=np.float32).reshape(3, 4)
     noise = np.random.default_rng(2).standard_normal((3, 3, 2)).astype(np.float32)
-    out = jax.jit(jax_policy.apply_fn)(jax_policy.params, {"state": obs}, noise)
+    out = jax.jit(jax_policy.apply_fn)(jax_policy.params, {"policy_state": obs}, noise)
     np.testing.assert_allclose(
-        np.asarray(out), policy.sample_actions({"state": obs}, noise), atol=1e-6
+        np.asarray(out), policy.sample_actions({"policy_state": obs}, noise), atol=1e-6
     )
 
 
@@ -189,7 +189,7 @@ def test_save_load_roundtrip_and_damaged_params_are_detected(tmp_path):
     policy.save(tmp_path / "policy")
     loaded = DiffusionMLPPolicy.load(tmp_path / "policy")
     assert loaded.config == config
-    obs = {"state": data["obs"] * 3.0}
+    obs = {"policy_state": data["obs"] * 3.0}
     np.testing.assert_array_equal(
         loaded.sample_actions(obs, data["noise"]), policy.sample_actions(obs, data["noise"])
     )
@@ -220,7 +220,7 @@ def test_ddpm_behaviour_cloning_reproduces_a_deterministic_demonstrator():
     test_obs = rng.uniform(-1, 1, (256, 4)).astype(np.float32)
     target = (np.tanh(test_obs @ weights) * 5.0 + 2.0).reshape(-1, 3, 2)
     noise = rng.standard_normal((256, 3, 2)).astype(np.float32)
-    predicted = policy.sample_actions({"state": test_obs}, noise)
+    predicted = policy.sample_actions({"policy_state": test_obs}, noise)
     error = np.abs(predicted - target).mean()
     constant_error = np.abs(chunks.mean(0) - target).mean()
     assert error < 0.25 * constant_error, (error, constant_error)
@@ -249,7 +249,7 @@ def test_a_run_config_names_a_saved_diffusion_policy(tmp_path):
     )
     policy = make_base_policy(run_config)
     assert isinstance(policy, DiffusionMLPPolicy) and policy.noise_shape == (4, 3)
-    actions = policy.sample_actions({"state": data["obs"]}, data["noise"])
+    actions = policy.sample_actions({"policy_state": data["obs"]}, data["noise"])
     assert np.abs(actions - data["actions"]).max() <= 1e-5
     assert make_steering(run_config, policy).base_policy is policy
 

@@ -33,8 +33,10 @@ _HASH_FILE = "params.sha256"
 class DiffusionPolicyConfig:
     network: NetworkConfig
     sampler: SamplerConfig
-    # Observation key of the (B, cond_dim) state (or (B, cond_steps, obs_dim), flattened).
-    state_key: str = "state"
+    # Observation key of the (B, cond_dim) state (or (B, cond_steps, obs_dim), flattened). The
+    # state envs give the base policy its own copy under "policy_state" (DSRL-NA refuses a base
+    # policy that reads the agent's "state").
+    state_key: str = "policy_state"
 
     @property
     def state_dim(self) -> int:
@@ -56,7 +58,7 @@ class DiffusionPolicyConfig:
         return cls(
             network=NetworkConfig(**net),
             sampler=SamplerConfig(**data["sampler"]),
-            state_key=data.get("state_key", "state"),
+            state_key=data.get("state_key", "policy_state"),
         )
 
 

@@ -33,7 +33,7 @@ _RELEASE = {
 RELEASE_TASKS = tuple(_RELEASE)
 
 
-def release_config(task: str, state_key: str = "state") -> DiffusionPolicyConfig:
+def release_config(task: str, state_key: str = "policy_state") -> DiffusionPolicyConfig:
     """The DiffusionMLP + DDIM configuration the DSRL release uses for `task` (cond_steps 1)."""
     if task not in _RELEASE:
         raise ValueError(f"Unknown DSRL release task {task!r}; known: {', '.join(RELEASE_TASKS)}.")
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         "normalized observations and actions",
     )
     parser.add_argument("--weights", choices=("ema", "model"), default=None)
-    parser.add_argument("--state-key", default="state")
+    parser.add_argument("--state-key", default="policy_state")
     parser.add_argument("--out", required=True, help="directory to write the policy into")
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)
