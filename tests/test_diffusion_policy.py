@@ -275,3 +275,86 @@ def test_release_configs_have_dppo_parameter_counts():
 
 def _is_shape(x):
     return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
+
+
+# Demonstrations -> a working base policy ------------------------------------------------------------
+
+
+def test_chunking_follows_dppo_sequence_dataset():
+    """Pairs start wherever the whole chunk fits inside the episode; the history repeats the
+    episode's first state before its start (DPPO's StitchedSequenceDataset)."""
+    from dsrl.base_policies.diffusion.dataset import chunk_episodes
+
+    states = np.arange(7, dtype=np.float32)[:, None] * [1.0, -1.0]  # episodes of 4 and 3 steps
+    actions = 10.0 + np.arange(7, dtype=np.float32)[:, None]
+    conds, chunks = chunk_episodes(states, actions, np.array([4, 3]), horizon_steps=2, cond_steps=2)
+    # Starts 0, 1, 2 (episode 1) and 4, 5 (episode 2).
+    np.testing.assert_array_equal(
+        chunks[..., 0], [[10, 11], [11, 12], [12, 13], [14, 15], [15, 16]]
+    )
+    np.testing.assert_array_equal(conds[:, [0, 2]], [[0, 0], [0, 1], [1, 2], [4, 4], [4, 5]])
+    np.testing.assert_array_equal(conds[:, 1], -conds[:, 0])
+    with pytest.raises(ValueError, match="No episode is at least horizon_steps=5"):
+        chunk_episodes(states, actions, np.array([4, 3]), horizon_steps=5)
+    with pytest.raises(ValueError, match="traj_lengths sum to 8"):
+        chunk_episodes(states, actions, np.array([4, 4]), horizon_steps=2)
+
+
+@pytest.mark.slow
+def test_policy_cloned_from_demonstrations_balances_a_mujoco_pendulum():
+    """End to end on a real simulator: noisy demonstrations of a linear controller on gymnasium's
+    InvertedPendulum-v5, chunked as DPPO does (4-step chunks, executed whole), cloned by DDPM,
+    sampled by DDIM from N(0, I) noise. The clone keeps the pole up for hundreds of steps where
+    doing nothing lets it fall in about 30. (~30 s on a loaded 2-core machine.)"""
+    import gymnasium as gym
+
+    from dsrl.base_policies.diffusion.dataset import chunk_episodes
+    from dsrl.base_policies.diffusion.rollout import run_base_policy
+
+    gains = np.array([1.0, 10.0, 1.0, 2.0])  # a stabilising state feedback for this env
+    env = gym.make("InvertedPendulum-v5")
+    rng = np.random.default_rng(0)
+    states, actions, lengths = [], [], []
+    for episode in range(8):
+        obs, _ = env.reset(seed=episode)
+        length = 0
+        while length < 1000:
+            length += 1
+            action = np.clip(gains @ obs, -3.0, 3.0)
+            states.append(obs)
+            actions.append([action])
+            # Executing a perturbed action (labels stay clean) shows the clone how to recover.
+            obs, _, terminated, truncated, _ = env.step(
+                [np.clip(action + 0.3 * rng.normal(), -3, 3)]
+            )
+            if terminated or truncated:
+                break
+        lengths.append(length)
+    assert min(lengths) == 1000  # the demonstrator itself never drops the pole
+    conds, chunks = chunk_episodes(np.array(states), np.array(actions), np.array(lengths), 4)
+
+    network = NetworkConfig(
+        action_dim=1,
+        horizon_steps=4,
+        cond_dim=4,
+        mlp_dims=(64, 64, 64),
+        activation_type="ReLU",
+        residual_style=True,
+    )
+    config = DiffusionPolicyConfig(network, SamplerConfig(denoising_steps=20, ddim_steps=5))
+    bc = BCConfig(steps=3000, ema_decay=0.99, ema_start_step=200)
+    policy, _ = train_diffusion_policy(config, conds, chunks, bc)
+
+    cloned = run_base_policy(policy, env, episodes=5, seed=100, max_steps=1000)
+
+    class DoNothing:
+        noise_shape = (4, 1)
+
+        def sample_actions(self, observation, noise):
+            return np.zeros((1, 4, 1), np.float32)
+
+    idle = run_base_policy(DoNothing(), env, episodes=5, seed=100, max_steps=1000)
+    cloned_mean = np.mean([r.episode_return for r in cloned])
+    idle_mean = np.mean([r.episode_return for r in idle])
+    assert idle_mean < 60
+    assert cloned_mean > 10 * idle_mean and max(r.episode_return for r in cloned) == 1000.0
