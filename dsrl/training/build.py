@@ -85,6 +85,10 @@ def _make_local_base_policy(bp: BasePolicySection) -> Any:
         if bp.checkpoint == "libero":
             return FlowMLPPolicy.load_libero()
         return FlowMLPPolicy.load(bp.checkpoint)
+    if bp.kind == "diffusion_mlp":
+        from dsrl.base_policies.diffusion import DiffusionMLPPolicy
+
+        return DiffusionMLPPolicy.load(bp.checkpoint)
     from dsrl.base_policies.pi0 import Pi0Policy
 
     kwargs = {"robot": bp.robot, "variant": bp.variant, "dtype": bp.dtype}

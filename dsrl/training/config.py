@@ -117,8 +117,9 @@ class EnvSection:
 
 @dataclasses.dataclass(frozen=True)
 class BasePolicySection:
-    kind: str = "flow_mlp"  # flow_mlp (the demo's) | pi0
+    kind: str = "flow_mlp"  # flow_mlp (the demo's) | pi0 | diffusion_mlp (docs/diffusion.md)
     # flow_mlp: "" the shipped demo policy, "libero" the shipped LIBERO CPU policy, or a directory
+    # diffusion_mlp: a directory written by DiffusionMLPPolicy.save
     checkpoint: str = ""
     variant: str = "full"
     dtype: str = "bfloat16"
@@ -133,7 +134,10 @@ class BasePolicySection:
     ray_num_gpus: float = 0.0  # ray only: GPUs the actor asks for (1: place it on a GPU node)
 
     def __post_init__(self):
-        _need(self.kind in ("flow_mlp", "pi0"), "base_policy.kind", "flow_mlp or pi0", self.kind)
+        kinds = ("flow_mlp", "pi0", "diffusion_mlp")
+        _need(self.kind in kinds, "base_policy.kind", " or ".join(kinds), self.kind)
+        if self.kind == "diffusion_mlp" and not self.remote:
+            _need(bool(self.checkpoint), "base_policy.checkpoint", "a policy directory", "")
         _need(self.num_steps >= 0, "base_policy.num_steps", ">= 0", self.num_steps)
         _need(self.action_horizon >= 0, "base_policy.action_horizon", ">= 0", self.action_horizon)
         if self.action_horizon and (self.kind != "pi0" or self.remote):
