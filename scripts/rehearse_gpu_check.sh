@@ -40,7 +40,8 @@ rm -rf "$DIR"
 mkdir -p "$DIR"
 echo "# rehearsal: fresh venv $DIR/venv ($("$PY312" --version))" >&2
 "$PY312" -m venv "$DIR/venv"
-"$DIR/venv/bin/python" -m pip install --quiet --disable-pip-version-check "${MACHINE_PACKAGES[@]}"
+"$DIR/venv/bin/python" -m pip install --quiet --disable-pip-version-check "${MACHINE_PACKAGES[@]}" \
+  2> >(grep -v "^WARNING: Location" >&2)
 "$DIR/venv/bin/python" -m pip list --format=freeze 2> /dev/null \
   | grep -iE '^(jax|jaxlib|flax|optax|orbax-checkpoint|chex|numpy)==' | tr '\n' ' ' >&2
 echo >&2
