@@ -69,6 +69,9 @@ if [ "$bare" = 1 ]; then
   fi
   export PYTHONPATH="$ROOT:$site${PYTHONPATH:+:$PYTHONPATH}"
   export JAX_PLATFORMS="${JAX_PLATFORMS:-cuda}"
+  # The loop compiles the Pi0 and the learner that the sections before it compiled: a shared
+  # persistent cache (gone with $site at exit) spares it part of that.
+  export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$site/jax_cache}"
 else
   if [ "${DSRL_SKIP_SETUP:-0}" != "1" ]; then
     DSRL_CUDA="${DSRL_CUDA:-12}"
