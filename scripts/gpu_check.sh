@@ -58,13 +58,13 @@ if [ "$bare" = 1 ]; then
   PY="$(command -v python3)"
   site="$(mktemp -d "${TMPDIR:-/tmp}/dsrl_gpu_site.XXXXXX")"
   trap 'rm -rf "$site"' EXIT
-  if "$PY" -m pip --version > /dev/null 2>&1; then
-    # Only the carried files: no index, no find-links, no configuration that could name one.
-    env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
-      "$PY" -m pip install --quiet --no-index --no-deps --disable-pip-version-check \
-      --target "$site" "${wheels[@]}"
-  else
-    # A python3 without pip: these wheels install by unpacking (no scripts, no compiled data).
+  # Only the carried files: no index, no find-links, no configuration that could name one.
+  if ! env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
+    "$PY" -m pip install --quiet --no-index --no-deps --disable-pip-version-check \
+    --target "$site" "${wheels[@]}"; then
+    # A python3 without a working pip: these wheels install by unpacking (no scripts, no data).
+    echo "gpu_check.sh --bare: pip could not install the wheels; unpacking them instead" >&2
+    rm -rf "${site:?}"/*
     for wheel in "${wheels[@]}"; do "$PY" -m zipfile -e "$wheel" "$site"; done
   fi
   export PYTHONPATH="$ROOT:$site${PYTHONPATH:+:$PYTHONPATH}"
