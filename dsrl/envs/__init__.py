@@ -18,6 +18,7 @@ from dsrl.envs.base import Env, EnvSpec, Observation
 # name -> (module, class); aliases share an entry.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "demo": ("dsrl.envs.demo", "DemoEnv"),
+    "demo_pi0": ("dsrl.envs.demo_pi0", "DemoPi0Env"),  # LIBERO-shaped, for timing Pi0 loops
     "libero": ("dsrl.envs.libero", "LiberoEnv"),
     "libero_pick_place": ("dsrl.envs.libero_scripted", "LiberoPickPlaceEnv"),
     "aloha": ("dsrl.envs.aloha", "AlohaEnv"),
