@@ -171,9 +171,10 @@ def test_checksum_failure_names_the_file(run_dir, caplog):
 
 def test_nan_in_a_manifest_less_buffer_is_refused_on_restore(run_dir, caplog):
     """NaN rewards on disk (saved before saves were checked): restoring them would train into
-    NaN. The rewards file is rewritten in place, same size, and its manifest removed."""
+    NaN. No step has a manifest; the rewards file is rewritten in place, same size."""
+    for step in (10, 20):
+        (step_dir(run_dir, step) / MANIFEST).unlink()
     newest = step_dir(run_dir, 20)
-    (newest / MANIFEST).unlink()
     # Leaves in sorted order: actions, observations/pixels, observations/state, rewards.
     rewards_file = newest / "replay_buffer" / "leaf_003.npy"
     rewards = np.load(rewards_file)
@@ -183,25 +184,42 @@ def test_nan_in_a_manifest_less_buffer_is_refused_on_restore(run_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="dsrl.utils.checkpoints"):
         assert_restores_step(run_dir, 10)
     assert "replay buffer field 'rewards' (1 transitions, first at slot 5)" in caplog.text
-    assert "no checksum manifest" in caplog.text
+    assert "restored step 10 unverified" in caplog.text
 
 
 def test_manifest_less_steps_still_restore_unverified(run_dir, caplog):
-    """Checkpoints written before this change have no manifest: they load, with a warning."""
+    """Checkpoints written before checksums existed have no manifest: with no verified step, the
+    newest loads after its arrays pass the checks, saying so."""
     for step in (10, 20):
         (step_dir(run_dir, step) / MANIFEST).unlink()
     checkpointer = RunCheckpointer(run_dir)
     assert checkpointer.verify(20) is False
     with caplog.at_level(logging.WARNING, logger="dsrl.utils.checkpoints"):
         assert_restores_step(run_dir, 20)
-    assert "step 20" in caplog.text and "unverified" in caplog.text
+    assert "restored step 20 unverified" in caplog.text
+    assert "shapes, dtypes, finite values" in caplog.text
 
 
-def test_corrupt_manifest_alone_does_not_lose_an_intact_step(run_dir, caplog):
-    (step_dir(run_dir, 20) / MANIFEST).write_text('{"format_version": 1, "fi')
-    with caplog.at_level(logging.WARNING, logger="dsrl.utils.checkpoints"):
-        assert_restores_step(run_dir, 20)
-    assert "unreadable" in caplog.text
+@pytest.mark.parametrize("manifest", ["deleted", "truncated"])
+def test_verified_older_step_beats_an_unverified_newest_one(run_dir, caplog, manifest):
+    """The newest step lost its manifest and its replay buffer has flipped bytes (finite, so no
+    check of the values could tell): the older verified step is restored, the newest is named
+    and left on disk."""
+    newest = step_dir(run_dir, 20)
+    if manifest == "deleted":
+        (newest / MANIFEST).unlink()
+    else:
+        (newest / MANIFEST).write_text('{"format_version": 1, "fi')
+    actions_file = newest / "replay_buffer" / "leaf_000.npy"
+    data = bytearray(actions_file.read_bytes())
+    data[-8:] = bytes(8)  # two float32 actions become 0.0: finite, wrong
+    actions_file.write_bytes(bytes(data))
+    before = tree_bytes(run_dir)
+    with caplog.at_level(logging.WARNING):
+        assert_restores_step(run_dir, 10)
+    assert "Checkpoint step 20" in caplog.text and "no readable checksum manifest" in caplog.text
+    assert "step 10 is the newest verified one" in caplog.text
+    assert tree_bytes(run_dir) == before
 
 
 def test_every_step_damaged_is_one_clear_error_and_nothing_is_deleted(run_dir):

@@ -32,204 +32,51 @@ replacement never completed).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import json
 import logging
-import math
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 
-from dsrl.data.replay_buffer import LayoutMismatchError, ReplayBuffer
+from dsrl.data.replay_buffer import ReplayBuffer
+from dsrl.utils.checkpoint_files import (
+    MANIFEST,
+    ReplayBufferRestore,
+    ReplayBufferSave,
+    one_line,
+    quiet_absl,
+    verify_manifest,
+    write_manifest,
+)
+from dsrl.utils.checkpoint_state import (
+    FORMAT_VERSION,
+    CheckpointDamagedError,
+    CheckpointMismatchError,
+    NoIntactCheckpointError,
+    NonFiniteStateError,
+    check_restored_array,
+    check_template,
+    non_finite_leaves,
+    rebuild_leaf,
+    restore_target,
+    split_state,
+)
+
+__all__ = [
+    "CheckpointDamagedError",
+    "CheckpointMismatchError",
+    "NoIntactCheckpointError",
+    "NonFiniteStateError",
+    "RunCheckpointer",
+]
 
 log = logging.getLogger(__name__)
 
-
-@contextlib.contextmanager
-def _quiet_absl(phrase: str):
-    """Drops absl log records that mention `phrase` (underscores read as spaces)."""
-    absl_log = logging.getLogger("absl")
-    quiet = logging.Filter()
-    quiet.filter = lambda record: phrase not in record.getMessage().replace("_", " ")
-    absl_log.addFilter(quiet)
-    try:
-        yield
-    finally:
-        absl_log.removeFilter(quiet)
-
-
-_FORMAT_VERSION = 1
 _ARRAYS, _META, _BUFFER = "state", "state_meta", "replay_buffer"
-_MANIFEST = "dsrl_checksums.json"
-_MANIFEST_VERSION = 1
 _REPLACED_SUFFIX = ".dsrl-replaced"
-
-
-class CheckpointDamagedError(RuntimeError):
-    """A checkpoint step cannot be restored: a file is missing, truncated or changed, or it holds
-    non-finite values."""
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint step is intact but was written by a different config or code version."""
-
-
-class NoIntactCheckpointError(RuntimeError):
-    """Every checkpoint step of a run failed to restore; the message lists each step's reason."""
-
-
-class NonFiniteStateError(ValueError):
-    """The state to save holds NaN or inf; saving it would replace good checkpoints with bad."""
-
-
-# ---------------------------------------------------------------------------------------------
-# The replay buffer as an orbax item, so it is written inside the step's temporary directory and
-# finalised (renamed) together with the agent.
-
-
-class ReplayBufferHandler(ocp.CheckpointHandler):
-    """Saves/restores a ReplayBuffer synchronously into an orbax item directory."""
-
-    def save(self, directory: epath.Path, args: ReplayBufferSave) -> None:
-        args.buffer.write_to(Path(directory))
-
-    def restore(self, directory: epath.Path, args: ReplayBufferRestore | None = None) -> Any:
-        example = None if args is None else args.example_transition
-        try:
-            return ReplayBuffer.load(Path(directory), example_transition=example)
-        except LayoutMismatchError as err:
-            raise CheckpointMismatchError(str(err)) from None
-
-
-@ocp.args.register_with_handler(ReplayBufferHandler, for_save=True)
-@dataclasses.dataclass
-class ReplayBufferSave(ocp.args.CheckpointArgs):
-    buffer: ReplayBuffer
-
-
-@ocp.args.register_with_handler(ReplayBufferHandler, for_restore=True)
-@dataclasses.dataclass
-class ReplayBufferRestore(ocp.args.CheckpointArgs):
-    example_transition: dict[str, Any] | None = None
-
-
-# ---------------------------------------------------------------------------------------------
-# Splitting an arbitrary state pytree into arrays (orbax) and JSON-able leaves.
-
-
-def _is_prng_key(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def _leaf_record(path: str, leaf: Any) -> tuple[dict[str, Any], Any]:
-    """(meta record, array to save or None) for one leaf of the state pytree."""
-    if _is_prng_key(leaf):
-        # New-style typed keys: orbax stores their uint32 key data; the impl name lets restore
-        # re-wrap them. Raw uint32 keys (jax.random.PRNGKey) are ordinary arrays.
-        data = jax.random.key_data(leaf)
-        record = {"kind": "prng_key", "impl": str(jax.random.key_impl(leaf))}
-        return record | {"shape": list(data.shape), "dtype": str(data.dtype)}, data
-    if isinstance(leaf, jax.Array):
-        record = {"kind": "jax", "shape": list(leaf.shape), "dtype": str(leaf.dtype)}
-        # Weak types (e.g. TrainState.step after `0 + 1` in a jitted update) are part of a jitted
-        # function's cache key: restoring them strong would recompile the update on resume.
-        return record | {"weak_type": bool(jax.typeof(leaf).weak_type)}, leaf
-    if isinstance(leaf, np.ndarray | np.generic):
-        array = np.asarray(leaf)
-        return {"kind": "numpy", "shape": list(array.shape), "dtype": str(array.dtype)}, array
-    if isinstance(leaf, np.random.Generator):
-        return {"kind": "np_generator", "value": leaf.bit_generator.state}, None
-    if leaf is None or isinstance(leaf, bool | int | float | str):
-        return {"kind": "python", "type": type(leaf).__name__, "value": leaf}, None
-    raise TypeError(
-        f"Checkpoint state leaf {path} has type {type(leaf).__name__}, which cannot be saved. "
-        "Use jax/numpy arrays, Python scalars or strings, dicts of those, numpy Generators, or "
-        "flax.struct pytrees (mark non-array fields pytree_node=False)."
-    )
-
-
-def _split_state(state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(state)
-    arrays, records = {}, []
-    for index, (key_path, leaf) in enumerate(flat):
-        path = jax.tree_util.keystr(key_path)
-        record, array = _leaf_record(path, leaf)
-        records.append({"path": path} | record)
-        if array is not None:
-            arrays[f"leaf_{index:05d}"] = array
-    return arrays, {"format_version": _FORMAT_VERSION, "leaves": records}
-
-
-def _describe(record: dict[str, Any]) -> str:
-    if record["kind"] == "python":
-        return f"Python {record['type']}"
-    if record["kind"] == "np_generator":
-        return "numpy Generator"
-    if record["kind"] == "prng_key":
-        return f"PRNG key ({record['impl']}) data {record['dtype']}{tuple(record['shape'])}"
-    return f"{record['kind']} array {record['dtype']}{tuple(record['shape'])}"
-
-
-_SCALAR_CATEGORY = {"bool": "bool", "int": "int", "float": "float"}
-
-
-def _scalar_category(record: dict[str, Any]) -> str | None:
-    """'int' / 'float' / 'bool' for Python scalars and 0-d numeric arrays, else None."""
-    if record["kind"] == "python":
-        return _SCALAR_CATEGORY.get(record["type"])
-    if record["kind"] in ("jax", "numpy") and not record["shape"]:
-        kind = np.dtype(record["dtype"]).kind
-        return {"b": "bool", "i": "int", "u": "int", "f": "float"}.get(kind)
-    return None
-
-
-def _compatible(saved: dict[str, Any], expected: dict[str, Any]) -> bool:
-    if _describe(saved) == _describe(expected):
-        return True
-    if saved["kind"] in ("jax", "numpy") and expected["kind"] in ("jax", "numpy"):
-        # jax vs numpy container: the template decides, the values are the same.
-        return (saved["dtype"], saved["shape"]) == (expected["dtype"], expected["shape"])
-    # A Python scalar on one side and a 0-d array on the other: flax's TrainState.step is the
-    # Python int 0 in a fresh template and an int32 array once a jitted update has run.
-    category = _scalar_category(saved)
-    return category is not None and category == _scalar_category(expected)
-
-
-def _check_template(saved: list[dict], expected: list[dict], where: Path) -> None:
-    """Raises a ValueError naming every leaf where the template and the checkpoint disagree."""
-    saved_by_path = {r["path"]: r for r in saved}
-    expected_by_path = {r["path"]: r for r in expected}
-    problems = []
-    if missing := [p for p in expected_by_path if p not in saved_by_path]:
-        problems.append(f"in the template but not on disk: {missing}")
-    if extra := [p for p in saved_by_path if p not in expected_by_path]:
-        problems.append(f"on disk but not in the template: {extra}")
-    for path in expected_by_path.keys() & saved_by_path.keys():
-        saved_record, expected_record = saved_by_path[path], expected_by_path[path]
-        if not _compatible(saved_record, expected_record):
-            problems.append(
-                f"{path} is {_describe(saved_record)} on disk but "
-                f"{_describe(expected_record)} in the template"
-            )
-    if not problems and [r["path"] for r in saved] != [r["path"] for r in expected]:
-        problems.append("the leaves are in a different order (a different pytree structure)")
-    if problems:
-        raise CheckpointMismatchError(
-            f"The checkpoint in {where} does not match the restore template: "
-            + "; ".join(sorted(problems))
-            + ". This run directory was written by a different config or code version; restore "
-            "with the same config, or start a fresh run directory."
-        )
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 class RunCheckpointer:
@@ -255,7 +102,7 @@ class RunCheckpointer:
         if self.directory.is_dir() and not read_only:
             self._recover_replaced_steps()
         # orbax warns that a read-only manager will not save: that is the point of one.
-        with _quiet_absl("read only") if read_only else contextlib.nullcontext():
+        with quiet_absl("read only") if read_only else contextlib.nullcontext():
             options = ocp.CheckpointManagerOptions(
                 # Garbage collection is ours (`_collect_garbage`): orbax would delete old steps as
                 # soon as a new one is finalised, before its checksums are written.
@@ -290,7 +137,7 @@ class RunCheckpointer:
         if self.read_only:
             raise RuntimeError(f"{self.directory} was opened read-only: nothing can be saved")
         _refuse_non_finite(step, state, buffer, self.latest_step(), self.directory)
-        arrays, meta = _split_state(state)
+        arrays, meta = split_state(state)
         meta["has_replay_buffer"] = buffer is not None
         items: dict[str, ocp.args.CheckpointArgs] = {}
         if buffer is not None:
@@ -311,7 +158,7 @@ class RunCheckpointer:
         try:
             self._manager.save(step, args=ocp.args.Composite(**items), force=True)
             self._manager.wait_until_finished()
-            _write_manifest(step_dir)
+            write_manifest(step_dir)
         except BaseException:
             # The new step is not verified: it must not shadow the one it replaces.
             shutil.rmtree(step_dir, ignore_errors=True)
@@ -338,7 +185,7 @@ class RunCheckpointer:
         """Finishes a replacement that a crash interrupted (see `save`)."""
         for aside in self.directory.glob(f"*{_REPLACED_SUFFIX}"):
             step_dir = self.directory / aside.name[: -len(_REPLACED_SUFFIX)]
-            if (step_dir / _MANIFEST).is_file():
+            if (step_dir / MANIFEST).is_file():
                 shutil.rmtree(aside)  # the replacement was verified; the old copy is redundant
             else:
                 shutil.rmtree(step_dir, ignore_errors=True)
@@ -354,7 +201,7 @@ class RunCheckpointer:
 
         Returns True if verified, False if the step has no (readable) manifest (written before
         checksums existed); raises CheckpointDamagedError naming the first bad file."""
-        return _verify_manifest(self.directory / str(step))
+        return verify_manifest(self.directory / str(step))
 
     def restore(
         self,
@@ -385,37 +232,86 @@ class RunCheckpointer:
         steps = self.all_steps()
         if not steps:
             return None
-        failures: list[tuple[int, Exception]] = []
-        for candidate in reversed(steps):
+        verified, unverified, failures = self._sort_steps(steps)
+        for candidate in verified:
+            try:
+                result = self._restore_step(
+                    candidate, template_state, example_transition, load_buffer
+                )
+            except CheckpointMismatchError:
+                raise  # intact files that do not fit the template: a config error, not damage
+            except Exception as err:  # noqa: BLE001 - any failure means: try the older step
+                failures.append((candidate, err))
+                continue
+            self._log_choice(candidate, failures, unverified, verified=True)
+            return result
+        # No verified step restores: an unverified one (written before checksums existed, or its
+        # manifest lost) is used only if its arrays pass every check, and said so.
+        for candidate in unverified:
             try:
                 result = self._restore_step(
                     candidate, template_state, example_transition, load_buffer
                 )
             except Exception as err:  # noqa: BLE001 - any failure means: try the older step
-                log.warning(
-                    "Checkpoint step %d in %s cannot be restored and was skipped: %s",
-                    candidate,
-                    self.directory,
-                    _one_line(err),
-                )
                 failures.append((candidate, err))
                 continue
-            if failures:
-                log.warning(
-                    "Resuming from checkpoint step %d, the newest intact one (skipped: %s). The "
-                    "skipped steps were left on disk for inspection.",
-                    candidate,
-                    ", ".join(str(s) for s, _ in failures),
-                )
+            self._log_choice(candidate, failures, [], verified=False)
             return result
+        failures.sort(key=lambda item: -item[0])
         mismatches = [err for _, err in failures if isinstance(err, CheckpointMismatchError)]
         if mismatches:
             raise mismatches[0]  # every step refused the template: a config error, not damage
-        reasons = "; ".join(f"step {s}: {_one_line(err)}" for s, err in failures)
+        reasons = "; ".join(f"step {s}: {one_line(err)}" for s, err in failures)
         raise NoIntactCheckpointError(
             f"No checkpoint in {self.directory} can be restored ({reasons}). Nothing was deleted; "
             "restore the files from a backup, or start a fresh run directory."
         ) from failures[0][1]
+
+    def _sort_steps(self, steps: list[int]) -> tuple[list[int], list[int], list]:
+        """(verified, unverified, damaged) steps, newest first; damaged ones with the reason."""
+        verified, unverified, damaged = [], [], []
+        for step in reversed(steps):
+            try:
+                (verified if verify_manifest(self.directory / str(step)) else unverified).append(
+                    step
+                )
+            except CheckpointDamagedError as err:
+                damaged.append((step, err))
+        return verified, unverified, damaged
+
+    def _log_choice(self, step: int, failures: list, passed_over: list[int], verified: bool):
+        for skipped, err in failures:
+            log.warning(
+                "Checkpoint step %d in %s is damaged and was skipped: %s",
+                skipped,
+                self.directory,
+                one_line(err),
+            )
+        newer = sorted((s for s in passed_over if s > step), reverse=True)
+        for skipped in newer:
+            log.warning(
+                "Checkpoint step %d in %s has no readable checksum manifest (%s) and was skipped: "
+                "step %d is the newest verified one.",
+                skipped,
+                self.directory,
+                MANIFEST,
+                step,
+            )
+        if not verified:
+            log.warning(
+                "No checkpoint step in %s is verified; restored step %d unverified (it has no "
+                "readable checksum manifest, %s) after its arrays passed every check (shapes, "
+                "dtypes, finite values).",
+                self.directory,
+                step,
+                MANIFEST,
+            )
+        if failures or newer:
+            log.warning(
+                "Resuming from checkpoint step %d. The skipped steps were left on disk for "
+                "inspection.",
+                step,
+            )
 
     def _restore_step(
         self,
@@ -425,27 +321,20 @@ class RunCheckpointer:
         load_buffer: bool = True,
     ) -> tuple[Any, ReplayBuffer | None]:
         where = self.directory / str(step)
-        if not _verify_manifest(where):
-            log.warning(
-                "Checkpoint step %d in %s has no checksum manifest (%s): it was written before "
-                "checksums existed, or its save was interrupted; restoring it unverified.",
-                step,
-                self.directory,
-                _MANIFEST,
-            )
+        verify_manifest(where)  # raises CheckpointDamagedError
         meta = self._manager.restore(
             step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
         )[_META]
         if not isinstance(meta, dict) or "leaves" not in meta:
             raise CheckpointDamagedError(f"{where}/{_META} holds no leaf table: {meta!r:.200}")
-        if meta.get("format_version") != _FORMAT_VERSION:
+        if meta.get("format_version") != FORMAT_VERSION:
             raise CheckpointMismatchError(
                 f"Checkpoint {where} has format {meta.get('format_version')}; this code reads "
-                f"format {_FORMAT_VERSION}."
+                f"format {FORMAT_VERSION}."
             )
         flat, treedef = jax.tree_util.tree_flatten_with_path(template_state)
-        _, template_meta = _split_state(template_state)
-        _check_template(meta["leaves"], template_meta["leaves"], where)
+        _, template_meta = split_state(template_state)
+        check_template(meta["leaves"], template_meta["leaves"], where)
         template_leaves = [leaf for _, leaf in flat]
 
         # Restore targets come from what is on disk (shapes/dtypes checked against the template
@@ -453,7 +342,7 @@ class RunCheckpointer:
         targets = {}
         for index, (record, leaf) in enumerate(zip(meta["leaves"], template_leaves, strict=True)):
             if record["kind"] in ("jax", "numpy", "prng_key"):
-                targets[f"leaf_{index:05d}"] = _restore_target(record, leaf)
+                targets[f"leaf_{index:05d}"] = restore_target(record, leaf)
         items: dict[str, Any] = {}
         if targets:
             items[_ARRAYS] = ocp.args.StandardRestore(targets)
@@ -465,12 +354,14 @@ class RunCheckpointer:
 
         leaves = []
         for index, (record, leaf) in enumerate(zip(meta["leaves"], template_leaves, strict=True)):
-            leaves.append(_rebuild_leaf(record, leaf, arrays.get(f"leaf_{index:05d}")))
+            array = arrays.get(f"leaf_{index:05d}")
+            check_restored_array(record, array, where)
+            leaves.append(rebuild_leaf(record, leaf, array))
         state = jax.tree_util.tree_unflatten(treedef, leaves)
         buffer = restored.get(_BUFFER) if with_buffer else None
         # Random bytes in an unverified step, or NaN saved before saves were checked, would
         # otherwise train into NaN silently.
-        bad = _non_finite_leaves(state) + (buffer.non_finite_fields() if buffer else [])
+        bad = non_finite_leaves(state) + (buffer.non_finite_fields() if buffer else [])
         if bad:
             raise CheckpointDamagedError(f"{where} holds non-finite values in {', '.join(bad)}")
         return state, buffer
@@ -489,100 +380,10 @@ def _is_step_dir(path: Path) -> bool:
     return path.is_dir() and path.name.isdigit()
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:500]}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Checksums and finiteness
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _write_manifest(step_dir: Path) -> None:
-    """Checks that the finalised step reads back and writes its checksum manifest, atomically."""
-    files = sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != _MANIFEST)
-    entries = {}
-    for path in files:
-        entries[path.relative_to(step_dir).as_posix()] = {
-            "size": path.stat().st_size,
-            "sha256": _sha256(path),
-        }
-        # Reading back what the handlers wrote: JSON parses and .npy headers match file sizes
-        # (np.load raises on a short file), so a step is never marked verified when it is not.
-        if path.suffix == ".json" or path.name == "metadata":
-            json.loads(path.read_text())
-        elif path.suffix == ".npy":
-            np.load(path, mmap_mode="r")
-    manifest = {"format_version": _MANIFEST_VERSION, "algorithm": "sha256", "files": entries}
-    tmp = step_dir / f"{_MANIFEST}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=0)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, step_dir / _MANIFEST)
-    dir_fd = os.open(step_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself must survive a power cut
-    finally:
-        os.close(dir_fd)
-
-
-def _verify_manifest(step_dir: Path) -> bool:
-    """True if every file in the manifest matches; False if there is no usable manifest."""
-    manifest_path = step_dir / _MANIFEST
-    if not manifest_path.is_file():
-        return False
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        entries = manifest["files"]
-        if manifest.get("format_version") != _MANIFEST_VERSION or not isinstance(entries, dict):
-            raise ValueError(f"unknown manifest format {manifest.get('format_version')!r}")
-    except (ValueError, KeyError, TypeError) as err:
-        log.warning("Checksum manifest %s is unreadable (%s).", manifest_path, _one_line(err))
-        return False
-    for name, entry in entries.items():
-        path = step_dir / name
-        if not path.is_file():
-            raise CheckpointDamagedError(f"{path} is missing (listed in {_MANIFEST})")
-        size = path.stat().st_size
-        if size != entry["size"]:
-            raise CheckpointDamagedError(
-                f"{path} has {size} bytes, {entry['size']} were written (truncated or overwritten)"
-            )
-        if _sha256(path) != entry["sha256"]:
-            raise CheckpointDamagedError(f"{path} does not match its sha256 in {_MANIFEST}")
-    return True
-
-
-def _non_finite_leaves(state: Any) -> list[str]:
-    """Paths of the float leaves of `state` holding NaN or inf."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(state)
-    device_checks, bad = [], []
-    for key_path, leaf in flat:
-        path = jax.tree_util.keystr(key_path)
-        if isinstance(leaf, jax.Array):
-            if not _is_prng_key(leaf) and jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact):
-                device_checks.append((path, jax.numpy.isfinite(leaf).all()))
-        elif isinstance(leaf, np.ndarray | np.generic):
-            if np.issubdtype(leaf.dtype, np.inexact) and not np.isfinite(leaf).all():
-                bad.append(path)
-        elif isinstance(leaf, float) and not math.isfinite(leaf):
-            bad.append(path)
-    # One transfer for all device-side reductions.
-    finite = jax.device_get([check for _, check in device_checks])
-    bad += [path for (path, _), ok in zip(device_checks, finite, strict=True) if not ok]
-    return bad
-
-
 def _refuse_non_finite(
     step: int, state: Any, buffer: ReplayBuffer | None, latest: int | None, directory: Path
 ) -> None:
-    bad = _non_finite_leaves(state) + (buffer.non_finite_fields() if buffer is not None else [])
+    bad = non_finite_leaves(state) + (buffer.non_finite_fields() if buffer is not None else [])
     if bad:
         kept = f"step {latest} stays the latest" if latest is not None else "none was saved"
         raise NonFiniteStateError(
@@ -591,57 +392,3 @@ def _refuse_non_finite(
             "env produced non-finite data: resume from the last checkpoint and look at the "
             "rewards/observations, or lower the learning rates."
         )
-
-
-def _restore_target(record: dict[str, Any], template_leaf: Any) -> Any:
-    """The orbax restore target for one saved array leaf."""
-    shape, dtype = tuple(record["shape"]), np.dtype(record["dtype"])
-    as_numpy = record["kind"] == "numpy" or isinstance(template_leaf, np.ndarray | np.generic)
-    if as_numpy and record["kind"] != "prng_key":
-        return np.zeros(shape, dtype)
-    if isinstance(template_leaf, jax.Array) and not _is_prng_key(template_leaf):
-        sharding = template_leaf.sharding
-    elif _is_prng_key(template_leaf):
-        sharding = jax.random.key_data(template_leaf).sharding
-    else:
-        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-
-
-def _rebuild_leaf(record: dict[str, Any], template_leaf: Any, array: Any) -> Any:
-    """The restored leaf: the template's container type, except that a Python-scalar template
-    leaf takes the saved form (see `_compatible`)."""
-    kind = record["kind"]
-    if kind == "np_generator":
-        bit_generator = getattr(np.random, record["value"]["bit_generator"])()
-        bit_generator.state = record["value"]
-        return np.random.Generator(bit_generator)
-    if kind == "python":
-        value = record["value"]
-        if isinstance(template_leaf, jax.Array):
-            return jax.numpy.asarray(value, dtype=template_leaf.dtype)
-        if isinstance(template_leaf, np.ndarray | np.generic):
-            value = np.asarray(value, dtype=template_leaf.dtype)
-            return value if isinstance(template_leaf, np.ndarray) else value[()]
-        return value
-    if kind == "prng_key":
-        return jax.random.wrap_key_data(array, impl=record["impl"])
-    if isinstance(template_leaf, np.generic):
-        return np.asarray(array)[()]
-    if isinstance(template_leaf, np.ndarray):
-        return np.asarray(array)
-    if record.get("weak_type") and not jax.typeof(array).weak_type:
-        array = _as_weak_type(array)
-    return array
-
-
-def _as_weak_type(array: jax.Array) -> jax.Array:
-    """The same value as a weakly typed array (what jit produced before the save).
-
-    Only 0-d arrays (Python-scalar counters such as TrainState.step) are rebuilt this way; a
-    weakly typed non-scalar keeps its strong type, costing at most one recompile on resume."""
-    if array.ndim == 0:
-        weak = jax.numpy.asarray(array.item())  # a Python scalar gives the weak default dtype
-        if weak.dtype == array.dtype:
-            return jax.device_put(weak, array.sharding)
-    return array
