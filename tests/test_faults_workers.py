@@ -5,6 +5,7 @@ that keeps failing must stop the run with a clear error and a checkpoint to resu
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import time
@@ -15,7 +16,7 @@ from fault_loop_parts import QUERY_FREQ, demo_steering, replay_buffer, small_lea
 from faulty_demo_env import FaultyDemoEnv
 
 from dsrl.envs import make_env
-from dsrl.envs.vector import VectorEnv, WorkerFailedError
+from dsrl.envs.vector import NonFiniteActionError, VectorEnv, WorkerFailedError
 from dsrl.training import loop
 from dsrl.training.evaluation import evaluate
 from dsrl.training.rollout import run_episodes
@@ -115,12 +116,15 @@ def test_failed_worker_mid_episode_loses_only_its_episode(steering, sig):
         assert venv.worker_restarts == 1
 
 
-def test_stalled_reset_is_retried_on_a_restarted_worker(steering):
+def test_stalled_reset_is_retried_on_a_restarted_worker(steering, caplog):
     with demo_workers(2) as venv:
         pids = venv.worker_pids
         os.kill(pids[0], signal.SIGSTOP)
         started = time.monotonic()
-        obs = venv.reset([11, 12])
+        with caplog.at_level(logging.WARNING, logger="dsrl.envs.vector"):
+            obs = venv.reset([11, 12])
+        # No episode was lost, and the warning says so (env/discarded_episodes stays 0).
+        assert "no episode is lost" in caplog.text and "discarded" not in caplog.text
         assert time.monotonic() - started < FAST["reset_timeout_s"] + 30
         assert venv.worker_restarts == 1 and venv.worker_pids[0] != pids[0]
         assert process_gone(pids[0])
@@ -259,3 +263,24 @@ def test_training_stopped_by_a_failing_worker_leaves_a_checkpoint_to_resume(stee
     assert state.num_online_trajs == 6 and state.grad_steps == checkpointer.latest_step() > 0
     assert len(buffer) == state.num_online_samples
     assert len(buffer.trajectory_bounds) == 6
+
+
+@pytest.mark.parametrize("mode", ["inline", "subprocess"])
+def test_non_finite_actions_never_reach_an_env(tmp_path, mode):
+    """A diverged policy's NaN chunk is refused before any env steps (the demo env would fail on
+    it with 'cannot convert float NaN to integer'; a robot would move)."""
+    env_fn = functools.partial(FaultyDemoEnv, str(tmp_path), image_size=16)
+    kwargs = FAST if mode == "subprocess" else {}
+    with VectorEnv([env_fn] * 2, mode=mode, **kwargs) as venv:
+        first = venv.reset([3, 4])
+        actions = np.zeros((2, QUERY_FREQ, 2), np.float32)
+        actions[1, 2, 0] = np.nan
+        with pytest.raises(NonFiniteActionError, match=r"env\(s\) \[1\] hold NaN or inf"):
+            venv.step_chunk(actions)
+        # Nothing was stepped: env 0 still continues its episode from the reset observation.
+        results = venv.step_chunk(np.zeros((2, QUERY_FREQ, 2), np.float32), active=[True, False])
+        assert results[0].steps_executed == QUERY_FREQ and results[1] is None
+        reference = make_env("demo", image_size=16)
+        reference.reset(seed=3)
+        np.testing.assert_array_equal(first[0]["pixels"], reference.reset(seed=3)["pixels"])
+        assert (tmp_path / "resets").stat().st_size == 2

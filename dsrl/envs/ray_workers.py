@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dsrl.envs.base import EnvSpec
-from dsrl.envs.vector import _RestartingWorkers
+from dsrl.envs.worker_pool import _RestartingWorkers
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class _EnvActor:
         return self.env.reset(seed=seed)
 
     def step_chunk(self, payload):
-        from dsrl.envs.vector import run_chunk
+        from dsrl.envs.chunk import run_chunk
 
         return run_chunk(self.env, *payload)
 
@@ -196,7 +196,7 @@ class RayWorkers(_RestartingWorkers):
         self.pids[i] = None
 
     def _await_start(self, i: int) -> EnvSpec:
-        from dsrl.envs.vector import VectorEnvError
+        from dsrl.envs.chunk import VectorEnvError
 
         ref = self.actors[i].start.remote()
         ready, _ = self.ray.wait([ref], timeout=self.start_timeout_s)
@@ -227,7 +227,8 @@ class RayWorkers(_RestartingWorkers):
         """As `_SubprocessWorkers.call`: all workers run in parallel until one shared deadline;
         one that misses it or whose actor died is restarted and gets a WorkerFailure; an
         exception inside an env is raised as VectorEnvError."""
-        from dsrl.envs.vector import VectorEnvError, WorkerFailure
+        from dsrl.envs.chunk import VectorEnvError
+        from dsrl.envs.worker_pool import WorkerFailure
 
         ray = self.ray
         refs = {
@@ -258,7 +259,7 @@ class RayWorkers(_RestartingWorkers):
                     f"Worker {self.names[i]} failed during {command}:\n{err}"
                 )
         for i in sorted(failures):
-            self._restart(i, failures[i])
+            self._restart(i, failures[i], command)
         if errors:
             raise errors[min(errors)]
         return [WorkerFailure(failures[i]) if i in failures else replies[i] for i in indices]
