@@ -62,9 +62,9 @@ def _command(pid: int) -> str:
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray for the module. The Ray workers see tests/ on their path (the faulty env
-    lives there), as spawned subprocess workers do. After ray.shutdown() no process Ray started
-    may survive."""
-    from dsrl.envs.ray_workers import ensure_ray
+    lives there), as spawned subprocess workers do. After shutdown_local_ray() no process Ray
+    started may survive."""
+    from dsrl.envs.ray_workers import ensure_ray, shutdown_local_ray
 
     old_path = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [TESTS, old_path]))
@@ -74,7 +74,7 @@ def local_ray():
     finally:
         commands = {pid: _command(pid) for pid in _descendants(os.getpid())}
         started = {pid: c for pid, c in commands.items() if "ray" in c}  # not multiprocessing's
-        ray.shutdown()
+        shutdown_local_ray()
         if old_path is None:
             os.environ.pop("PYTHONPATH", None)
         else:

@@ -165,5 +165,7 @@ class RayBasePolicy:
                 pass
             self._actor = None
         if self._owns_ray:
+            from dsrl.envs.ray_workers import shutdown_local_ray
+
             self._owns_ray = False
-            self._ray.shutdown()
+            shutdown_local_ray()

@@ -77,7 +77,7 @@ def _use_auth_token_if_any() -> None:
 
 def ensure_ray(address: str = "", num_cpus: float | None = None) -> bool:
     """Connects this process to Ray unless it already is; True when it started a local Ray
-    (then the caller owns it and shuts it down with `ray.shutdown()`).
+    (then the caller owns it and shuts it down with `shutdown_local_ray()`).
 
     address: "" starts a local Ray with `num_cpus` logical CPUs (default this machine's cores;
     a caller that knows it will place N one-CPU actors passes at least N, so they never wait
@@ -99,12 +99,18 @@ def ensure_ray(address: str = "", num_cpus: float | None = None) -> bool:
         os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         cores = os.cpu_count() or 1
+        global _LOCAL_SESSION
+        from dsrl.utils.ray_session import RaySessionGuard
+
+        # Its own temp dir, loopback only, and a watchdog that stops it if this process dies
+        # without `shutdown_local_ray` (SIGKILL, the OOM killer).
+        _LOCAL_SESSION = RaySessionGuard()
         kwargs |= {
             # "local": a new Ray even when this machine runs a cluster (`ray start`) or left its
             # address behind in /tmp/ray, which ray.init() would otherwise join.
             "address": "local",
             "num_cpus": max(cores, math.ceil(num_cpus or 0)),
-            "include_dashboard": False,
+            **_LOCAL_SESSION.init_kwargs(),
         }
     try:
         with warnings.catch_warnings():
@@ -112,6 +118,7 @@ def ensure_ray(address: str = "", num_cpus: float | None = None) -> bool:
             warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
             ray.init(**kwargs)
     except (ConnectionError, ValueError, RuntimeError, TimeoutError) as err:
+        _close_local_session()
         reason = str(err).strip().rstrip(".")
         if not address:
             raise ConnectionError(
@@ -126,6 +133,25 @@ def ensure_ray(address: str = "", num_cpus: float | None = None) -> bool:
             "~/.ray/auth_token, or set RAY_AUTH_TOKEN."
         ) from None
     return not address
+
+
+_LOCAL_SESSION = None  # the RaySessionGuard of the local Ray `ensure_ray` started, if any
+
+
+def _close_local_session() -> None:
+    global _LOCAL_SESSION
+    if _LOCAL_SESSION is not None:
+        session, _LOCAL_SESSION = _LOCAL_SESSION, None
+        session.close()
+
+
+def shutdown_local_ray() -> None:
+    """Stops the local Ray that `ensure_ray` started: its daemons, then its temp directory."""
+    ray = require_ray()
+    try:
+        ray.shutdown()
+    finally:
+        _close_local_session()
 
 
 class _EnvActor:
@@ -271,4 +297,4 @@ class RayWorkers(_RestartingWorkers):
         self.actors = []
         if self._owns_ray:
             self._owns_ray = False
-            self.ray.shutdown()
+            shutdown_local_ray()
