@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import jax
@@ -20,6 +21,7 @@ import pytest
 from dsrl.data.replay_buffer import ReplayBuffer
 from dsrl.utils.checkpoints import (
     CheckpointDamagedError,
+    CheckpointDiskFullError,
     CheckpointMismatchError,
     NoIntactCheckpointError,
     NonFiniteStateError,
@@ -417,3 +419,34 @@ def test_nan_from_the_env_stops_the_run_before_a_bad_checkpoint_is_saved(tmp_pat
     assert 0 < kept < refused_step and checkpointer.verify(kept)
     _, state, restored_buffer = loop.restore(checkpointer, _loop_parts(tmp_path)[2])
     assert state.grad_steps == kept and not restored_buffer.non_finite_fields()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs: a real full disk (needs root and mount rights, e.g. not in every CI)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_is_one_clear_error_and_the_last_step_is_kept(small_disk, caplog):
+    checkpointer = RunCheckpointer(small_disk)
+    checkpointer.save(10, make_state(10), make_buffer(10))
+    big = ReplayBuffer({"pixels": np.zeros((64, 64, 3), np.uint8)}, capacity=200, seed=0)
+    for i in range(200):
+        big.insert({"pixels": np.full((64, 64, 3), i, np.uint8)})
+    with caplog.at_level(logging.ERROR), pytest.raises(CheckpointDiskFullError) as err:
+        checkpointer.save(20, make_state(20), big)
+    message = str(err.value)
+    assert "\n" not in message and "the disk is full" in message
+    assert "step 10 stays the latest" in message and "--resume" in message
+    assert not caplog.records, "orbax's traceback was logged as well"
+    # Nothing half-written is left to fill the disk further; step 10 restores.
+    assert sorted(p.name for p in (small_disk / "checkpoints").iterdir()) == ["10"]
+    assert_restores_step(small_disk, 10)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +139,39 @@ def verify_manifest(step_dir: Path) -> bool:
         if _sha256(path) != entry["sha256"]:
             raise CheckpointDamagedError(f"{path} does not match its sha256 in {MANIFEST}")
     return True
+
+
+class CheckpointDiskFullError(OSError):
+    """A checkpoint could not be written because its disk is full; nothing of it was kept."""
+
+
+_FULL_PHRASES = ("no space left", "resource_exhausted", "disk quota exceeded")
+
+
+def disk_is_full(directory: Path, err: BaseException) -> bool:
+    """Whether `err` (raised while writing under `directory`) comes from a full disk: ENOSPC or
+    EDQUOT anywhere in its chain, orbax's RESOURCE_EXHAUSTED, or a short write (numpy reports
+    those without an errno) with almost no space left."""
+    seen = err
+    while seen is not None:
+        if getattr(seen, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(phrase in str(seen).lower() for phrase in _FULL_PHRASES):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        usage = shutil.disk_usage(directory)
+    except OSError:
+        return False
+    return isinstance(err, OSError) and usage.free < max(16 * 2**20, usage.total // 100)
+
+
+def disk_full_error(directory: Path, step: int, latest: int | None) -> CheckpointDiskFullError:
+    kept = f"step {latest} stays the latest" if latest is not None else "no earlier step exists"
+    err = CheckpointDiskFullError(
+        f"checkpoint step {step} could not be written to {directory}: the disk is full. Nothing "
+        f"of step {step} was kept ({kept}). Free space on that disk (df -h {directory}), then "
+        f"resume the run (--resume {directory.parent})"
+    )
+    err.errno = errno.ENOSPC
+    return err

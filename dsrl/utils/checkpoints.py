@@ -44,8 +44,11 @@ import orbax.checkpoint as ocp
 from dsrl.data.replay_buffer import ReplayBuffer
 from dsrl.utils.checkpoint_files import (
     MANIFEST,
+    CheckpointDiskFullError,
     ReplayBufferRestore,
     ReplayBufferSave,
+    disk_full_error,
+    disk_is_full,
     one_line,
     quiet_absl,
     verify_manifest,
@@ -66,6 +69,7 @@ from dsrl.utils.checkpoint_state import (
 )
 
 __all__ = [
+    "CheckpointDiskFullError",
     "CheckpointDamagedError",
     "CheckpointMismatchError",
     "NoIntactCheckpointError",
@@ -155,16 +159,24 @@ class RunCheckpointer:
             shutil.rmtree(aside, ignore_errors=True)
             os.rename(step_dir, aside)
         self._manager.reload()
+        latest = self.latest_step()
         try:
-            self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-            self._manager.wait_until_finished()
+            # orbax logs a failed write's traceback before raising it; the error says it all.
+            with quiet_absl("raised an exception"):
+                self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+                self._manager.wait_until_finished()
             write_manifest(step_dir)
-        except BaseException:
+        except BaseException as err:
             # The new step is not verified: it must not shadow the one it replaces.
+            full = isinstance(err, Exception) and disk_is_full(self.directory, err)
             shutil.rmtree(step_dir, ignore_errors=True)
+            for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(partial, ignore_errors=True)  # space back for the next save
             if replacing:
                 os.rename(aside, step_dir)
             self._manager.reload()
+            if full:
+                raise disk_full_error(self.directory, step, latest) from err
             raise
         if replacing:
             shutil.rmtree(aside)
