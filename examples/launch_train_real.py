@@ -33,7 +33,7 @@ if __name__ == "__main__":  # may re-execute itself once, before the heavy impor
     restart_with_hugepages()
 
 from dsrl import presets  # noqa: E402
-from dsrl.training import cli  # noqa: E402
+from dsrl.training import cli, failures  # noqa: E402
 from dsrl.training.flags import FLAGS, REAL_FLAGS  # noqa: E402
 
 REAL_PRESETS = sorted(name for name, module in presets.PRESETS.items() if module == "real")
@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None, *, keyboard=None, robot=None) -> int:
     run, args = cli.start(build_parser(), argv, preset="real", keyboard=keyboard, robot=robot)
     if args.eval_only:  # evaluated already; `run` is the EvalOnlyResult
         return 0
-    with run:
+    # A full disk or a diverged run ends in one line (the traceback goes to the run dir).
+    with run, failures.one_line_failures(run.run_dir, prog=Path(__file__).name):
         result = run.train()
     print(
         f"[dsrl] done: {result.state.num_online_trajs} trajectories, "

@@ -34,7 +34,7 @@ if __name__ == "__main__":  # may re-execute itself once, before the heavy impor
     restart_with_hugepages()
 
 from dsrl import presets  # noqa: E402
-from dsrl.training import cli  # noqa: E402
+from dsrl.training import cli, failures  # noqa: E402
 from dsrl.training.flags import FLAGS  # noqa: E402
 
 SIM_PRESETS = sorted(name for name, module in presets.PRESETS.items() if module != "real")
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_only:  # evaluated already; `run` is the EvalOnlyResult
         return 0
     start = time.perf_counter()
-    with run:
+    # A full disk or a diverged run ends in one line (the traceback goes to the run dir).
+    with run, failures.one_line_failures(run.run_dir, prog=Path(__file__).name):
         result = run.train()
     print(f"[dsrl] done in {time.perf_counter() - start:.0f} s; metrics: {run.run_dir}")
     if result.evaluations:

@@ -20,10 +20,11 @@ from typing import Any
 from dsrl.agents import registry
 from dsrl.agents.spec import TransitionSpec
 from dsrl.steering import Steering, make_noise_param
-from dsrl.training import loop
+from dsrl.training import loop, validation
 from dsrl.training.config import BasePolicySection, EnvSection, RunConfig
 from dsrl.training.config_io import write_config_file
 from dsrl.training.flags import ConfigError
+from dsrl.utils.run_lock import RunDirLock, RunDirLockedError
 
 
 def check_logdir(logdir: str) -> None:
@@ -222,6 +223,9 @@ def build_run(
     the terminal and the configured robot). A new run's directory is removed again if building
     fails; a resumed run's config.json is rewritten only after its checkpoint has restored.
     """
+    validation.check_values(config)  # before any work, each failure naming its flag
+    for line in validation.check_memory(config):
+        log(f"[dsrl] note: {line}")
     if not resume_dir:
         check_logdir(config.log.logdir)
     if resume_dir:
@@ -232,6 +236,16 @@ def build_run(
         run_dir = Path(make_run_dir(config.log.logdir, config.log.prefix, config.loop.seed))
         created = True
     resources = contextlib.ExitStack()
+    try:
+        # One writer per run directory, for the life of the run (released when it closes).
+        lock = RunDirLock(run_dir).acquire()
+    except RunDirLockedError:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    resources.callback(lock.release)
+    if took_over := lock.took_over_from():
+        log(f"[dsrl] {run_dir}: {took_over}; taking the run directory over")
     try:
         return _build(config, run_dir, not created, resources, keyboard, robot, log)
     except BaseException:
@@ -358,6 +372,7 @@ def _build(config, run_dir, resuming, resources, keyboard, robot, log) -> Run:
     # The base policy's observation keys the learner asks for have the learner's shapes.
     observation_spec = {**vec_env.spec.observation_spec, **agent.policy_observation_spec()}
     example = loop.example_transition(observation_spec, steering, spec)
+    validation.check_memory(config, example)  # the replay buffer and a batch, from the spec
     buffer = ReplayBuffer(example, capacity=config.replay_capacity, seed=config.loop.seed)
     checkpointer = RunCheckpointer(run_dir, max_to_keep=config.log.checkpoints_to_keep)
     resources.callback(checkpointer.close)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dsrl.steering import MODES as NOISE_MODES
-from dsrl.training import eval_only
+from dsrl.training import eval_only, failures
 from dsrl.training.build import build_run
 from dsrl.training.config import ALGORITHMS, ENV_MODES, WANDB_MODES, RunConfig
 from dsrl.training.config_io import load_config
@@ -139,6 +139,8 @@ def start(
             log(f"[dsrl] note: {line}")
         if args.eval_only:
             return eval_only.run(config, args, log=log, **kwargs), args
-        return build_run(config, args.resume, log=log, **kwargs), args
+        # A locked run directory or checkpoints that all fail to restore: one line, status 1.
+        with failures.one_line_failures(prog=parser.prog):
+            return build_run(config, args.resume, log=log, **kwargs), args
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")

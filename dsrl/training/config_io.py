@@ -21,6 +21,7 @@ from typing import Any
 
 from dsrl import presets
 from dsrl.agents import registry
+from dsrl.training import validation
 from dsrl.training.config import (
     CONFIG_VERSION,
     AgentSection,
@@ -154,9 +155,10 @@ def read_config_file(run_dir: str | os.PathLike) -> dict[str, Any]:
 def _flag_value(name: str, value: Any) -> Any:
     """A reference flag's value as its RunConfig field takes it (None: nothing to set)."""
     if name in LIST_FLAGS and isinstance(value, list):
-        if name == "hidden_dims" and len(value) == 1:
-            return int(value[0])  # one value N means (N, N, N): the learner's rule
-        return tuple(int(v) for v in value)
+        widths = validation.parse_layer_widths(name, value)  # `--hidden_dims ""`: one clear line
+        if name == "hidden_dims" and len(widths) == 1:
+            return widths[0]  # one value N means (N, N, N): the learner's rule
+        return widths
     if name == "use_spatial_softmax":
         on = parse_text(str(value), bool, f"--{name}")
         return "spatial_softmax" if on else "flatten"
@@ -184,6 +186,8 @@ def load_config(
     `--config` overrides (by path), validated. Raises ConfigError naming the bad value."""
     if resume:
         tree = read_config_file(resume)
+        validation.check_saved_config(tree, Path(resume) / CONFIG_FILE, RunConfig.from_tree)
+        validation.check_resume_algorithm(tree, flags or {}, resume)
         saved_env = tree.get("env", {}).get("name")
         if preset is not None and presets.get_preset(preset).env.name != saved_env:
             raise ConfigError(f"--env {preset} does not match the resumed run's env {saved_env!r}")

@@ -175,3 +175,28 @@ def check_memory(
                 "(or --max_steps, which sets it when it is 0)"
             )
     return notes
+
+
+def check_saved_config(tree: Mapping[str, Any], path: Any, build: Any) -> None:
+    """A resumed run's config.json on its own (`build`: RunConfig.from_tree), so that a wrong
+    value in the file is reported with the file's name, not as if a flag had set it."""
+    try:
+        build(tree)
+    except ValueError as err:
+        raise InvalidValueError(
+            f"{path}: {err}. Fix that value in the file (or restore it from a copy); the run's "
+            "checkpoints are untouched"
+        ) from None
+
+
+def check_resume_algorithm(saved: Mapping[str, Any], flags: Mapping[str, Any], run_dir: Any):
+    """`--resume RUN --algorithm X` where RUN trained another algorithm: its checkpoints hold the
+    other learner, so every step would fail to restore (and look damaged)."""
+    wanted = (flags or {}).get("algorithm")
+    trained = saved.get("agent", {}).get("algorithm")
+    if wanted is not None and trained is not None and wanted != trained:
+        raise InvalidValueError(
+            f"--algorithm {wanted}: {run_dir} was trained with --algorithm {trained}, and its "
+            f"checkpoints hold that learner; drop --algorithm to resume it, or start a new run "
+            f"(without --resume) to train {wanted}"
+        )
