@@ -2,7 +2,8 @@
 
 A traceback is for bugs. A run stopped by a full disk, by training that diverged, by a second
 launcher on its run directory or by checkpoints that are all damaged is not a bug: the launcher
-prints one line (the exception's own message, written to say the fix) and exits with status 1;
+prints one line (the exception's own message, written to say the fix) and exits with status 1
+(2 for checkpoints that do not fit the config: a bad value);
 the full traceback goes to the run directory's `error_traceback.txt` for whoever wants it.
 """
 
@@ -54,4 +55,5 @@ def one_line_failures(run_dir: str | Path | None = None, prog: str = "dsrl") -> 
                 path.write_text("".join(traceback.format_exception(err)))
                 where = f" (traceback: {path})"
         print(f"{prog}: error: {one_line(err)}{where}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+        # A checkpoint that does not fit the config is a bad value (argparse's status 2).
+        raise SystemExit(2 if isinstance(err, CheckpointMismatchError) else 1) from None
