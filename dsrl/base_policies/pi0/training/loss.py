@@ -32,16 +32,18 @@ def predict_velocity(
     obs: pi0_model.Observation,
     x_t: jax.Array,
     time: jax.Array,
+    encoded: tuple[str, ...] | None = None,
 ) -> jax.Array:
     """The model's velocity v_t for noisy actions x_t (B, H, A) at per-sample times (B,).
 
-    Every camera in `config.image_keys` goes through SigLIP (masked ones are excluded by their
-    mask, as openpi), so the result does not depend on which cameras happen to be masked.
-    LoRA leaves, if present, are merged into the Gemma weights first.
+    `encoded`: the cameras to run through SigLIP (default all of `config.image_keys`; masked
+    ones are excluded by their mask, as openpi). Leaving out a camera masked in the whole batch
+    is exact and saves its SigLIP pass. LoRA leaves, if present, are merged in first.
     """
     params = lora.merge(params)
     expert = config.action_expert
-    cache = pi0_model.encode_prefix(config, params, obs, tuple(config.image_keys))
+    encoded = tuple(config.image_keys) if encoded is None else encoded
+    cache = pi0_model.encode_prefix(config, params, obs, encoded)
     positions = jnp.sum(cache.mask, axis=-1, dtype=jnp.int32)[:, None] + jnp.arange(
         config.suffix_len, dtype=jnp.int32
     )
@@ -80,13 +82,14 @@ def flow_matching_loss(
     actions: jax.Array,
     noise: jax.Array,
     time: jax.Array,
+    encoded: tuple[str, ...] | None = None,
 ) -> jax.Array:
     """openpi's `compute_loss` for given noise (B, H, A) and time (B,): float32 (B, H)."""
     actions = jnp.asarray(actions, jnp.float32)
     t = time[:, None, None]
     x_t = t * noise + (1 - t) * actions
     u_t = noise - actions
-    v_t = predict_velocity(config, params, obs, x_t, time)
+    v_t = predict_velocity(config, params, obs, x_t, time, encoded)
     return jnp.mean(jnp.square(v_t - u_t), axis=-1)
 
 
@@ -105,7 +108,8 @@ def compute_loss(
     rng: jax.Array,
     obs: pi0_model.Observation,
     actions: jax.Array,
+    encoded: tuple[str, ...] | None = None,
 ) -> jax.Array:
     """openpi's `compute_loss(rng, observation, actions)` (without image augmentation): (B, H)."""
     noise, time = sample_noise_and_time(rng, actions.shape)
-    return flow_matching_loss(config, params, obs, actions, noise, time)
+    return flow_matching_loss(config, params, obs, actions, noise, time, encoded)

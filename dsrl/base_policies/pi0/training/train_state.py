@@ -79,13 +79,14 @@ def _step(
     *,
     model_config: Pi0Config,
     config: optim.TrainConfig,
+    encoded: tuple[str, ...] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
     def loss_fn(trained):
         params = optim.combine(trained, state.frozen)
         params = lora_lib.merge(params, config.lora)
-        return jnp.mean(loss_lib.compute_loss(model_config, params, rng, obs, actions))
+        return jnp.mean(loss_lib.compute_loss(model_config, params, rng, obs, actions, encoded))
 
     loss, grads = jax.value_and_grad(loss_fn)(state.trained)
     tx = optim.make_optimizer(config)
@@ -105,10 +106,13 @@ def _step(
     return new, info
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "config"), donate_argnums=(0,))
-def train_step(state, obs, actions, *, model_config, config):
-    """One jitted step (the input state's buffers are donated): (state, metrics)."""
-    return _step(state, obs, actions, model_config=model_config, config=config)
+@functools.partial(
+    jax.jit, static_argnames=("model_config", "config", "encoded"), donate_argnums=(0,)
+)
+def train_step(state, obs, actions, *, model_config, config, encoded=None):
+    """One jitted step (the input state's buffers are donated): (state, metrics). `encoded`:
+    cameras through SigLIP (default all; see `loss.predict_velocity`)."""
+    return _step(state, obs, actions, model_config=model_config, config=config, encoded=encoded)
 
 
 # ----------------------------------------------------------------------------------------------
