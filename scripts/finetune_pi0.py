@@ -51,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_devices", type=int, default=0, help="data parallel; 0: all")
     p.add_argument("--resume", action="store_true", help="continue from the latest <out>/<step>")
+    p.add_argument("--stop_after", type=int, help="stop after this many steps of this invocation")
     p.add_argument("--wandb_mode", default="offline", choices=["offline", "online", "disabled"])
     p.add_argument("--dry_run", action="store_true", help="print memory needs (shapes only)")
     args = p.parse_args(argv)
@@ -144,9 +145,10 @@ def finetune(args) -> pathlib.Path:
     cams = tuple(k for k in config.image_keys if k in dataset.images)
     kw = {"model_config": config, "config": tc, "encoded": cams}
     run_config = {**vars(args), "train_config": dataclasses.asdict(tc), "start_step": start}
-    batches = dataset.batches(args.batch, seed=args.seed, epoch=start * args.batch // len(dataset))
+    batches = dataset.batches(args.batch, seed=args.seed, start=start)
+    stop = args.steps if args.stop_after is None else min(args.steps, start + args.stop_after)
     with RunLogger(args.out, run_config, "dsrl-pi0-finetune", args.wandb_mode) as logger:
-        bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="finetune")
+        bar = tqdm(range(start, stop), initial=start, total=args.steps, desc="finetune")
         for step in bar:
             obs, actions = data_lib.to_model_inputs(next(batches), config, stats, tokenizer)
             obs, actions = ts.shard_batch((obs, actions), mesh)
@@ -156,7 +158,7 @@ def finetune(args) -> pathlib.Path:
                 info = {f"train/{k}": float(v) for k, v in info.items()}
                 logger.log(info, done)
                 bar.set_postfix(loss=f"{info['train/loss']:.4f}")
-            if done % args.save_every == 0 or done == args.steps:
+            if done % args.save_every == 0 or done in (args.steps, stop):
                 ckpt = ts.export_openpi(
                     state, args.out / str(done), norm_stats=stats, asset_id=args.asset_id
                 )

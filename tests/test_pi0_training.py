@@ -23,6 +23,7 @@ from dsrl.base_policies.pi0.training import lora, optim
 from dsrl.base_policies.pi0.training import loss as loss_lib
 from dsrl.base_policies.pi0.training import norm_stats as ns
 from dsrl.base_policies.pi0.training import train_state as ts
+from dsrl.utils.logging import read_metrics
 
 FIXTURE = pathlib.Path(__file__).parent / "data" / "pi0_loss_openpi.npz"
 CFG = Pi0Config.tiny()
@@ -252,3 +253,74 @@ def test_export_loads_in_pi0_policy(setup, tmp_path):
     got = policy.model.sample_actions(None, obs, noise=noise, num_steps=2)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
     np.testing.assert_array_equal(policy.norm_stats["actions"].q01, stats["actions"].q01)
+
+
+@pytest.mark.slow
+def test_finetune_script_resumes_exactly(tmp_path):
+    """scripts/finetune_pi0.py stopped after 2 steps and resumed reaches the same weights as one
+    uninterrupted 4-step run, and writes a checkpoint Pi0Policy loads. (~2 min on a busy 2-core
+    machine: one train-step compilation.)"""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "finetune_pi0", pathlib.Path(__file__).parents[1] / "scripts" / "finetune_pi0.py"
+    )
+    ft = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ft)
+    rng = np.random.default_rng(0)
+    n = 12
+    data = tmp_path / "demos.npz"
+    np.savez(
+        data,
+        **{
+            "images/base_0_rgb": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+            "images/left_wrist_0_rgb": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+            "state": rng.normal(size=(n, 8)).astype("f4"),
+            "actions": rng.normal(size=(n, 10, 7)).astype("f4"),
+            "prompt": np.array(["pick up the bowl"] * n),
+        },
+    )
+    tok = tmp_path / "tok.model"
+    tok.write_bytes(train_sentencepiece_model([PROMPT, "put it in the tray"] * 50, vocab_size=30))
+    common = [
+        "--data",
+        str(data),
+        "--variant",
+        "tiny",
+        "--tokenizer",
+        str(tok),
+        "--steps",
+        "4",
+        "--batch",
+        "4",
+        "--warmup_steps",
+        "1",
+        "--wandb_mode",
+        "disabled",
+        "--log_every",
+        "1",
+    ]
+    assert ft.main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert ft.main([*common, "--out", str(tmp_path / "b"), "--stop_after", "2"]) == 0
+    assert (tmp_path / "b" / "2" / "train_state").is_dir() and not (tmp_path / "b" / "4").exists()
+    assert ft.main([*common, "--out", str(tmp_path / "b"), "--resume"]) == 0
+    read = lambda d: checkpoint.restore_params(d, dtype=None, to_device=False)  # noqa: E731
+    a, b = (
+        checkpoint.flatten(read(tmp_path / "a" / "4")),
+        checkpoint.flatten(read(tmp_path / "b" / "4")),
+    )
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    policy = Pi0Policy.from_checkpoint(
+        tmp_path / "a" / "4",
+        "libero",
+        variant=CFG,
+        dtype="float32",
+        tokenizer_path=tok,
+        asset_id="dataset",
+    )
+    assert policy.norm_stats["actions"].mean.shape == (7,)
+    assert (tmp_path / "a" / "loss.png").is_file()
+    losses = [r["train/loss"] for r in read_metrics(tmp_path / "a") if "train/loss" in r]
+    assert len(losses) == 4 and all(np.isfinite(losses))

@@ -65,15 +65,19 @@ class NpzDataset:
             "prompt": [str(p) for p in self.prompt[index]],
         }
 
-    def batches(self, batch_size: int, seed: int = 0, epoch: int = 0) -> Iterator[Batch]:
-        """Endless batches; every example once per epoch (the last partial batch dropped)."""
+    def batches(self, batch_size: int, seed: int = 0, start: int = 0) -> Iterator[Batch]:
+        """Endless batches from batch number `start` on (a resumed run gets exactly the batches
+        the uninterrupted one would have); every example once per epoch, the last partial batch
+        dropped, a new permutation per epoch."""
         if batch_size > len(self):
             raise ValueError(f"batch_size {batch_size} > {len(self)} examples in {self.path}.")
+        per_epoch = len(self) // batch_size
+        epoch, skip = divmod(start, per_epoch)
         while True:
             order = np.random.default_rng((seed, epoch)).permutation(len(self))
-            for start in range(0, len(self) - batch_size + 1, batch_size):
-                yield self.take(order[start : start + batch_size])
-            epoch += 1
+            for i in range(skip, per_epoch):
+                yield self.take(order[i * batch_size : (i + 1) * batch_size])
+            epoch, skip = epoch + 1, 0
 
     def all(self, batch_size: int = 1024) -> Iterator[Mapping[str, np.ndarray]]:
         """state / actions of every example, in order (for norm stats)."""
