@@ -31,7 +31,9 @@ import numpy as np
 
 SEED = 3
 BATCH = 2
-VARIANTS = {"pi0": False, "pi05": True}
+VARIANTS = {"pi0": False, "pi05": True, "pi0_lora": False}
+# LoRA on both Gemmas (alpha = rank, as openpi's presets); large init so that it matters.
+LORA = {"vlm_rank": 4, "vlm_alpha": 4.0, "expert_rank": 2, "expert_alpha": 2.0, "init_stddev": 0.1}
 # Our tiny sizes with 224x224 images (openpi resizes anything else) and 32-pixel patches.
 TINY = {"image_resolution": (224, 224), "vision_variant": "mu/32"}
 
@@ -42,13 +44,24 @@ def tiny_config(pi05: bool):
     return Pi0Config.tiny(pi05=pi05, **TINY)
 
 
+def make_params(name: str):
+    """Our tiny parameters for a fixture variant (the test rebuilds them the same way)."""
+    from dsrl.base_policies.pi0 import model
+    from dsrl.base_policies.pi0.training import lora
+
+    params = model.init_params(tiny_config(VARIANTS[name]), SEED)
+    if name.endswith("_lora"):
+        params = lora.add_lora(params, lora.LoraConfig(**LORA), seed=SEED)
+    return params
+
+
 def export(work: pathlib.Path) -> None:
     from dsrl.base_policies.pi0 import checkpoint, model
 
     work.mkdir(parents=True, exist_ok=True)
     for name, pi05 in VARIANTS.items():
         cfg = tiny_config(pi05)
-        params = model.init_params(cfg, SEED)
+        params = make_params(name)
         flat = {"/".join(p): np.asarray(v) for p, v in checkpoint.flatten(params).items()}
         np.savez(work / f"params_{name}.npz", **flat)
         obs = model.fake_observation(
@@ -105,6 +118,13 @@ def run_openpi(work: pathlib.Path, out: pathlib.Path) -> None:
             width=32, depth=2, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=16
         ),
     }
+    from openpi.models import lora as o_lora
+
+    for key, rank in (("tiny", LORA["vlm_rank"]), ("tiny_expert", LORA["expert_rank"])):
+        cfg = o_lora.LoRAConfig(rank=rank, alpha=float(rank))
+        tiny[f"{key}_lora"] = tiny[key].__class__(
+            **{**vars(tiny[key]), "lora_configs": {"attn": cfg, "ffn": cfg}}
+        )
     o_gemma.get_config = lambda v: tiny[v] if v in tiny else real_get_config(v)
     o_gemma.PALIGEMMA_VOCAB_SIZE = 1024
     real_siglip = o_siglip.Module
@@ -112,9 +132,10 @@ def run_openpi(work: pathlib.Path, out: pathlib.Path) -> None:
 
     fixture = {}
     for name, pi05 in VARIANTS.items():
+        suffix = "_lora" if name.endswith("_lora") else ""
         cfg = o_cfg.Pi0Config(
-            paligemma_variant="tiny",
-            action_expert_variant="tiny_expert",
+            paligemma_variant="tiny" + suffix,
+            action_expert_variant="tiny_expert" + suffix,
             action_horizon=10,
             max_token_len=16,
             dtype="float32",

@@ -49,16 +49,30 @@ def _fixture_batch(fx, name):
     return obs, g
 
 
-@pytest.mark.parametrize("name", ["pi0", "pi05"])
+# As scripts/make_pi0_loss_fixture.py made them: LoRA on both Gemmas, alpha = rank.
+FIXTURE_LORA = lora.LoraConfig(
+    vlm_rank=4, vlm_alpha=4.0, expert_rank=2, expert_alpha=2.0, init_stddev=0.1
+)
+
+
+@pytest.mark.parametrize("name", ["pi0", "pi05", "pi0_lora"])
 def test_loss_equals_openpi_compute_loss(name):
+    """pi0_lora: openpi's gemma LoRA einsums (its own leaves, filled with ours) against our
+    merged weights; openpi restores the LoRA leaves under our names and shapes."""
     fx = dict(np.load(FIXTURE))
     cfg = Pi0Config.tiny(pi05=name == "pi05", image_resolution=(224, 224), vision_variant="mu/32")
     params = model_lib.init_params(cfg, int(fx["seed"]))
+    if name == "pi0_lora":
+        params = lora.add_lora(params, FIXTURE_LORA, seed=int(fx["seed"]))
     obs, g = _fixture_batch(fx, name)
     loss_fn = jax.jit(loss_lib.flow_matching_loss, static_argnums=0)
     ours = np.asarray(loss_fn(cfg, params, obs, g["actions"], g["noise"], g["time"]))
     assert ours.shape == g["loss"].shape == (2, cfg.action_horizon)
     np.testing.assert_allclose(ours, g["loss"], rtol=1e-5, atol=1e-5)
+    if name == "pi0_lora":  # the LoRA leaves matter at this tolerance
+        base = model_lib.init_params(cfg, int(fx["seed"]))
+        plain = np.asarray(loss_fn(cfg, base, obs, g["actions"], g["noise"], g["time"]))
+        assert np.abs(plain - g["loss"]).max() > 1e-3
     # The same key draws openpi's noise and time.
     noise, time = loss_lib.sample_noise_and_time(
         jax.random.wrap_key_data(g["key"]), g["actions"].shape
