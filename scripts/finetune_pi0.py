@@ -22,7 +22,6 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dsrl.base_policies.pi0.config import Pi0Config  # noqa: E402
@@ -176,7 +175,6 @@ def main(argv=None) -> int:
     if args.dry_run:
         dry_run(Pi0Config.from_name(args.variant), args.batch)
         return 0
-    jax.config.update("jax_default_matmul_precision", "float32")
     finetune(args)
     return 0
 
