@@ -117,7 +117,9 @@ def finetune(args) -> pathlib.Path:
     from dsrl.base_policies.pi0.training import train_state as ts
     from dsrl.utils.logging import RunLogger
 
-    config = Pi0Config.from_name(args.variant, dtype="float32")
+    # Compute in the variant's dtype (bfloat16 for the released sizes, as openpi trains); the
+    # trained weights stay float32 and the frozen ones are stored in the compute dtype.
+    config = Pi0Config.from_name(args.variant)
     tc = train_config(args)
     dataset = data_lib.NpzDataset(args.data)
     if args.tokenizer is None or not args.tokenizer.is_file():
@@ -132,7 +134,7 @@ def finetune(args) -> pathlib.Path:
         params = model_lib.init_params(config, args.seed)
     else:
         params = ckpt_lib.load_pi0(args.init, config, dtype="float32").params
-    state = ts.init_train_state(params, tc, seed=args.seed)
+    state = ts.init_train_state(params, tc, seed=args.seed, frozen_dtype=config.dtype)
     del params
     args.out.mkdir(parents=True, exist_ok=True)
     resume_dir = _latest_step(args.out) if args.resume else None

@@ -1,7 +1,7 @@
 """What a fine-tuning run needs in memory, from shapes alone (no weights, nothing allocated).
 
-Per trainable choice: parameter bytes (trained leaves float32, frozen ones bfloat16, as openpi
-casts frozen parameters), AdamW's two moments (float32, trained leaves only), the EMA copy, and
+Per trainable choice: parameter bytes (trained leaves float32, frozen ones in the compute dtype,
+bfloat16 for the released sizes, as openpi casts frozen parameters), AdamW's two moments (float32, trained leaves only), the EMA copy, and
 the activations the backward pass keeps (the residuals JAX saves between the forward and the
 backward pass of the loss, from `jax.ad_checkpoint`'s residual listing, for the given batch;
 this implementation does not rematerialise layers, so they are an upper bound on what XLA keeps
@@ -56,7 +56,7 @@ def training_bytes(
 
         shapes = unflatten({**flatten(shapes), **flat})
     trained, frozen = optim.split_params(shapes, train.trainable)
-    frozen = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.bfloat16), frozen)
+    frozen = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, config.dtype), frozen)
     opt_state = jax.eval_shape(optim.make_optimizer(train).init, trained)
     obs, actions = _abstract_batch(config, batch)
 

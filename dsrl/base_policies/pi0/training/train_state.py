@@ -53,15 +53,18 @@ class TrainState(struct.PyTreeNode):
         return optim.combine(trained, self.frozen)
 
 
-def init_train_state(params: Params, config: optim.TrainConfig, seed: int = 0) -> TrainState:
+def init_train_state(
+    params: Params, config: optim.TrainConfig, seed: int = 0, frozen_dtype: str | None = None
+) -> TrainState:
     """A fresh state from (loaded) params. For trainable="lora" without LoRA leaves, openpi's
-    LoRA leaves are added first (seeded by `seed`)."""
+    LoRA leaves are added first (seeded by `seed`). `frozen_dtype="bfloat16"` stores the frozen
+    leaves in bfloat16, as openpi does (the trained ones keep their dtype)."""
     if config.trainable == "lora" and not lora_lib.has_lora(params):
         params = lora_lib.add_lora(params, config.lora, seed=seed)
     trained, frozen = optim.split_params(params, config.trainable)
     # Own copies: the train step donates the state's buffers, which must not be the caller's.
     trained = jax.tree.map(jnp.array, trained)
-    frozen = jax.tree.map(jnp.array, frozen)
+    frozen = jax.tree.map(lambda x: jnp.array(x, dtype=frozen_dtype), frozen)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         rng=jax.random.key_data(jax.random.key(seed)),
