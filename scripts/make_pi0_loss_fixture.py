@@ -100,13 +100,11 @@ def _stub_torch() -> None:
     sys.modules["openpi.models_pytorch"].pi0_pytorch = port
 
 
-def run_openpi(work: pathlib.Path, out: pathlib.Path) -> None:
-    _stub_torch()
-    import jax
-    from flax import nnx
+def _openpi_at_tiny_size() -> None:
+    """Makes openpi build our tiny sizes: its Gemma configs (plus LoRA variants), vocabulary
+    size and SigLIP variant are swapped for the tiny ones."""
     from openpi.models import gemma as o_gemma
-    from openpi.models import model as o_model
-    from openpi.models import pi0_config as o_cfg
+    from openpi.models import lora as o_lora
     from openpi.models import siglip as o_siglip
 
     real_get_config = o_gemma.get_config
@@ -118,8 +116,6 @@ def run_openpi(work: pathlib.Path, out: pathlib.Path) -> None:
             width=32, depth=2, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=16
         ),
     }
-    from openpi.models import lora as o_lora
-
     for key, rank in (("tiny", LORA["vlm_rank"]), ("tiny_expert", LORA["expert_rank"])):
         cfg = o_lora.LoRAConfig(rank=rank, alpha=float(rank))
         tiny[f"{key}_lora"] = tiny[key].__class__(
@@ -130,6 +126,15 @@ def run_openpi(work: pathlib.Path, out: pathlib.Path) -> None:
     real_siglip = o_siglip.Module
     o_siglip.Module = lambda **kw: real_siglip(**{**kw, "variant": TINY["vision_variant"]})
 
+
+def run_openpi(work: pathlib.Path, out: pathlib.Path) -> None:
+    _stub_torch()
+    import jax
+    from flax import nnx
+    from openpi.models import model as o_model
+    from openpi.models import pi0_config as o_cfg
+
+    _openpi_at_tiny_size()
     fixture = {}
     for name, pi05 in VARIANTS.items():
         suffix = "_lora" if name.endswith("_lora") else ""
