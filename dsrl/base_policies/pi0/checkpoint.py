@@ -391,6 +391,26 @@ def load_pi0(
         cfg = dataclasses.replace(variant, dtype=dtype)
     else:
         cfg = config_lib.Pi0Config.from_name(variant, dtype=dtype)
+    from dsrl.base_policies.pi0.training import lora as lora_lib
+
     expected = {p: tuple(s.shape) for p, s in flatten(model_lib.param_shapes(cfg)).items()}
+    # A LoRA fine-tune (openpi's gemma_*_lora leaves): read them too and fold them into the base
+    # weights (alpha = rank, as openpi's presets), instead of silently ignoring them.
+    reader = OrbaxParamsReader(params_dir(checkpoint_dir))
+    mapping = _strip(list(reader.arrays))
+    lora = {mapping[p]: a.shape for p, a in reader.arrays.items() if "lora" in mapping[p][-1]}
+    if lora:
+        llm = model_lib.param_shapes(cfg)["PaliGemma"]["llm"]
+        ranks = {"_1" in "".join(p): s[-1] for p, s in lora.items() if p[-1] == "lora_a"}
+        lcfg = lora_lib.LoraConfig(
+            vlm_rank=ranks.get(False, 1),
+            vlm_alpha=ranks.get(False, 1),
+            expert_rank=ranks.get(True, 1),
+            expert_alpha=ranks.get(True, 1),
+        )
+        shapes = lora_lib.lora_shapes(llm, lcfg, sorted({int(k) for k in ranks}))
+        expected.update({("PaliGemma", "llm", *p): s for p, s in shapes.items()})
     params = restore_params(checkpoint_dir, expected, dtype=dtype)
+    if lora:
+        params = lora_lib.merge(params)
     return model_lib.Pi0.create(cfg, params)

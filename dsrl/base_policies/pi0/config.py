@@ -37,6 +37,9 @@ GEMMA_VARIANTS: dict[str, GemmaConfig] = {
     # sets fails loudly instead of silently running.
     "tiny": GemmaConfig(48, 2, 96, 2, 1, 16),
     "tiny_expert": GemmaConfig(32, 2, 64, 2, 1, 16),
+    # A CPU-sized Pi0 (fine-tuning benchmarks): matmuls large enough to run near the CPU's peak.
+    "small": GemmaConfig(256, 4, 1024, 4, 1, 64),
+    "small_expert": GemmaConfig(128, 4, 512, 4, 1, 64),
 }
 
 
@@ -54,6 +57,7 @@ class VisionConfig:
 _VIT_SIZES = {  # name -> (width, depth, mlp_dim, num_heads), from the big_vision variant table
     "So400m": (1152, 27, 4304, 16),
     "mu": (32, 1, 128, 2),
+    "S": (384, 12, 1536, 6),
 }
 _VISION_ALIASES = {"tiny": "mu/8"}
 
@@ -182,17 +186,33 @@ class Pi0Config:
         return cls(pi05=pi05, **{**base, **overrides})
 
     @classmethod
+    def small(cls, *, pi05: bool = False, **overrides) -> Pi0Config:
+        """A CPU-sized model (~30M parameters): SigLIP S/16 on 112x112 images, two 4-layer
+        Gemmas of width 256 / 128, a 1,024-token vocabulary, float32."""
+        base = {
+            "paligemma_variant": "small",
+            "action_expert_variant": "small_expert",
+            "vision_variant": "S/16",
+            "vocab_size": 1024,
+            "image_resolution": (112, 112),
+            "action_horizon": 10,
+            "max_token_len": 16,
+            "dtype": "float32",
+        }
+        return cls(pi05=pi05, **{**base, **overrides})
+
+    @classmethod
     def from_name(cls, variant: str, **overrides) -> Pi0Config:
         """`full` (alias `pi0`), `dummy`, `tiny`, and `pi05_full` (alias `pi05`), `pi05_dummy`,
         `pi05_tiny`; keyword overrides replace fields, e.g. `from_name("full", action_horizon=10)`."""
         name = {"pi0": "full", "pi05": "pi05_full"}.get(variant, variant)
         pi05 = name.startswith("pi05_")
         size = name.removeprefix("pi05_")
-        makers = {"full": cls.full, "dummy": cls.dummy, "tiny": cls.tiny}
+        makers = {"full": cls.full, "dummy": cls.dummy, "tiny": cls.tiny, "small": cls.small}
         if size not in makers:
             raise ValueError(
-                f"Unknown Pi0 variant {variant!r}; choose one of pi0, full, dummy, tiny, pi05, "
-                "pi05_full, pi05_dummy, pi05_tiny."
+                f"Unknown Pi0 variant {variant!r}; choose one of pi0, full, dummy, tiny, small, "
+                "pi05, pi05_full, pi05_dummy, pi05_tiny, pi05_small."
             )
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:

@@ -1,0 +1,141 @@
+"""Benchmark one Pi0 fine-tuning step on this CPU; prints ONE JSON line.
+
+  python scripts/bench_pi0_train.py --variant small --batch 32 --trainable full
+
+The step's matmul FLOPs are counted from its jaxpr (every dot_general, times the trip count of
+each enclosing scan); XLA's cost analysis is printed too but counts a loop body once, not once per
+layer, so it undercounts a scanned transformer by about its depth. Speed is reported as a share
+of the machine's float32 matmul FLOP/s (a 2048^3 `jnp.dot`, best of 5, measured in this process
+right after each timed step; the median of the per-step ratios is reported), so the number is
+comparable across runs on a shared, noisy machine. Random weights; the right-wrist camera is masked for the whole
+batch (as LIBERO sends it) and left out of SigLIP (`encoded`), which is exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+
+from dsrl.base_policies.pi0 import model as pi0_model
+from dsrl.base_policies.pi0.config import Pi0Config
+from dsrl.base_policies.pi0.training import optim
+from dsrl.base_policies.pi0.training import train_state as ts
+
+
+def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.dot)
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def _sub_jaxprs(params):
+    for value in params.values():
+        for v in value if isinstance(value, list | tuple) else (value,):
+            if isinstance(v, jax.extend.core.ClosedJaxpr):
+                yield v.jaxpr
+            elif isinstance(v, jax.extend.core.Jaxpr):
+                yield v
+
+
+def matmul_flops(jaxpr) -> float:
+    """2 * M * N * K summed over every dot_general, scans counted `length` times (a cond counts
+    its costliest branch; a while loop, whose trip count is unknown, once)."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            k = np.prod([eqn.invars[0].aval.shape[d] for d in contract])
+            total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * k
+            continue
+        subs = [matmul_flops(j) for j in _sub_jaxprs(eqn.params)]
+        if not subs:
+            continue
+        if eqn.primitive.name == "cond":
+            total += max(subs)
+        else:
+            total += sum(subs) * eqn.params.get("length", 1)
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="small", help="Pi0Config.from_name: small, tiny, ...")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--trainable", default="full", choices=optim.TRAINABLE)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+
+    cfg = Pi0Config.from_name(args.variant)
+    matmul_before = matmul_gflops()
+    params = pi0_model.init_params(cfg, 0)
+    masked = ("right_wrist_0_rgb",)
+    obs = pi0_model.fake_observation(cfg, args.batch, masked_cameras=masked)
+    encoded = tuple(k for k in cfg.image_keys if k not in masked)
+    rng = np.random.default_rng(0)
+    actions = rng.normal(size=(args.batch, cfg.action_horizon, cfg.action_dim)).astype("f4")
+    tc = optim.TrainConfig(trainable=args.trainable)
+    state = ts.init_train_state(params, tc)
+    kw = {"model_config": cfg, "config": tc, "encoded": encoded}
+
+    t0 = time.perf_counter()
+    compiled = ts.train_step.lower(state, obs, actions, **kw).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    xla_gflop = float(cost["flops"]) / 1e9
+    jaxpr = jax.make_jaxpr(lambda s, o, a: ts._step(s, o, a, **kw))(state, obs, actions)
+    step_gflop = matmul_flops(jaxpr.jaxpr) / 1e9
+
+    state, info = ts.train_step(state, obs, actions, **kw)  # warm-up
+    jax.block_until_ready(info)
+    # Each step is followed by a matmul reference taken right after it, and the share is the
+    # median of the per-pair ratios: on a shared machine the load changes from second to second.
+    times, shares, matmuls = [], [], []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        state, info = ts.train_step(state, obs, actions, **kw)
+        jax.block_until_ready(info)
+        times.append(time.perf_counter() - t)
+        matmuls.append(matmul_gflops(reps=5))
+        shares.append(step_gflop / times[-1] / matmuls[-1])
+    matmul = statistics.median(matmuls + [matmul_before])
+    step_s = statistics.median(times)
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    print(
+        json.dumps(
+            {
+                "variant": args.variant,
+                "trainable": args.trainable,
+                "batch": args.batch,
+                "params_m": round(n_params / 1e6, 2),
+                "compile_s": round(compile_s, 1),
+                "step_s_median": round(step_s, 3),
+                "step_matmul_gflop": round(step_gflop, 2),
+                "xla_cost_gflop_loop_bodies_once": round(xla_gflop, 2),
+                "step_matmul_gflops": round(step_gflop / step_s, 2),
+                "matmul_gflops": round(matmul, 2),
+                "share_of_matmul": round(statistics.median(shares), 3),
+                "shares": [round(x, 3) for x in shares],
+                "loss": float(info["loss"]),
+                "devices": jax.device_count(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
