@@ -24,7 +24,9 @@ from dsrl.data.augmentations import ColorJitterConfig, augment_pixels
 from dsrl.networks import (
     PixelMultiplexer,
     StateActionEnsemble,
+    StateInput,
     TanhGaussianPolicy,
+    activation,
     make_encoder,
     pixels_to_float,
 )
@@ -37,18 +39,31 @@ SCALAR_FIELDS = (spec.REWARDS, spec.MASKS, spec.DISCOUNTS)
 # ------------------------------------------------------------------------------ observations
 def validate_observation_spec(observation_spec: Mapping[str, Any]) -> dict[str, Any]:
     """{"pixels": ((H, W, C), uint8), "state": ((d,), float)} -> {"pixels": (H, W, C),
-    "state": (d,)}, or a ValueError naming what is wrong and what is expected."""
+    "state": (d,)}; {"state": ((d,), float)} alone (a state-based agent: MLP networks on the
+    state, no encoder) -> {"state": (d,)}; or a ValueError naming what is wrong."""
     fix = (
-        'observation_spec must map "pixels" -> ((H, W, C), np.uint8) and "state" -> ((d,), '
-        "np.float32), e.g. EnvSpec.observation_spec"
+        'observation_spec must map "state" -> ((d,), np.float32) and, for a pixel agent, '
+        '"pixels" -> ((H, W, C), np.uint8), e.g. EnvSpec.observation_spec'
     )
-    for key in (PIXELS, STATE):
-        if key not in observation_spec:
-            raise ValueError(
-                f"observation_spec has no {key!r} key (got {sorted(observation_spec)}); {fix}"
-            )
-    pix_shape, pix_dtype = observation_spec[PIXELS]
+    if STATE not in observation_spec:
+        raise ValueError(
+            f"observation_spec has no {STATE!r} key (got {sorted(observation_spec)}); {fix}"
+        )
     state_shape, _ = observation_spec[STATE]
+    # d = 0: the agent sees no state (the reference's --add_states 0, dsrl.envs.wrappers).
+    if len(state_shape) != 1 or int(state_shape[0]) < 0:
+        raise ValueError(
+            f"observation_spec['state'] shape must be (d,) with d >= 0, got {state_shape}; {fix}"
+        )
+    state = (int(state_shape[0]),)
+    if PIXELS not in observation_spec:
+        if state[0] == 0:
+            raise ValueError(
+                "observation_spec has no 'pixels' and a 0-d 'state': a state-based agent needs "
+                f"a state of d >= 1 (got {sorted(observation_spec)}); {fix}"
+            )
+        return {STATE: state}
+    pix_shape, pix_dtype = observation_spec[PIXELS]
     if len(pix_shape) != 3 or any(int(s) <= 0 for s in pix_shape):
         raise ValueError(
             f"observation_spec['pixels'] shape must be (H, W, C) > 0, got {pix_shape}; {fix}"
@@ -57,12 +72,7 @@ def validate_observation_spec(observation_spec: Mapping[str, Any]) -> dict[str, 
         raise ValueError(
             f"observation_spec['pixels'] dtype must be uint8, got {np.dtype(pix_dtype)}; {fix}"
         )
-    # d = 0: the agent sees no state (the reference's --add_states 0, dsrl.envs.wrappers).
-    if len(state_shape) != 1 or int(state_shape[0]) < 0:
-        raise ValueError(
-            f"observation_spec['state'] shape must be (d,) with d >= 0, got {state_shape}; {fix}"
-        )
-    return {PIXELS: tuple(int(s) for s in pix_shape), STATE: (int(state_shape[0]),)}
+    return {PIXELS: tuple(int(s) for s in pix_shape), STATE: state}
 
 
 def select_observations(
@@ -70,27 +80,31 @@ def select_observations(
     where: str,
     extra_spec: Mapping[str, Any] | None = None,
     hint: str = "",
+    pixels: bool = True,
 ) -> dict[str, np.ndarray]:
-    """The agent's two keys (plus `extra_spec`'s keys: name -> (shape, dtype)) with canonical
-    dtypes; other keys belong to the base policy and are dropped. `hint` ends the error."""
+    """The agent's keys ("pixels" unless `pixels=False`, and "state"), plus `extra_spec`'s keys
+    (name -> (shape, dtype)), with canonical dtypes; other keys belong to the base policy and
+    are dropped. `hint` ends the error."""
     extra_spec = extra_spec or {}
-    missing = [k for k in (PIXELS, STATE, *extra_spec) if k not in observations]
+    agent_keys = (PIXELS, STATE) if pixels else (STATE,)
+    missing = [k for k in (*agent_keys, *extra_spec) if k not in observations]
     if missing:
         also = f" and {sorted(extra_spec)}" if extra_spec else ""
-        raise ValueError(
-            f"{where} lacks {missing}; the agent reads 'pixels' (uint8), 'state'{also}{hint}"
-        )
-    out = {
-        PIXELS: np.asarray(observations[PIXELS], dtype=np.uint8),
-        STATE: np.asarray(observations[STATE], dtype=np.float32),
-    }
+        reads = "'pixels' (uint8), 'state'" if pixels else "'state'"
+        raise ValueError(f"{where} lacks {missing}; the agent reads {reads}{also}{hint}")
+    out = {STATE: np.asarray(observations[STATE], dtype=np.float32)}
+    if pixels:
+        out = {PIXELS: np.asarray(observations[PIXELS], dtype=np.uint8), **out}
     for key, (_, dtype) in extra_spec.items():
         out[key] = np.asarray(observations[key], dtype=dtype)
     return out
 
 
 def augment(cfg: SACConfig, key: jax.Array, obs: Mapping[str, Any], enabled: bool = True):
-    """Random crop + colour jitter of "pixels" (DrQ), or only the float conversion."""
+    """Random crop + colour jitter of "pixels" (DrQ), or only the float conversion. A state-only
+    observation passes through (the release adds no state noise)."""
+    if PIXELS not in obs:
+        return {STATE: obs[STATE]}
     if enabled:
         jitter = None
         if cfg.color_jitter:
@@ -136,7 +150,8 @@ def check_pixel_config(cfg: SACConfig, pixel_shape: tuple[int, int, int]) -> Non
 
 @dataclasses.dataclass(frozen=True)
 class Networks:
-    """Freshly initialised SAC parts: a critic over (pixels + state, input) and the actor.
+    """Freshly initialised SAC parts: a critic over (pixels + state, or state alone; input) and
+    the actor.
     `learner_fields()` are the ones every Learner holds; the critic's field name is the
     subclass's own."""
 
@@ -145,7 +160,7 @@ class Networks:
     temp: TrainState
     rng: jax.Array
     extra_keys: tuple[jax.Array, ...]  # keys left for a learner's own networks
-    encoder: nn.Module
+    encoder: nn.Module | None  # None: a state-only agent
     critic_def: nn.Module
     actor_def: nn.Module
 
@@ -159,25 +174,45 @@ class Networks:
         }
 
 
-def critic_module(cfg: SACConfig, encoder: nn.Module | None) -> nn.Module:
-    """An ensemble of `num_qs` Q heads, behind its own pixel encoder unless `encoder` is None."""
+def with_input(cfg: SACConfig, encoder: nn.Module | None, network: nn.Module) -> nn.Module:
+    """`network` behind the agent's observation: a pixel encoder + bottleneck (PixelMultiplexer)
+    or, for a state-only agent (`encoder` None), the raw state (StateInput)."""
+    if encoder is None:
+        return StateInput(network=network)
+    return PixelMultiplexer(encoder=encoder, network=network, bottleneck_dim=cfg.bottleneck_dim)
+
+
+def critic_module(cfg: SACConfig, encoder: nn.Module | None, on_features: bool = False):
+    """An ensemble of `num_qs` Q heads behind `with_input(cfg, encoder, ...)`, or the bare heads
+    over given features when `on_features` (a critic reading another network's features)."""
     ensemble = StateActionEnsemble(
         cfg.hidden_dims,
         num_qs=cfg.num_qs,
         use_layer_norm=cfg.critic_layer_norm,
         dropout_rate=cfg.dropout_rate or None,
+        activations=activation(cfg.activation),
     )
-    if encoder is None:
-        return ensemble
-    return PixelMultiplexer(encoder=encoder, network=ensemble, bottleneck_dim=cfg.bottleneck_dim)
+    return ensemble if on_features else with_input(cfg, encoder, ensemble)
+
+
+def feature_dim(cfg: SACConfig, agent_spec: Mapping[str, tuple[int, ...]]) -> int:
+    """Width of what `encode` returns: bottleneck + state for pixels, the state alone without."""
+    state_dim = agent_spec[STATE][0]
+    return state_dim + (cfg.bottleneck_dim if PIXELS in agent_spec else 0)
 
 
 def dummy_observation(pixel_shape, state_dim: int) -> dict[str, jax.Array]:
-    return {PIXELS: jnp.zeros((1, *pixel_shape), jnp.uint8), STATE: jnp.zeros((1, state_dim))}
+    """A batch of one zero observation; no "pixels" when `pixel_shape` is None."""
+    state = {STATE: jnp.zeros((1, state_dim))}
+    if pixel_shape is None:
+        return state
+    return {PIXELS: jnp.zeros((1, *pixel_shape), jnp.uint8), **state}
 
 
 def init_module(module: nn.Module, key: jax.Array, cfg: SACConfig, pixel_shape, *inputs) -> Any:
     """module.init(...)["params"], turning a failure to build the encoder into a clear error."""
+    if pixel_shape is None:  # no encoder to fail
+        return module.init(key, *inputs)["params"]
     try:
         return module.init(key, *inputs)["params"]
     except (TypeError, ValueError, ZeroDivisionError) as e:  # e.g. an empty feature map
@@ -186,6 +221,21 @@ def init_module(module: nn.Module, key: jax.Array, cfg: SACConfig, pixel_shape, 
             f"cannot build the {cfg.encoder!r} encoder for {h}x{w}x{c} images with features "
             f"{cfg.cnn_features}, strides {cfg.cnn_strides}, padding {cfg.cnn_padding}: {e}"
         ) from e
+
+
+def make_pixel_encoder(cfg: SACConfig, pixel_shape) -> nn.Module | None:
+    """The configured pixel encoder, or None for a state-only agent (`pixel_shape` None)."""
+    if pixel_shape is None:
+        return None
+    check_pixel_config(cfg, pixel_shape)
+    return make_encoder(
+        cfg.encoder,
+        features=cfg.cnn_features,
+        strides=cfg.cnn_strides,
+        padding=cfg.cnn_padding,
+        pooling=cfg.encoder_pooling,
+        softmax_temperature=cfg.softmax_temperature,
+    )
 
 
 def build_networks(
@@ -197,23 +247,18 @@ def build_networks(
     num_extra_keys: int = 0,
 ) -> Networks:
     """Encoder, critic (scoring `critic_input_dim`-d inputs), actor over `latent_dim`-d latents
-    ("separate": with its own encoder; "shared": on the critic's features) and temperature."""
-    pixel_shape, state_dim = agent_spec[PIXELS], agent_spec[STATE][0]
-    check_pixel_config(cfg, pixel_shape)
-    encoder = make_encoder(
-        cfg.encoder,
-        features=cfg.cnn_features,
-        strides=cfg.cnn_strides,
-        padding=cfg.cnn_padding,
-        pooling=cfg.encoder_pooling,
-        softmax_temperature=cfg.softmax_temperature,
-    )
+    ("separate": with its own encoder; "shared": on the critic's features) and temperature.
+    Without "pixels" in `agent_spec` there is no encoder: every network is an MLP on the state
+    (`encoder` is None)."""
+    pixel_shape, state_dim = agent_spec.get(PIXELS), agent_spec[STATE][0]
+    encoder = make_pixel_encoder(cfg, pixel_shape)
     critic_def = critic_module(cfg, encoder)
     policy = TanhGaussianPolicy(
         cfg.hidden_dims,
         latent_dim,
         action_magnitude=float(cfg.action_magnitude),
         use_layer_norm=cfg.actor_layer_norm,
+        activations=activation(cfg.activation),
     )
     obs = dummy_observation(pixel_shape, state_dim)
     # Key order kept from the first versions of both learners, so their initial params stay.
@@ -222,13 +267,11 @@ def build_networks(
         critic_def, k_critic, cfg, pixel_shape, obs, jnp.zeros((1, critic_input_dim))
     )
     if cfg.encoder_sharing == "separate":
-        actor_def = PixelMultiplexer(
-            encoder=encoder, network=policy, bottleneck_dim=cfg.bottleneck_dim
-        )
+        actor_def = with_input(cfg, encoder, policy)
         actor_params = actor_def.init(k_actor, obs)["params"]
     else:
         actor_def = policy
-        features = jnp.zeros((1, cfg.bottleneck_dim + state_dim))
+        features = jnp.zeros((1, feature_dim(cfg, agent_spec)))
         actor_params = actor_def.init(k_actor, features)["params"]
     return Networks(
         critic=sac.make_train_state(critic_def.apply, critic_params, cfg.critic_lr),
@@ -382,16 +425,22 @@ class Learner(flax.struct.PyTreeNode):
         latents = np.asarray(_mode_jit(self, obs))
         return latents[0] if unbatched else latents
 
+    @property
+    def has_pixels(self) -> bool:
+        """False for a state-only agent (MLP networks on "state", no encoder)."""
+        return PIXELS in dict(self.observation_spec)
+
     def _batched_observations(self, observations: Mapping[str, Any]):
-        obs = select_observations(observations, "observations")
+        obs = select_observations(observations, "observations", pixels=self.has_pixels)
         expected = dict(self.observation_spec)
-        unbatched = obs[PIXELS].ndim == 3
+        unbatched = obs[PIXELS].ndim == 3 if self.has_pixels else obs[STATE].ndim == 1
         if unbatched:
             obs = {k: v[None] for k, v in obs.items()}
-        if obs[PIXELS].shape[1:] != expected[PIXELS] or obs[STATE].shape[1:] != expected[STATE]:
+        if any(obs[k].shape[1:] != shape for k, shape in expected.items()):
+            got = ", ".join(f"{k} {obs[k].shape}" for k in expected)
             raise ValueError(
-                f"observation shapes pixels {obs[PIXELS].shape}, state {obs[STATE].shape} do not "
-                f"match the learner's spec {expected} (with a leading batch axis)"
+                f"observation shapes {got} do not match the learner's spec {expected} (with a "
+                "leading batch axis)"
             )
         return obs, unbatched
 
@@ -426,7 +475,9 @@ class Learner(flax.struct.PyTreeNode):
                 f"axes (ReplayBuffer.sample(batch_size, num_batches=K)){hint}"
             )
         out = {
-            key: select_observations(batches[key], f"batches[{key!r}]", policy_spec, hint)
+            key: select_observations(
+                batches[key], f"batches[{key!r}]", policy_spec, hint, pixels=self.has_pixels
+            )
             for key in (spec.OBSERVATIONS, spec.NEXT_OBSERVATIONS)
         }
         for key in (*fields, *SCALAR_FIELDS):

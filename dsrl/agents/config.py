@@ -11,6 +11,7 @@ from typing import Any
 import ml_collections
 
 from dsrl.networks.encoders import ENCODERS, POOLINGS
+from dsrl.networks.mlp import ACTIVATIONS
 
 ENCODER_SHARING = ("separate", "shared")
 REDUCTIONS = ("mean", "min")
@@ -31,6 +32,9 @@ class SACConfig:
     critic_lr: float = 3e-4
     temp_lr: float = 3e-4
     hidden_dims: tuple[int, ...] = (128, 128, 128)
+    # Hidden-layer activation of the actor and critic MLPs (dsrl.networks.mlp.ACTIVATIONS):
+    # "relu" as in the pixel reference (jaxrl2), "tanh" as in the authors' state-based release.
+    activation: str = "relu"
     num_qs: int = 10
     critic_reduction: str = "mean"
     # REDQ: the TD target reduces a random subset of this many heads; 0 = all heads (reference).
@@ -82,6 +86,10 @@ class SACConfig:
         need(
             len(self.hidden_dims) > 0 and all(int(h) > 0 for h in self.hidden_dims),
             f"hidden_dims must be non-empty positive sizes, got {self.hidden_dims}",
+        )
+        need(
+            self.activation in ACTIVATIONS,
+            f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}",
         )
         need(int(self.num_qs) >= 1, f"num_qs must be >= 1, got {self.num_qs}")
         need(

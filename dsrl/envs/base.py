@@ -1,8 +1,9 @@
 """The environment contract shared by LIBERO, Aloha, DROID (real) and the demo task.
 
 An env returns observation dicts. Two keys are reserved for the RL agent:
-  "pixels": uint8 (H, W, C) agent image(s), several cameras stacked on channels;
-  "state":  float32 (d,) low-dimensional proprioception.
+  "pixels": uint8 (H, W, C) agent image(s), several cameras stacked on channels; absent for a
+            state-based env (Gym MuJoCo, Robomimic low-dim), whose agent is MLP-only;
+  "state":  float32 (d,) low-dimensional proprioception (the whole observation without pixels).
 Every other key is for the base policy (full-resolution camera images, the prompt, ...).
 
 `step(action, render=...)` lets callers skip camera rendering on steps whose observation nobody
@@ -26,7 +27,8 @@ class EnvSpec:
     """Static facts about an env, known before the first reset."""
 
     name: str
-    # Agent observation layout: {"pixels": ((H, W, C), np.uint8), "state": ((d,), np.float32)}.
+    # Agent observation layout: {"pixels": ((H, W, C), np.uint8), "state": ((d,), np.float32)},
+    # or {"state": ...} alone for a state-based env.
     observation_spec: dict[str, tuple[tuple[int, ...], Any]]
     action_dim: int
     max_episode_steps: int
@@ -35,6 +37,11 @@ class EnvSpec:
     prompt: str | None = None
     # Observation key of the image recorded in videos (a full-size camera where the env has one).
     video_key: str = "pixels"
+    # The agent's reward per query (dsrl.training.rollout, REWARD_CONVENTIONS): "success" (the
+    # reference's -1 per query, 0 on success, which ends the episode) or "env_sum" (the env's own
+    # rewards summed over the executed chunk, as the authors' Gym/Robomimic release does; only
+    # the env's termination ends the episode).
+    reward_convention: str = "success"
 
 
 class Env(abc.ABC):

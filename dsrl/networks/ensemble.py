@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -18,12 +18,14 @@ class StateActionValue(nn.Module):
     hidden_dims: Sequence[int]
     use_layer_norm: bool = True
     dropout_rate: float | None = None
+    activations: Callable[[jax.Array], jax.Array] = nn.relu
 
     @nn.compact
     def __call__(self, features: jax.Array, actions: jax.Array, training: bool = False):
         x = concat_inputs(actions, features)
         q = MLP(
             (*self.hidden_dims, 1),
+            activations=self.activations,
             use_layer_norm=self.use_layer_norm,
             dropout_rate=self.dropout_rate,
         )(x, training=training)
@@ -38,6 +40,7 @@ class StateActionEnsemble(nn.Module):
     num_qs: int = 2
     use_layer_norm: bool = True
     dropout_rate: float | None = None
+    activations: Callable[[jax.Array], jax.Array] = nn.relu
 
     @nn.compact
     def __call__(self, features: jax.Array, actions: jax.Array, training: bool = False):
@@ -49,9 +52,10 @@ class StateActionEnsemble(nn.Module):
             out_axes=0,
             axis_size=self.num_qs,
         )
-        return ensemble(self.hidden_dims, self.use_layer_norm, self.dropout_rate, name="heads")(
-            features, actions, training
+        heads = ensemble(
+            self.hidden_dims, self.use_layer_norm, self.dropout_rate, self.activations, name="heads"
         )
+        return heads(features, actions, training)
 
 
 def reduce_ensemble(

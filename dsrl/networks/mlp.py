@@ -8,6 +8,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# Hidden-layer activations a config may name. The pixel agents use "relu" (jaxrl2); the authors'
+# state-based release (SB3) uses "tanh" for its 3 x 2048 actor and critics.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": nn.gelu,
+    "silu": nn.silu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The activation called `name`, or a ValueError listing the choices."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
 
 def default_init(scale: float = 1.0) -> nn.initializers.Initializer:
     """Orthogonal init, the jaxrl2 default for dense and conv layers."""

@@ -1,4 +1,5 @@
-"""PixelMultiplexer: encoder + bottleneck over "pixels", concatenated with "state", then a head."""
+"""PixelMultiplexer: encoder + bottleneck over "pixels", concatenated with "state", then a head.
+StateInput: the same `encode` / `head` halves for an agent that sees only "state"."""
 
 from __future__ import annotations
 
@@ -41,6 +42,25 @@ class PixelMultiplexer(nn.Module):
             state = observations[self.state_key]
             parts.append(state.reshape(state.shape[0], -1).astype(x.dtype))
         return jnp.concatenate(parts, axis=-1)
+
+    def head(self, features: jax.Array, *args: Any, **kwargs: Any) -> Any:
+        return self.network(features, *args, **kwargs)
+
+    def __call__(self, observations: dict[str, jax.Array], *args: Any, **kwargs: Any) -> Any:
+        return self.head(self.encode(observations), *args, **kwargs)
+
+
+class StateInput(nn.Module):
+    """observations {"state": (B, d)} -> network(state, ...): PixelMultiplexer's interface with
+    no encoder, so a learner runs one code path for pixel and state-only agents. `encode` has
+    no parameters: the "features" are the state itself (flattened, float32)."""
+
+    network: nn.Module
+    state_key: str = "state"
+
+    def encode(self, observations: dict[str, jax.Array]) -> jax.Array:
+        state = observations[self.state_key]
+        return state.reshape(state.shape[0], -1).astype(jnp.float32)
 
     def head(self, features: jax.Array, *args: Any, **kwargs: Any) -> Any:
         return self.network(features, *args, **kwargs)

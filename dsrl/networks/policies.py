@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import flax.struct
@@ -67,11 +67,13 @@ class TanhGaussianPolicy(nn.Module):
     action_magnitude: float = 1.0
     use_layer_norm: bool = False
     dropout_rate: float | None = None
+    activations: Callable[[jax.Array], jax.Array] = nn.relu
 
     @nn.compact
     def __call__(self, features: jax.Array, training: bool = False) -> TanhGaussian:
         x = MLP(
             self.hidden_dims,
+            activations=self.activations,
             activate_final=True,
             use_layer_norm=self.use_layer_norm,
             dropout_rate=self.dropout_rate,

@@ -212,7 +212,9 @@ def example_transition(
     `latent_dim`; with `transition_spec.action_chunks`, the executed "action_chunks"
     (query_freq, robot action dim) and the "noise" (H, D) are the steering's shapes too, and so
     are the `transition_spec.num_aliases` aliases ("alias_latents", "alias_chunks")."""
-    keys = (*AGENT_KEYS, *transition_spec.policy_observation_keys)
+    # "pixels" only where the env has them (a state-based env's agent reads "state" alone).
+    agent_keys = [k for k in AGENT_KEYS if k in observation_spec or k == "state"]
+    keys = (*agent_keys, *transition_spec.policy_observation_keys)
     missing = [k for k in keys if k not in observation_spec]
     if missing:
         raise ValueError(

@@ -7,12 +7,15 @@ One *query* is one decision of the RL agent. For `num_envs` parallel envs it cos
   3. one `VectorEnv.step_chunk` executing the first `query_freq` actions of every chunk (each
      worker runs its chunk locally, rendering only at its end).
 
-Each env contributes ONE transition per query (DSRL's decision-level MDP):
+Each env contributes ONE transition per query (DSRL's decision-level MDP). With the env's
+`spec.reward_convention` "success" (LIBERO, Aloha, real, demo):
   reward -1 per query, 0 on the query in which the task succeeded (mask 0: a true terminal);
   with `step_penalty=False` (RLinf's `use_step_penalty: False`) 0 per query and +1 on success;
   a timeout keeps mask 1 (the critic still bootstraps); a termination without success (not
   produced by our envs, but allowed by the Env contract) gets reward -1 and mask 0;
   discount = gamma ** steps_executed, the true length of a final partial chunk.
+With "env_sum" (the authors' Gym and Robomimic release): reward = the env's own rewards summed
+over the executed chunk; mask 0 only when the env terminates (a success does not end the episode).
 
 Nothing here knows about a specific simulator or robot: the training loop, evaluation and the
 real-robot launcher all go through `run_episodes`.
@@ -35,7 +38,8 @@ from dsrl.steering import AgentObservation, NoiseSource, Steering
 from dsrl.training.aliases import query_with_aliases
 
 Observation = dict[str, Any]
-AGENT_KEYS = ("pixels", "state")
+AGENT_KEYS = ("pixels", "state")  # "pixels" is absent for a state-based env
+REWARD_CONVENTIONS = ("success", "env_sum")
 
 
 class Timer(Protocol):
@@ -73,14 +77,13 @@ class Episode:
 
 
 def agent_observation(obs: Observation) -> AgentObservation:
-    """The RL agent's view of one env observation."""
-    missing = [k for k in AGENT_KEYS if k not in obs]
-    if missing:
+    """The RL agent's view of one env observation: "state", and "pixels" when the env has them."""
+    if "state" not in obs:
         raise KeyError(
-            f"env observation lacks agent key(s) {missing}; an Env must return 'pixels' (uint8 "
-            f"H,W,C) and 'state' (float32 (d,)). Got keys {sorted(obs)}."
+            "env observation lacks the agent key 'state'; an Env must return 'state' (float32 "
+            f"(d,)) and, for a pixel agent, 'pixels' (uint8 H,W,C). Got keys {sorted(obs)}."
         )
-    return {k: obs[k] for k in AGENT_KEYS}
+    return {k: obs[k] for k in AGENT_KEYS if k in obs}
 
 
 def stack_observations(observations: Sequence[Observation]) -> Observation:
@@ -149,6 +152,13 @@ def run_episodes(
     if not 1 <= n <= num_envs:
         raise ValueError(f"got {n} seeds for a vector env with {num_envs} envs")
     max_steps = int(vec_env.spec.max_episode_steps)
+    convention = getattr(vec_env.spec, "reward_convention", "success")
+    if convention not in REWARD_CONVENTIONS:
+        raise ValueError(
+            f"{vec_env.spec.name}: reward_convention {convention!r} is not one of "
+            f"{REWARD_CONVENTIONS}; fix the env's EnvSpec"
+        )
+    env_sum = convention == "env_sum"
     all_seeds = list(seeds) + [None] * (num_envs - n)
     with timer.section("env"):
         obs_list = list(vec_env.reset(all_seeds))
@@ -213,12 +223,15 @@ def run_episodes(
             returns[i] += float(env_rewards.sum())
             if env_rewards.size:
                 max_rewards[i] = max(max_rewards[i], float(env_rewards.max()))
-            terminated = bool(res.terminated) or success
+            terminated = bool(res.terminated) or (success and not env_sum)
             # A worker that never reports truncation still cannot run past the spec's limit.
             truncated = bool(res.truncated) or lengths[i] >= max_steps
             done = terminated or truncated
             successes[i] |= success
-            reward = penalty + (1.0 if success else 0.0)
+            if env_sum:
+                reward = float(env_rewards.sum())
+            else:
+                reward = penalty + (1.0 if success else 0.0)
             agent_returns[i] += reward
             if store_transitions:
                 transition = {

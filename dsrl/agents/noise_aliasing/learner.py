@@ -49,6 +49,7 @@ from dsrl.agents.common import (
     build_networks,
     critic_module,
     dummy_observation,
+    feature_dim,
 )
 from dsrl.agents.execution import BlockRunner
 from dsrl.agents.noise_aliasing import losses
@@ -57,7 +58,8 @@ from dsrl.base_policies.base import JaxBasePolicy, as_jax_base_policy
 
 
 class NoiseAliasingLearner(Learner):
-    """Immutable DSRL-NA agent over pixels + state. Every method returns a new learner.
+    """Immutable DSRL-NA agent over pixels + state, or the state alone (no "pixels" in the
+    observation spec: MLP-only networks). Every method returns a new learner.
 
     Params: `action_critic` = Q^A (encoder, bottleneck, vmapped heads over [features, flattened
     executed chunk]; its module is `critic_def`); `noise_critic` = Q^W (its own encoder + heads
@@ -143,10 +145,10 @@ class NoiseAliasingLearner(Learner):
         latents = jnp.zeros((1, latent_dim), jnp.float32)
         if cfg.noise_critic_encoder == "separate":
             noise_critic_def = critic_module(cfg, nets.encoder)
-            qw_inputs = dummy_observation(agent_spec[PIXELS], agent_spec[STATE][0])
+            qw_inputs = dummy_observation(agent_spec.get(PIXELS), agent_spec[STATE][0])
         else:
-            noise_critic_def = critic_module(cfg, None)
-            qw_inputs = jnp.zeros((1, cfg.bottleneck_dim + agent_spec[STATE][0]))
+            noise_critic_def = critic_module(cfg, None, on_features=True)
+            qw_inputs = jnp.zeros((1, feature_dim(cfg, agent_spec)))
         qw_params = noise_critic_def.init(nets.extra_keys[0], qw_inputs, latents)["params"]
         return cls(
             **fields,

@@ -30,7 +30,10 @@ from dsrl.agents.pixel_sac.config import PixelSACConfig
 
 
 class PixelSACLearner(Learner):
-    """Immutable SAC agent over pixels + state. Every method returns a new learner.
+    """Immutable SAC agent over pixels + state, or over the state alone: an observation spec
+    without "pixels" gives MLP-only networks (the authors' state-based DSRL; set
+    `activation="tanh"`, `actor_layer_norm=True` and 3 x 2048 `hidden_dims` for their sizes).
+    Every method returns a new learner.
 
     Params: `critic` holds the critic encoder, bottleneck and the vmapped Q heads; `actor` holds
     its own encoder + policy ("separate") or only the policy head ("shared").

@@ -1,0 +1,144 @@
+"""State-based DSRL: a learner whose observation spec has no "pixels" builds MLP-only networks
+(the authors' Gym/Robomimic release) through the same PixelSACLearner / NoiseAliasingLearner."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dsrl.agents import PixelSACLearner
+from dsrl.agents.noise_aliasing import NoiseAliasingConfig, NoiseAliasingLearner
+from dsrl.agents.pixel_sac import PixelSACConfig
+from dsrl.base_policies.base import JaxBasePolicy
+from dsrl.steering import make_noise_param
+
+STATE_DIM, HORIZON, ACTION_DIM = 11, 4, 3
+SPEC = {"state": ((STATE_DIM,), np.float32)}
+
+
+def state_config(cls=PixelSACConfig, **overrides):
+    values = dict(
+        hidden_dims=(32, 32, 32),
+        activation="tanh",
+        actor_layer_norm=True,
+        num_qs=2,
+        critic_reduction="min",
+        backup_entropy=True,
+        target_entropy=0.0,
+    )
+    return cls(**{**values, **overrides})
+
+
+def batches(rng, k, b, latent_dim, chunk=None):
+    def obs():
+        return {
+            "state": rng.standard_normal((k, b, STATE_DIM)).astype(np.float32),
+            "policy_state": rng.standard_normal((k, b, STATE_DIM)).astype(np.float32),
+        }
+
+    out = {
+        "observations": obs(),
+        "next_observations": obs(),
+        "latents": rng.uniform(-1, 1, (k, b, latent_dim)).astype(np.float32),
+        "rewards": rng.standard_normal((k, b)).astype(np.float32),
+        "masks": np.ones((k, b), np.float32),
+        "discounts": np.full((k, b), 0.99**4, np.float32),
+    }
+    if chunk is not None:
+        out["action_chunks"] = rng.uniform(-1, 1, (k, b, *chunk)).astype(np.float32)
+    return out
+
+
+def module_names(params) -> set[str]:
+    return {
+        str(getattr(p, "key", p))
+        for path, _ in jax.tree_util.tree_leaves_with_path(params)
+        for p in path
+    }
+
+
+@pytest.mark.parametrize("sharing", ["separate", "shared"])
+def test_state_sac_learner_is_mlp_only_and_learns(sharing):
+    learner = PixelSACLearner.create(0, SPEC, 12, state_config(encoder_sharing=sharing))
+    assert not learner.has_pixels
+    names = module_names((learner.critic.params, learner.actor.params))
+    # No conv encoder and no bottleneck: MLPs (Dense + LayerNorm) on the raw state only.
+    assert not {n for n in names if "Conv" in n or "encoder" in n or "bottleneck" in n}
+    kernel = learner.critic.params["network"]["heads"]["MLP_0"]["Dense_0"]["kernel"]
+    assert kernel.shape == (2, 12 + STATE_DIM, 32)  # [latent, state] -> hidden, per head
+    actor_params = learner.actor.params.get("network", learner.actor.params)  # "shared": no input
+    assert "LayerNorm_0" in actor_params["MLP_0"]
+
+    rng = np.random.default_rng(0)
+    before = jax.tree.map(np.asarray, learner.critic.params)
+    for _ in range(2):
+        learner, metrics = learner.update(batches(rng, 3, 16, 12))
+    assert np.isfinite(metrics["critic_loss"]) and np.isfinite(metrics["actor_loss"])
+    assert int(learner.critic.step) == 6
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, learner.critic.params)
+    assert all(jax.tree.leaves(changed))
+
+    one, learner = learner.sample_actions({"state": np.zeros(STATE_DIM, np.float32)})
+    assert one.shape == (12,) and np.all(np.abs(one) <= 1.0)
+    many = learner.eval_actions({"state": np.zeros((5, STATE_DIM), np.float32)})
+    assert many.shape == (5, 12)
+
+
+def test_activation_option_changes_the_networks_function():
+    obs = {"state": np.random.default_rng(1).standard_normal((4, STATE_DIM)).astype(np.float32)}
+    tanh = PixelSACLearner.create(0, SPEC, 6, state_config())
+    relu = PixelSACLearner.create(0, SPEC, 6, state_config(activation="relu"))
+    # Same seed, same parameters; only the hidden activation differs.
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, tanh.actor.params, relu.actor.params)))
+    assert not np.allclose(np.asarray(tanh.policy(obs).loc), np.asarray(relu.policy(obs).loc))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        state_config(activation="swish2")
+
+
+def test_state_spec_errors_are_clear():
+    with pytest.raises(ValueError, match="no 'state' key"):
+        PixelSACLearner.create(0, {"pixels": ((8, 8, 3), np.uint8)}, 4, state_config())
+    with pytest.raises(ValueError, match="state of d >= 1"):
+        PixelSACLearner.create(0, {"state": ((0,), np.float32)}, 4, state_config())
+    learner = PixelSACLearner.create(0, SPEC, 4, state_config())
+    with pytest.raises(ValueError, match="do not match"):
+        learner.eval_actions({"state": np.zeros((2, STATE_DIM + 1), np.float32)})
+
+
+def linear_policy() -> JaxBasePolicy:
+    def apply_fn(params, obs, noise):
+        return params["scale"] * noise + obs["policy_state"][:, None, :ACTION_DIM]
+
+    return JaxBasePolicy(
+        apply_fn=apply_fn,
+        params={"scale": jnp.asarray(0.5)},
+        observation_spec={"policy_state": ((STATE_DIM,), np.float32)},
+        noise_shape=(HORIZON, ACTION_DIM),
+        action_dim=ACTION_DIM,
+    )
+
+
+@pytest.mark.parametrize("qw_encoder", ["separate", "shared"])
+def test_state_na_learner_runs_its_noise_critic_steps(qw_encoder):
+    noise_param = make_noise_param("full", (HORIZON, ACTION_DIM), 1.5)
+    cfg = state_config(
+        NoiseAliasingConfig, noise_critic_encoder=qw_encoder, utd=20, noise_critic_grad_steps=10
+    )
+    learner = NoiseAliasingLearner.create(
+        0, SPEC, noise_param.latent_dim, cfg, base_policy=linear_policy(), noise_param=noise_param
+    )
+    names = module_names((learner.action_critic.params, learner.noise_critic.params))
+    assert not {n for n in names if "Conv" in n or "bottleneck" in n}
+    rng = np.random.default_rng(0)
+    qw_before = jax.tree.map(np.asarray, learner.noise_critic.params)
+    learner, metrics = learner.update(batches(rng, 4, 8, noise_param.latent_dim, (HORIZON, 3)))
+    assert int(learner.action_critic.step) == 4
+    # The release's ratio: 10 noise-critic steps per 20 critic steps -> 2 for a block of 4.
+    assert int(learner.noise_critic.step) == 2
+    assert all(np.isfinite(v) for v in metrics.values())
+    moved = jax.tree.map(
+        lambda a, b: not np.array_equal(a, b), qw_before, learner.noise_critic.params
+    )
+    assert all(jax.tree.leaves(moved))
