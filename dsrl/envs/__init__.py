@@ -3,6 +3,8 @@
     env = make_env("libero", suite="libero_spatial", task_id=0)
     env = make_env("aloha")
     env = make_env("demo")
+    env = make_env("gym", task="hopper")
+    env = make_env("robomimic", task="can")
 
 `make_env` is picklable through functools.partial, which is how VectorEnv workers build envs:
     VectorEnv([functools.partial(make_env, "libero", seed=i) for i in range(2)])
@@ -23,6 +25,9 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "libero_pick_place": ("dsrl.envs.libero_scripted", "LiberoPickPlaceEnv"),
     "aloha": ("dsrl.envs.aloha", "AlohaEnv"),
     "aloha_cube": ("dsrl.envs.aloha", "AlohaEnv"),
+    # State-based (no pixels): Gym MuJoCo locomotion and Robomimic low-dim manipulation.
+    "gym": ("dsrl.envs.gym_mujoco", "GymMujocoEnv"),
+    "robomimic": ("dsrl.envs.robomimic", "RobomimicEnv"),
 }
 
 
