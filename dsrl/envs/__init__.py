@@ -30,6 +30,9 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "robomimic": ("dsrl.envs.robomimic", "RobomimicEnv"),
 }
 
+# Envs without agent pixels (their agent is MLP-only): the run builder passes them no image size.
+STATE_ENVS = frozenset({"gym", "robomimic"})
+
 
 def env_names() -> list[str]:
     return sorted(_REGISTRY)
@@ -44,4 +47,4 @@ def make_env(name: str, **kwargs: Any) -> Env:
     return env_cls(**kwargs)
 
 
-__all__ = ["Env", "EnvSpec", "Observation", "env_names", "make_env"]
+__all__ = ["STATE_ENVS", "Env", "EnvSpec", "Observation", "env_names", "make_env"]

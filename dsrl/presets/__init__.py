@@ -19,6 +19,13 @@ PRESETS = {
     "aloha_cube": "aloha",
     "real": "real",
     "franka_droid": "real",  # the reference's run_real.sh name
+    # State-based DSRL at the authors' Gym / Robomimic settings (dsrl.presets.state_dsrl).
+    "gym_hopper": "gym_hopper",
+    "gym_walker2d": "gym_walker2d",
+    "gym_halfcheetah": "gym_halfcheetah",
+    "robomimic_lift": "robomimic_lift",
+    "robomimic_can": "robomimic_can",
+    "robomimic_square": "robomimic_square",
 }
 
 

@@ -105,6 +105,13 @@ def _make_local_base_policy(bp: BasePolicySection) -> Any:
 def check_num_cameras(config: RunConfig, observation_spec: Mapping[str, Any]) -> None:
     """The reference's --num_cameras against the channels of the env's agent pixels."""
     want = config.env.num_cameras
+    if "pixels" not in observation_spec:  # a state-based env
+        if want:
+            raise ConfigError(
+                f"--num_cameras {want}: the {config.env.name} env gives the agent no images "
+                "(a state-based env); leave --num_cameras out"
+            )
+        return
     channels = int(observation_spec["pixels"][0][-1])
     if want and channels != 3 * want:
         raise ConfigError(
@@ -256,7 +263,11 @@ def build_run(
 
 
 def _env_kwargs(config: RunConfig) -> dict[str, Any]:
+    from dsrl.envs import STATE_ENVS
+
     kwargs = dict(config.env.kwargs)
+    if config.env.name in STATE_ENVS:  # no agent image to size
+        return kwargs
     # The demo env calls its agent image size `image_size`; the robot envs `resize_image`.
     kwargs["image_size" if config.env.name == "demo" else "resize_image"] = config.env.image_size
     return kwargs

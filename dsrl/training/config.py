@@ -53,7 +53,7 @@ def _is_host_port(text: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class EnvSection:
-    name: str = "demo"  # demo | libero | aloha | droid (the real robot)
+    name: str = "demo"  # demo | libero | aloha | droid (the real robot) | gym | robomimic
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # env constructor
     mode: str = "subprocess"  # env workers: "subprocess", "inline" (in this process) or "ray"
     num_envs: int = 1

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# State-based DSRL on gymnasium MuJoCo (v5) at the authors' settings (dsrl/presets/gym_<task>.py:
+# DSRL-NA, 3 x layer Tanh + LayerNorm networks, chunks of 4, env reward summed per chunk).
+# TASK = hopper (default) | walker2d | halfcheetah. A base policy is required: a state-conditioned
+# policy with a (4, action_dim) noise, given as BASE_POLICY=<dir> (a flow_mlp directory until the
+# DDIM DiffusionMLP lands). Extra arguments go to the launcher and override the preset, e.g.
+#   BASE_POLICY=runs/hopper_flow bash scripts/run_gym.sh --seed 1 --algorithm pixel_sac
+#   TASK=walker2d BASE_POLICY=... bash scripts/run_gym.sh --config.env.num_envs=8
+# Expects an installed environment (bash scripts/setup_env.sh or `source .venv/bin/activate`).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/sim_env.sh"
+export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+TASK="${TASK:-hopper}"
+LOGDIR="${LOGDIR:-./logs/DSRL_gym_${TASK}}"
+if [ -z "${BASE_POLICY:-}" ]; then
+  echo "run_gym.sh: set BASE_POLICY=<base policy directory> (state_dim and action_dim of $TASK)" >&2
+  exit 2
+fi
+
+python examples/launch_train_sim.py --env "gym_${TASK}" --logdir "$LOGDIR" \
+  --config.base_policy.checkpoint="$BASE_POLICY" "$@"
