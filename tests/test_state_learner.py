@@ -142,3 +142,9 @@ def test_state_na_learner_runs_its_noise_critic_steps(qw_encoder):
         lambda a, b: not np.array_equal(a, b), qw_before, learner.noise_critic.params
     )
     assert all(jax.tree.leaves(moved))
+
+
+def test_an_image_under_another_key_is_not_silently_ignored():
+    spec = {"image": ((16, 16, 3), np.uint8), "state": ((3,), np.float32)}
+    with pytest.raises(ValueError, match="no 'pixels' key but image"):
+        PixelSACLearner.create(0, spec, 4, state_config())

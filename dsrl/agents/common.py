@@ -57,6 +57,17 @@ def validate_observation_spec(observation_spec: Mapping[str, Any]) -> dict[str, 
         )
     state = (int(state_shape[0]),)
     if PIXELS not in observation_spec:
+        images = sorted(
+            k
+            for k, (shape, dtype) in observation_spec.items()
+            if len(shape) == 3 and np.dtype(dtype) == np.uint8
+        )
+        if images:  # an image under another name would otherwise silently be ignored
+            raise ValueError(
+                f"observation_spec has no 'pixels' key but image(s) {images}: a pixel agent "
+                "reads its images from 'pixels' (rename the key); a state-based agent needs "
+                f"no images; {fix}"
+            )
         if state[0] == 0:
             raise ValueError(
                 "observation_spec has no 'pixels' and a 0-d 'state': a state-based agent needs "
