@@ -9,8 +9,14 @@ process (`ratio`), because the machines are shared and noisy. For A/B runs:
 `DSRL_HUGEPAGE_MALLOC=0` the huge-page malloc restart (dsrl/utils/hugepages.py), and
 `--paired_plain_conv 10` times JAX's own conv gradient against dsrl's within this one process.
 
+`--observation state` benchmarks the state-based learner instead (no pixels: MLP-only networks)
+at the authors' Robomimic sizes (ajwagen/dsrl cfg/robomimic/dsrl_can.yaml): 23-d state, latent
+= the 4 x 7 chunk noise (28-d), actor and 2 critic heads of 3 x 2048 with Tanh + LayerNorm,
+batch 256, one update block of UTD = 20 gradient steps.
+
     JAX_PLATFORMS=cpu python scripts/bench_learner.py [--encoder_sharing shared] [--steps 10]
         [--paired_plain_conv ROUNDS]
+    JAX_PLATFORMS=cpu python scripts/bench_learner.py --observation state --steps 20
 """
 
 from __future__ import annotations
@@ -39,6 +45,20 @@ from dsrl.networks.conv import OPT_OUT_VAR, fast_path_enabled  # noqa: E402
 from dsrl.utils.hugepages import TUNABLE  # noqa: E402
 from dsrl.utils.jit import jit  # noqa: E402
 
+# The authors' Robomimic Can sizes (cfg/robomimic/dsrl_can.yaml) for `--observation state`.
+STATE_SIZES = {"state_dim": 23, "latent_dim": 4 * 7}
+STATE_CONFIG = {
+    "hidden_dims": (2048, 2048, 2048),
+    "activation": "tanh",
+    "critic_layer_norm": True,
+    "actor_layer_norm": True,
+    "num_qs": 2,
+    "critic_reduction": "min",
+    "backup_entropy": True,
+    "target_entropy": 0.0,
+    "actor_lr": 3e-4,
+}
+
 
 def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
@@ -54,11 +74,13 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
 
 
 def make_batches(rng: np.random.Generator, k: int, b: int, hw: int, d: int, a: int) -> dict:
+    """K batches of B transitions; `hw` 0: no pixels (a state-based agent)."""
+
     def obs():
-        return {
-            "pixels": rng.integers(0, 256, (k, b, hw, hw, 3), dtype=np.uint8),
-            "state": rng.normal(size=(k, b, d)).astype(np.float32),
-        }
+        state = {"state": rng.normal(size=(k, b, d)).astype(np.float32)}
+        if not hw:
+            return state
+        return {"pixels": rng.integers(0, 256, (k, b, hw, hw, 3), dtype=np.uint8), **state}
 
     return {
         "observations": obs(),
@@ -110,6 +132,12 @@ def main() -> None:
     parser.add_argument("--update_mode", default="auto", choices=["auto", "scan", "loop"])
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument(
+        "--observation",
+        default="pixels",
+        choices=["pixels", "state"],
+        help="state: the MLP-only learner at the authors' Robomimic sizes (see the docstring)",
+    )
+    parser.add_argument(
         "--paired_plain_conv",
         type=int,
         default=0,
@@ -129,17 +157,19 @@ def main() -> None:
 
     jax.monitoring.register_event_duration_secs_listener(on_event)
 
-    state_dim, action_dim = 8, 32
-    spec = {
-        "pixels": ((args.image_size, args.image_size, 3), np.uint8),
-        "state": ((state_dim,), np.float32),
-    }
     config = PixelSACLearner.default_config()
     config.encoder_sharing = args.encoder_sharing
+    if args.observation == "state":
+        state_dim, action_dim, hw = STATE_SIZES["state_dim"], STATE_SIZES["latent_dim"], 0
+        spec = {"state": ((state_dim,), np.float32)}
+        config.update(STATE_CONFIG)
+    else:
+        state_dim, action_dim, hw = 8, 32, args.image_size
+        spec = {"pixels": ((hw, hw, 3), np.uint8), "state": ((state_dim,), np.float32)}
     execution = ExecutionConfig(args.update_mode)
     learner = PixelSACLearner.create(0, spec, action_dim, config, execution=execution)
     rng = np.random.default_rng(0)
-    hw, bsz = args.image_size, args.batch_size
+    bsz = args.batch_size
 
     # Warm-up: the first update traces and compiles (the compile we report).
     compile_times.clear()
@@ -164,10 +194,9 @@ def main() -> None:
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     update_gflop = float(cost["flops"]) / 1e9
 
-    obs = {
-        "pixels": rng.integers(0, 256, (1, hw, hw, 3), dtype=np.uint8),
-        "state": np.zeros((1, state_dim), np.float32),
-    }
+    obs = jax.tree.map(
+        lambda x: x[0, :1], make_batches(rng, 1, 1, hw, state_dim, 1)["observations"]
+    )
     _, learner = learner.sample_actions(obs)
     times = []
     for _ in range(50):
@@ -179,11 +208,12 @@ def main() -> None:
     achieved = update_gflop * updates_per_s
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     paired = {}
-    if args.paired_plain_conv > 0 and fast_path_enabled():
+    if args.paired_plain_conv > 0 and fast_path_enabled() and hw:
         paired = paired_plain_conv(learner, one, args.paired_plain_conv)
     print(
         json.dumps(
             {
+                "observation": args.observation,
                 "encoder_sharing": args.encoder_sharing,
                 "update_mode": execution.resolved_mode(),
                 "backend": jax.default_backend(),
