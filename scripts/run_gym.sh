@@ -2,8 +2,9 @@
 # State-based DSRL on gymnasium MuJoCo (v5) at the authors' settings (dsrl/presets/gym_<task>.py:
 # DSRL-NA, 3 x layer Tanh + LayerNorm networks, chunks of 4, env reward summed per chunk).
 # TASK = hopper (default) | walker2d | halfcheetah. A base policy is required: a state-conditioned
-# policy with a (4, action_dim) noise, given as BASE_POLICY=<dir> (a flow_mlp directory until the
-# DDIM DiffusionMLP lands). Extra arguments go to the launcher and override the preset, e.g.
+# policy with a (4, action_dim) noise, given as BASE_POLICY=<dir> (a DiffusionMLPPolicy directory, e.g.
+# from `python -m dsrl.base_policies.diffusion.make` or `.release`, or a flow_mlp one; the kind is
+# read from the directory, or set BASE_POLICY_KIND). Extra arguments go to the launcher and override the preset, e.g.
 #   BASE_POLICY=runs/hopper_flow bash scripts/run_gym.sh --seed 1 --algorithm pixel_sac
 #   TASK=walker2d BASE_POLICY=... bash scripts/run_gym.sh --config.env.num_envs=8
 # Expects an installed environment (bash scripts/setup_env.sh or `source .venv/bin/activate`).
@@ -17,5 +18,12 @@ if [ -z "${BASE_POLICY:-}" ]; then
   exit 2
 fi
 
+# The kind follows the directory: DiffusionMLPPolicy.save writes a "sampler" section (DDIM).
+if [ -z "${BASE_POLICY_KIND:-}" ]; then
+  if grep -q '"sampler"' "$BASE_POLICY/config.json" 2>/dev/null; then BASE_POLICY_KIND=diffusion_mlp
+  else BASE_POLICY_KIND=flow_mlp; fi
+fi
+
 python examples/launch_train_sim.py --env "gym_${TASK}" --logdir "$LOGDIR" \
+  --config.base_policy.kind="$BASE_POLICY_KIND" \
   --config.base_policy.checkpoint="$BASE_POLICY" "$@"

@@ -17,5 +17,12 @@ if [ -z "${BASE_POLICY:-}" ]; then
   exit 2
 fi
 
+# The kind follows the directory: DiffusionMLPPolicy.save writes a "sampler" section (DDIM).
+if [ -z "${BASE_POLICY_KIND:-}" ]; then
+  if grep -q '"sampler"' "$BASE_POLICY/config.json" 2>/dev/null; then BASE_POLICY_KIND=diffusion_mlp
+  else BASE_POLICY_KIND=flow_mlp; fi
+fi
+
 python examples/launch_train_sim.py --env "robomimic_${TASK}" --logdir "$LOGDIR" \
+  --config.base_policy.kind="$BASE_POLICY_KIND" \
   --config.base_policy.checkpoint="$BASE_POLICY" "$@"
