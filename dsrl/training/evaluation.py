@@ -157,6 +157,7 @@ def evaluate(
     num_video_episodes: int = 0,
     timer: Timer | None = None,
     step_penalty: bool = True,
+    on_chunk: Callable[[int, int, int], bool | None] | None = None,
 ) -> EvalResult:
     """Run `len(seeds)` episodes in rounds of `vec_env.num_envs`, recording videos of the first
     `num_video_episodes` (agent-view frames, only in the first round). An `EpisodeNoise` source
@@ -165,7 +166,10 @@ def evaluate(
 
     An episode lost to an env worker failure (`Episode.discarded`) is re-run with its seed, up to
     `_EVAL_RERUNS` times, so the metrics cover the same fixed seeds; one still lost after that is
-    left out and counted in the metric `discarded_episodes` (present only then)."""
+    left out and counted in the metric `discarded_episodes` (present only then).
+    on_chunk: see `run_episodes` (progress only: its return value is ignored here, since an
+    evaluation cut short would not cover its fixed seeds; raise to abandon one)."""
+    progress = None if on_chunk is None else (lambda *counts: on_chunk(*counts) and False)
     num_envs = int(vec_env.num_envs)
     episodes: list[Episode] = []
     for start in range(0, len(seeds), num_envs):
@@ -180,6 +184,7 @@ def evaluate(
             step_penalty=step_penalty,
             record_frames=start == 0 and num_video_episodes > 0,
             timer=timer,
+            on_chunk=progress,
         )
     for _ in range(_EVAL_RERUNS):
         lost = [k for k, e in enumerate(episodes) if e.discarded]
