@@ -106,11 +106,14 @@ def _round_source(source: NoiseSource | EpisodeNoise, episodes: Sequence[int]) -
 
 def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
     """RLinf's per-episode env metrics, averaged over episodes: `env/episode_len` (env steps),
-    `env/return` (the agent's reward summed over the episode's queries, see
-    `run_episodes(step_penalty=...)`), `env/success_once` (succeeded at any step)."""
+    `env/return` (the env's reward summed over the episode: the same convention as every
+    `avg_return`, so a failed LIBERO episode is 0 in both), `env/agent_return` (the agent's reward
+    summed over the episode's queries, see `run_episodes(step_penalty=...)`: -(queries) for a
+    failure with the step penalty), `env/success_once` (succeeded at any step)."""
     return {
         "env/episode_len": float(np.mean([e.length for e in episodes])),
-        "env/return": float(np.mean([e.agent_return for e in episodes])),
+        "env/return": float(np.mean([e.env_return for e in episodes])),
+        "env/agent_return": float(np.mean([e.agent_return for e in episodes])),
         "env/success_once": float(np.mean([e.success for e in episodes])),
     }
 

@@ -430,6 +430,7 @@ def _run(trainer: _Trainer) -> None:
         if block <= 0:
             break
         if state.pending_grad_steps >= block:
+            trainer.progress.train_bar()  # shown while the first block compiles
             trainer.state = state = trainer.update_block(state, block)
             prev = state.grad_steps - block
             postfix = {"env_steps": state.env_steps, "buffer": len(trainer.buffer)}
