@@ -55,6 +55,7 @@ class Launcher:
         return code
 
 
+@pytest.mark.slow  # ~60 s on the shared 2-core machine: three launcher processes
 def test_ctrl_c_in_warm_up_keeps_the_buffer_and_a_second_signal_quits_at_once(tmp_path):
     # The warm-up never ends (start_online_updates far above what is collected).
     args = [
@@ -74,16 +75,17 @@ def test_ctrl_c_in_warm_up_keeps_the_buffer_and_a_second_signal_quits_at_once(tm
     assert transitions > 0
     run_dir = Path(stopped.group(3)).parent
 
-    # The resumed run has the buffer; SIGTERM, then SIGINT before it is done: the second signal
-    # exits at once (130, not 143) ...
+    # The resumed run has the buffer; two signals at once: the second exits at once, with its
+    # own status (pending signals arrive lowest number first: SIGINT, then SIGTERM -> 143) ...
     run = Launcher(["--resume", str(run_dir)])
     resumed = run.wait_for(r"resumed .* buffer (\d+)")
     assert int(resumed.group(1)) == transitions
     run.wait_for(r"warm-up:")  # the loop (and its signal handlers) runs
     run.proc.send_signal(signal.SIGTERM)
     run.proc.send_signal(signal.SIGINT)
-    assert run.finish() == 130, run.text
+    assert run.finish() in (130, 143), run.text
     assert "again: exiting now" in run.text and "Traceback" not in run.text
+    assert "stopped by" not in run.text  # it did not wait to save
 
     # ... and the run still resumes from an intact checkpoint.
     run = Launcher(["--resume", str(run_dir)])
@@ -95,6 +97,7 @@ def test_ctrl_c_in_warm_up_keeps_the_buffer_and_a_second_signal_quits_at_once(tm
     assert "stopped by SIGTERM" in run.text
 
 
+@pytest.mark.slow  # ~26 s: one launcher process
 @pytest.mark.parametrize("max_steps", [64])
 def test_max_steps_is_exact(tmp_path, max_steps):
     """The last update block is shortened: 64 gradient steps with blocks of 20, not 80."""
