@@ -5,7 +5,8 @@
         the training family while the buffer holds <= `start_online_updates` transitions),
       insert their transitions (one per base-policy query), end the trajectories,
       then run `transitions x multi_grad_step` gradient steps in blocks of K = `update_block`
-        (`buffer.sample(B, K)` -> `agent.update`, one host-to-device transfer per block).
+        (`buffer.sample(B, K)` -> `agent.update`, one host-to-device transfer per block; the
+        last block is shortened so that a run ends exactly at `max_steps`).
 
 Like the reference, `max_steps`, `eval_interval`, `log_interval` and `checkpoint_interval` count
 GRADIENT steps (W&B's step axis); env steps and transitions are tracked alongside. Evaluation runs
@@ -17,6 +18,10 @@ state) and the counters below; every other random draw (reset seeds, warm-up act
 from `(seed, counter)`, so a resumed run continues the same streams. Gradient steps owed to
 collected data but not yet run are a counter too (`pending_grad_steps`), so a run killed between
 two update blocks resumes in the middle of its update phase.
+
+Ctrl-C (SIGINT) or SIGTERM stops the loop after the chunk in flight (dsrl.training.interrupt):
+the episodes running end there as truncated and are stored, a checkpoint of the last consistent
+state is written and `train` raises `TrainingInterrupted` (a SystemExit with status 130 / 143).
 """
 
 from __future__ import annotations
@@ -367,6 +372,8 @@ def train(
     `transition_spec()`. buffer: a `ReplayBuffer` built from `example_transition(...)` with the
     same transition spec. logger: `RunLogger` or None. checkpointer: `RunCheckpointer` or None.
     transition_spec: what each transition stores; default `agent.transition_spec()`.
+    Raises `dsrl.training.interrupt.TrainingInterrupted` after checkpointing on SIGINT / SIGTERM
+    (in the main thread; elsewhere no handler is installed).
     """
     cfg = config
     if transition_spec is None:
