@@ -72,10 +72,11 @@ class Terminal:
         )
         os.close(slave)
         self.text = ""
+        self.consumed = ""  # the output up to the end of the last expected match
 
     def expect(self, pattern: str, timeout: float = 120.0) -> re.Match:
         """Reads output until `pattern` appears after what earlier expects consumed."""
-        start = len(self.consumed) if hasattr(self, "consumed") else 0
+        start = len(self.consumed)
         deadline = time.monotonic() + timeout
         while True:
             match = re.compile(pattern).search(self.text, start)
