@@ -8,7 +8,14 @@
 #   LEFT_CAMERA_ID=... RIGHT_CAMERA_ID=... WRIST_CAMERA_ID=... \
 #   POLICY_SERVER=gpu-box:8000 DSRL_SERVER_API_KEY=<key> scripts/run_real.sh [extra flags]
 # Resume a run:  scripts/run_real.sh --resume runs/dsrl_pi0_real_<date>_s0
-# Dry run without hardware (simulated robot): ROBOT=sim scripts/run_real.sh
+# Rehearsal without hardware (a simulated robot backed by the demo task, a tiny Pi0 on this
+# computer; see docs/real_robot.md):
+#   python scripts/serve_policy.py --policy pi0_tiny --robot droid --port 8765 &
+#   ROBOT=sim POLICY_SERVER=127.0.0.1:8765 scripts/run_real.sh --max_steps 40
+# With ROBOT=sim the learner is CPU-sized (REHEARSAL below: smaller batch, network, images and
+# first update block, and a replay buffer that holds the episodes); every other piece (operator
+# keys, 200-step episodes, the policy server, updates, metrics, checkpoints, resume) is the real
+# one. Flags given on the command line override these.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,16 +26,26 @@ if [[ "$ROBOT" == "droid" ]]; then
   : "${RIGHT_CAMERA_ID:?set RIGHT_CAMERA_ID (ZED serial of the right exterior camera)}"
   : "${WRIST_CAMERA_ID:?set WRIST_CAMERA_ID (ZED serial of the wrist camera)}"
 fi
+REHEARSAL=()
+if [[ "$ROBOT" == "sim" ]]; then
+  REHEARSAL=(--batch_size 32 --hidden_dims 256 --resize_image 64 --config.replay.capacity=100000
+    --config.first_update_grad_steps=60)
+fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 export EXP="${EXP:-./runs}"
 
+CONNECTION=(--robot "$ROBOT" --pi0_remote "$POLICY_SERVER"
+  --left_camera_id "${LEFT_CAMERA_ID:-left0}" --right_camera_id "${RIGHT_CAMERA_ID:-right0}"
+  --wrist_camera_id "${WRIST_CAMERA_ID:-wrist0}")
+if [[ " $* " == *" --resume "* || " $* " == *" --resume="* ]]; then
+  # A resumed run keeps its saved config (runs/.../config.json): pass only where the robot and
+  # the policy server are now, and the flags given here, not this script's defaults again.
+  exec python examples/launch_train_real.py "${CONNECTION[@]}" "$@"
+fi
+
 exec python examples/launch_train_real.py \
   --env franka_droid \
-  --robot "$ROBOT" \
-  --pi0_remote "$POLICY_SERVER" \
-  --left_camera_id "${LEFT_CAMERA_ID:-left0}" \
-  --right_camera_id "${RIGHT_CAMERA_ID:-right0}" \
-  --wrist_camera_id "${WRIST_CAMERA_ID:-wrist0}" \
+  "${CONNECTION[@]}" \
   --instruction "${INSTRUCTION:-put the spoon on the plate}" \
   --logdir "$EXP" \
   --prefix dsrl_pi0_real \
@@ -45,4 +62,5 @@ exec python examples/launch_train_real.py \
   --query_freq 10 \
   --hidden_dims 1024 \
   --num_qs 2 \
+  "${REHEARSAL[@]}" \
   "$@"

@@ -400,23 +400,38 @@ def test_run_real_sh_flags_parse_to_the_real_preset(tmp_path):
     fake.parent.mkdir()
     fake.write_text('#!/bin/sh\nshift\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
     fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "ROBOT": "sim",
-           "POLICY_SERVER": "127.0.0.1:8000"}  # fmt: skip
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "run_real.sh"), "--seed", "3"],
-        env=env, capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "ROBOT": "droid",
+           "POLICY_SERVER": "127.0.0.1:8000", "LEFT_CAMERA_ID": "1", "RIGHT_CAMERA_ID": "2",
+           "WRIST_CAMERA_ID": "3"}  # fmt: skip
+
+    def script_args(*args: str, robot: str = "droid") -> list[str]:
+        out = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "run_real.sh"), *args],
+            env={**env, "ROBOT": robot}, capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        return out.stdout.splitlines()
+
     spec = importlib.util.spec_from_file_location(
         "launch_train_real_flags", ROOT / "examples" / "launch_train_real.py"
     )
     real = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(real)
-    from_script, _ = real.parse_config(out.stdout.splitlines())
+    from_script, _ = real.parse_config(script_args("--seed", "3"))
     preset, _ = real.parse_config([])
     assert from_script.loop == dataclasses.replace(preset.loop, seed=3)  # "$@" wins
     assert from_script.steering == preset.steering
     assert from_script.learner_config() == preset.learner_config()
-    assert (from_script.env.robot, from_script.base_policy.remote) == ("sim", "127.0.0.1:8000")
+    assert (from_script.env.robot, from_script.base_policy.remote) == ("droid", "127.0.0.1:8000")
+    assert str(from_script.env.kwargs["wrist_camera_id"]) == "3"
+    # ROBOT=sim: the rehearsal's CPU-sized learner, and "$@" still wins over it.
+    rehearsal, _ = real.parse_config(script_args("--batch_size", "64", robot="sim"))
+    assert rehearsal.env.robot == "sim" and rehearsal.loop.batch_size == 64
+    assert rehearsal.learner_config().hidden_dims == (256, 256, 256)
+    assert rehearsal.loop.first_update_grad_steps == 60 and rehearsal.env.image_size == 64
+    assert rehearsal.steering == preset.steering
+    # --resume passes only the connection and the given flags: the run keeps its config.json.
+    resumed = script_args("--resume", "runs/x", "--max_steps", "80", robot="sim")
+    assert "--batch_size" not in resumed and "--max_steps" in resumed and "--robot" in resumed
 
 
 def test_worker_deadlines_and_checkpoints_kept_come_from_the_run_config(tmp_path):

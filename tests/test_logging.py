@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 
 import imageio.v2 as imageio
 import jax.numpy as jnp
@@ -74,6 +75,23 @@ def test_log_video_writes_a_playable_mp4(tmp_path):
     # Iterate: the ffmpeg reader reports an unknown (huge) length, so list() would fail.
     decoded = np.stack([frame for frame in imageio.get_reader(path)])
     assert decoded.shape == (6, 16, 18, 3)
+
+
+def test_log_video_does_not_fork_the_jax_process(tmp_path):
+    """JAX warns at every os.fork() once it has started ("... will likely lead to a deadlock");
+    the video writer starts ffmpeg without forking, so a run writing videos prints nothing."""
+    import jax.numpy as jnp
+
+    jnp.ones(3).block_until_ready()  # JAX's threads are running
+    frames = np.zeros((4, 8, 8, 3), np.uint8)
+    with (
+        RunLogger(tmp_path, {}, "dsrl_test", wandb_mode="disabled") as log,
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
+        path = log.log_video("eval_video/0", frames, step=1, fps=5)
+    assert [str(w.message) for w in caught if "fork" in str(w.message)] == []
+    assert path.stat().st_size > 0
 
 
 def test_wandb_offline_run_lives_in_the_run_dir(tmp_path, monkeypatch):

@@ -68,7 +68,8 @@ def test_train_actor_steps_delays_the_dsrl_na_actor_too():
 
 def test_step_penalty_switch_changes_the_stored_rewards():
     """Same seeds and noise: with the penalty -1 per query and 0 on success; without it 0 per
-    query and +1 on success. Everything else, and env/return as the sum, follows."""
+    query and +1 on success. Everything else follows; env/agent_return is the agent's reward
+    summed, env/return the env's (the one return convention of every avg_return)."""
     from dsrl.training.build import make_base_policy, make_steering
 
     config = load_config("demo")
@@ -90,6 +91,11 @@ def test_step_penalty_switch_changes_the_stored_rewards():
         assert on.agent_return == sum(r_on) and off.agent_return == sum(r_off)
     metrics = summarize(episodes[False], 1.0)
     assert metrics["env/return"] == metrics["env/success_once"] == metrics["success_rate"]
+    assert metrics["env/agent_return"] == metrics["success_rate"]  # +1 on success, 0 otherwise
+    penalised = summarize(episodes[True], 1.0)
+    assert penalised["env/return"] == penalised["avg_return"] == metrics["avg_return"]
+    expected = np.mean([e.num_queries - e.success for e in episodes[True]])
+    assert penalised["env/agent_return"] == pytest.approx(-expected)
     assert metrics["env/episode_len"] == metrics["avg_episode_len"]
 
 

@@ -167,10 +167,13 @@ class DroidEnv(Env):
     def reset(self, seed: int | None = None) -> Observation:
         """Pause for the operator's scene reset, then home the robot. `seed` is ignored."""
         del seed
-        self.keyboard.wait(
-            ENTER_KEYS,
-            f"[dsrl] episode {self.episodes + 1}: reset the scene, then press Enter to start",
-        )
+        from dsrl.training.interrupt import interruptible
+
+        with interruptible():  # Ctrl-C here stops the run now, not after an Enter
+            self.keyboard.wait(
+                ENTER_KEYS,
+                f"[dsrl] episode {self.episodes + 1}: reset the scene, then press Enter to start",
+            )
         self.robot.reset()
         self._steps = 0
         self._next_step_time = self._clock()
@@ -256,12 +259,22 @@ class SimulatedRobotEnv:
     `step` takes the 8-d joint-velocity action and drives the demo agent with its first two
     dims; `get_observation` returns DROID's layout: BGRA images under "<serial>_left" for each
     camera (the demo's render, upscaled) and "robot_state" with joint/gripper/cartesian state.
+
+    Like a real arm, it has no episodes of its own: the operator (DroidEnv) decides when one
+    ends. The demo task does end (at its goal, or after `max_episode_steps`); from then on the
+    simulated robot holds still until the next `reset`, whatever the preset's episode length.
     """
 
-    def __init__(self, camera_ids: Mapping[str, str], image_shape=(90, 160), seed: int = 0):
+    def __init__(
+        self,
+        camera_ids: Mapping[str, str],
+        image_shape=(90, 160),
+        seed: int = 0,
+        max_episode_steps: int = 200,
+    ):
         from dsrl.envs.demo import DemoEnv
 
-        self._demo = DemoEnv()
+        self._demo = DemoEnv(max_episode_steps=max_episode_steps)
         self._camera_ids = dict(camera_ids)
         self._image_shape = image_shape
         self._seed = seed
@@ -277,7 +290,8 @@ class SimulatedRobotEnv:
         action = np.asarray(action)
         assert action.shape == (ACTION_DIM,) and action.max() <= 1 and action.min() >= -1
         self.actions.append(action.copy())
-        self._obs, *_ = self._demo.step(action[:2].astype(np.float32), render=True)
+        if not self._demo.state.done:  # after the demo task ended the arm holds still
+            self._obs, *_ = self._demo.step(action[:2].astype(np.float32), render=True)
         return {}
 
     def get_observation(self) -> dict:

@@ -31,6 +31,14 @@ class Keyboard(Protocol):
     def close(self) -> None: ...
 
 
+def _print_above_bars(text: str) -> None:
+    """A prompt on its own line, above the loop's progress bar (tqdm redraws it below)."""
+    import tqdm
+
+    tqdm.tqdm.write(text)
+    sys.stdout.flush()
+
+
 class TerminalKeyboard:
     """Single-key input from a terminal (stdin must be a TTY)."""
 
@@ -49,7 +57,7 @@ class TerminalKeyboard:
         self._termios = termios
         self._saved = termios.tcgetattr(self._fd)
         tty.setcbreak(self._fd)
-        self._printer = printer or (lambda text: print(text, flush=True))
+        self._printer = printer or _print_above_bars
         atexit.register(self.close)
 
     def _read_ready(self, timeout: float | None) -> str | None:

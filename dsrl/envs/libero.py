@@ -46,12 +46,25 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import logging  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from dsrl.envs.base import Env, EnvSpec, Observation  # noqa: E402
 from dsrl.envs.image_utils import flip_180, resize, resize_with_pad  # noqa: E402
+
+
+def _drop_macro_file_advice(record: logging.LogRecord) -> bool:
+    # robosuite warns three times per process, at import, that it has no private macro file
+    # (robosuite/macros_private.py, a per-user settings file we do not need: the defaults are
+    # what LIBERO was built with). Drop exactly those records; every other warning stays.
+    message = record.getMessage()
+    return "macro file" not in message and "setup_macros.py" not in message
+
+
+# A logger's filters survive robosuite configuring the same logger at import.
+logging.getLogger("robosuite_logs").addFilter(_drop_macro_file_advice)
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 # Episode limits used by openpi's LIBERO evaluation (longest demo of the suite plus margin).

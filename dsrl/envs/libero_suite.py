@@ -40,6 +40,9 @@ from typing import Any
 
 import numpy as np
 
+# Imported for its side effect too: it quiets robosuite's import-time macro-file advice before
+# any LIBERO import here.
+from dsrl.envs import libero as _libero  # noqa: F401
 from dsrl.envs.base import Env, Observation
 
 SUITE_ENVS = ("libero", "libero_pick_place")  # env names whose kwargs may hold `tasks`

@@ -154,7 +154,13 @@ def make_agent(config: RunConfig, observation_spec: Mapping[str, Any], steering:
 
 def _make_robot_env(config: RunConfig, base_policy: Any, keyboard: Any, robot: Any) -> Any:
     """The real robot (or its simulated stand-in) as one DSRL env with the operator keyboard."""
-    from dsrl.envs.droid import DroidConfig, DroidEnv, SimulatedRobotEnv, make_robot_env
+    from dsrl.envs.droid import (
+        CAMERAS,
+        DroidConfig,
+        DroidEnv,
+        SimulatedRobotEnv,
+        make_robot_env,
+    )
 
     prefix_fn = None
     if config.env.use_prefix_feature:
@@ -164,8 +170,12 @@ def _make_robot_env(config: RunConfig, base_policy: Any, keyboard: Any, robot: A
                 f"env.use_prefix_feature=True but the base policy ({type(base_policy).__name__}) "
                 "has no prefix_feature; serve Pi0 and pass --pi0_remote, or disable the feature"
             )
+    kwargs = dict(config.env.kwargs)
+    if config.env.robot == "sim":  # the simulated robot renders every camera: any id will do
+        for name in CAMERAS:
+            kwargs[f"{name}_camera_id"] = kwargs.get(f"{name}_camera_id") or f"sim_{name}"
     droid_cfg = DroidConfig(
-        **config.env.kwargs,
+        **kwargs,
         agent_image_size=config.env.image_size,
         prefix_feature_dim=config.env.prefix_feature_dim if prefix_fn else 0,
     )

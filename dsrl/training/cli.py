@@ -19,6 +19,7 @@ from dsrl.training.build import build_run
 from dsrl.training.config import ALGORITHMS, ENV_MODES, WANDB_MODES, RunConfig
 from dsrl.training.config_io import load_config
 from dsrl.training.flags import FLAGS, IGNORED_FLAGS, LIST_FLAGS, REAL_FLAGS, ConfigError
+from dsrl.training.smoke import smoke_overrides
 
 # The choices argparse offers for a flag, by the RunConfig path it sets.
 CHOICES = {
@@ -58,6 +59,12 @@ def make_parser(description: str, flags: Mapping[str, str]) -> argparse.Argument
         if name not in flags:
             parser.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no_progress", action="store_true", help="hide the tqdm bar")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a CPU-sized run that reaches its first updates in minutes (dsrl/training/smoke.py); "
+        "--config.<path>=<value> still overrides it",
+    )
     eval_only.add_arguments(parser)  # --eval_only, --checkpoint_step, --eval_seeds, ...
     return parser
 
@@ -90,12 +97,11 @@ def parse_args(
     args, extra = parser.parse_known_args(argv)
     eval_only.check_arguments(args)  # `--eval_only RUN_DIR` reads RUN_DIR's config
     flags = {name: getattr(args, name) for name in {**FLAGS, **REAL_FLAGS} if hasattr(args, name)}
-    config = load_config(
-        getattr(args, "env", None) or (None if args.resume else preset),
-        resume=args.resume,
-        flags=flags,
-        overrides=config_overrides(extra),
-    )
+    preset = getattr(args, "env", None) or (None if args.resume else preset)
+    overrides = config_overrides(extra)
+    if getattr(args, "smoke", False) and not args.resume:  # a resumed run keeps its config
+        overrides = smoke_overrides(preset or "demo", flags) + overrides
+    config = load_config(preset, resume=args.resume, flags=flags, overrides=overrides)
     progress = dataclasses.replace(config.loop, progress=not args.no_progress)
     return dataclasses.replace(config, loop=progress), args
 

@@ -115,6 +115,9 @@ class EnvSection:
             )
 
 
+TINY_PI0_HORIZON = 10  # Pi0Config.tiny()'s action horizon (dsrl/base_policies/pi0/config.py)
+
+
 @dataclasses.dataclass(frozen=True)
 class BasePolicySection:
     kind: str = "flow_mlp"  # flow_mlp (the demo's) | pi0 | diffusion_mlp (docs/diffusion.md)
@@ -250,6 +253,33 @@ class RunConfig:
         self.learner_config()  # a bad learner option fails here, before anything starts
         loop.check_buffer_capacity(self.replay_capacity, self.loop)
         self._check_ray()
+        self._check_tiny_pi0()
+
+    def _check_tiny_pi0(self) -> None:
+        """`--pi0_variant tiny` on a reference flag line: name every fix at once (a random toy
+        Pi0 has no gs:// checkpoint, and its own chunk is 10 steps, shorter than the reference's
+        --query_freq 20 / 50)."""
+        bp = self.base_policy
+        if bp.kind != "pi0" or bp.remote or bp.variant != "tiny":
+            return
+        fixes = []
+        if bp.checkpoint.startswith("gs://"):
+            fixes.append(
+                f"--pi0_checkpoint random (the checkpoint {bp.checkpoint} is a full Pi0; a tiny "
+                "Pi0 is a random toy model)"
+            )
+        horizon = bp.action_horizon or TINY_PI0_HORIZON
+        if self.steering.query_freq > horizon:
+            fixes.append(
+                f"--config.base_policy.action_horizon=50 (the tiny Pi0's chunk is {horizon} "
+                f"steps, shorter than --query_freq {self.steering.query_freq})"
+            )
+        if fixes:
+            raise ConfigError(
+                "--pi0_variant tiny on this flag line needs "
+                + " and ".join(fixes)
+                + "; or add --smoke, which sets both"
+            )
 
     def _check_ray(self) -> None:
         """Ray settings that only make sense together."""

@@ -49,6 +49,7 @@ from dsrl.training.evaluation import (
     sampled_episode_noise,
     warmup_episode_noise,
 )
+from dsrl.training.progress import Progress
 from dsrl.utils.checkpoints import RunCheckpointer
 from dsrl.utils.logging import RunLogger
 
@@ -325,9 +326,19 @@ def _evaluate_sources(vec_env, steering, agent, seeds, cfg) -> dict[str, EvalRes
     """Every noise source on the same seeds, with the training loop's noise streams; videos of
     the first one (the actor's sampled latents, or the base policy alone)."""
     results: dict[str, EvalResult] = {}
+    num_sources = 4 if agent is not None else 2
+    bar = Progress(cfg.progress, 0, 0).evaluation(num_sources * len(seeds))
 
     def run_source(key: str, source: Any, videos: int = 0) -> None:
-        results[key] = evaluate(vec_env, steering, source, seeds, num_video_episodes=videos)
+        bar.set_description(f"eval {key}")
+        results[key] = evaluate(
+            vec_env,
+            steering,
+            source,
+            seeds,
+            num_video_episodes=videos,
+            on_chunk=lambda steps, queries, ended: bar.update(ended),
+        )
 
     videos = cfg.num_video_episodes
     if agent is not None:
@@ -337,6 +348,7 @@ def _evaluate_sources(vec_env, steering, agent, seeds, cfg) -> dict[str, EvalRes
         videos = 0
     run_source("base_iid", iid_episode_noise(steering, cfg.seed, 3), videos)
     run_source("base_warmup", warmup_episode_noise(steering, cfg.seed, 4))
+    bar.close()
     return results
 
 

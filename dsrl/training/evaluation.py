@@ -106,11 +106,14 @@ def _round_source(source: NoiseSource | EpisodeNoise, episodes: Sequence[int]) -
 
 def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
     """RLinf's per-episode env metrics, averaged over episodes: `env/episode_len` (env steps),
-    `env/return` (the agent's reward summed over the episode's queries, see
-    `run_episodes(step_penalty=...)`), `env/success_once` (succeeded at any step)."""
+    `env/return` (the env's reward summed over the episode: the same convention as every
+    `avg_return`, so a failed LIBERO episode is 0 in both), `env/agent_return` (the agent's reward
+    summed over the episode's queries, see `run_episodes(step_penalty=...)`: -(queries) for a
+    failure with the step penalty), `env/success_once` (succeeded at any step)."""
     return {
         "env/episode_len": float(np.mean([e.length for e in episodes])),
-        "env/return": float(np.mean([e.agent_return for e in episodes])),
+        "env/return": float(np.mean([e.env_return for e in episodes])),
+        "env/agent_return": float(np.mean([e.agent_return for e in episodes])),
         "env/success_once": float(np.mean([e.success for e in episodes])),
     }
 
@@ -157,6 +160,7 @@ def evaluate(
     num_video_episodes: int = 0,
     timer: Timer | None = None,
     step_penalty: bool = True,
+    on_chunk: Callable[[int, int, int], bool | None] | None = None,
 ) -> EvalResult:
     """Run `len(seeds)` episodes in rounds of `vec_env.num_envs`, recording videos of the first
     `num_video_episodes` (agent-view frames, only in the first round). An `EpisodeNoise` source
@@ -165,7 +169,10 @@ def evaluate(
 
     An episode lost to an env worker failure (`Episode.discarded`) is re-run with its seed, up to
     `_EVAL_RERUNS` times, so the metrics cover the same fixed seeds; one still lost after that is
-    left out and counted in the metric `discarded_episodes` (present only then)."""
+    left out and counted in the metric `discarded_episodes` (present only then).
+    on_chunk: see `run_episodes` (progress only: its return value is ignored here, since an
+    evaluation cut short would not cover its fixed seeds; raise to abandon one)."""
+    progress = None if on_chunk is None else (lambda *counts: on_chunk(*counts) and False)
     num_envs = int(vec_env.num_envs)
     episodes: list[Episode] = []
     for start in range(0, len(seeds), num_envs):
@@ -180,6 +187,7 @@ def evaluate(
             step_penalty=step_penalty,
             record_frames=start == 0 and num_video_episodes > 0,
             timer=timer,
+            on_chunk=progress,
         )
     for _ in range(_EVAL_RERUNS):
         lost = [k for k, e in enumerate(episodes) if e.discarded]

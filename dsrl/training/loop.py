@@ -5,7 +5,8 @@
         the training family while the buffer holds <= `start_online_updates` transitions),
       insert their transitions (one per base-policy query), end the trajectories,
       then run `transitions x multi_grad_step` gradient steps in blocks of K = `update_block`
-        (`buffer.sample(B, K)` -> `agent.update`, one host-to-device transfer per block).
+        (`buffer.sample(B, K)` -> `agent.update`, one host-to-device transfer per block; the
+        last block is shortened so that a run ends exactly at `max_steps`).
 
 Like the reference, `max_steps`, `eval_interval`, `log_interval` and `checkpoint_interval` count
 GRADIENT steps (W&B's step axis); env steps and transitions are tracked alongside. Evaluation runs
@@ -17,6 +18,10 @@ state) and the counters below; every other random draw (reset seeds, warm-up act
 from `(seed, counter)`, so a resumed run continues the same streams. Gradient steps owed to
 collected data but not yet run are a counter too (`pending_grad_steps`), so a run killed between
 two update blocks resumes in the middle of its update phase.
+
+Ctrl-C (SIGINT) or SIGTERM stops the loop after the chunk in flight (dsrl.training.interrupt):
+the episodes running end there as truncated and are stored, a checkpoint of the last consistent
+state is written and `train` raises `TrainingInterrupted` (a SystemExit with status 130 / 143).
 """
 
 from __future__ import annotations
@@ -24,19 +29,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import tqdm
 
-from dsrl.agents import spec as transition_keys
 from dsrl.agents.spec import TransitionSpec
 from dsrl.envs.vector import VectorEnvError
 from dsrl.steering import Steering
+from dsrl.training.buffer_layout import (  # noqa: F401 - re-exported: loop.<name> is the API
+    canonical_agent,
+    check_buffer_capacity,
+    checkpoint_template,
+    example_aliases,
+    example_transition,
+    restore,
+)
 from dsrl.training.evaluation import (
     EvalResult,
     episode_metrics,
@@ -47,140 +55,17 @@ from dsrl.training.evaluation import (
     sampled_episode_noise,
     warmup_episode_noise,
 )
-from dsrl.training.rollout import AGENT_KEYS, Episode, run_episodes
+from dsrl.training.interrupt import StopRequested, StopSignals
+from dsrl.training.loop_config import (  # noqa: F401 - re-exported
+    TIME_CATEGORIES,
+    LoopConfig,
+    LoopState,
+    Stopwatch,
+)
+from dsrl.training.progress import Progress
+from dsrl.training.rollout import Episode, run_episodes
 
 log = logging.getLogger(__name__)
-
-TIME_CATEGORIES = ("env", "base_policy", "agent", "update", "io")
-
-
-@dataclasses.dataclass(frozen=True)
-class LoopConfig:
-    """Loop settings (names follow the reference's flags)."""
-
-    seed: int = 0
-    max_steps: int = 500_000  # gradient-step budget, as in the reference
-    max_env_steps: int = -1  # optional second budget; -1: none
-    batch_size: int = 256
-    multi_grad_step: int = 20  # gradient steps per collected transition (UTD)
-    update_block: int = 0  # K gradient steps per `agent.update` call; 0: = multi_grad_step
-    start_online_updates: int = 500  # updates start once len(buffer) > this (transitions)
-    start_online_trajs: int = 0  # ... and at least this many trajectories were collected
-    first_update_grad_steps: int = 0  # extra gradient steps at the first update (real: 5000)
-    discount: float = 0.999  # per env step; a transition's discount is discount**steps
-    # Reward per query: -1, 0 on success (True, the reference); 0, +1 on success (False).
-    use_step_penalty: bool = True
-    eval_interval: int = 10_000
-    eval_episodes: int = 10  # 0: no control evaluation (e.g. a real robot)
-    eval_base_every_eval: bool = False  # also evaluate the base policy at every eval
-    # The base policy under the warm-up noise family too (off where each eval episode is costly).
-    eval_base_warmup: bool = True
-    # The actor's sampled latents too ("evaluation/"), next to its mode ("evaluation_mode/");
-    # off halves the evaluation's env steps where each episode is costly (the videos then come
-    # from the mode's episodes).
-    eval_sampled: bool = True
-    num_video_episodes: int = 1
-    video_fps: int = 50
-    log_interval: int = 500
-    checkpoint_interval: int = -1  # -1: only at the end (when a checkpointer is given)
-    final_eval: bool = True  # evaluate once more at the end unless the last step was evaluated
-    progress: bool = True
-
-    def __post_init__(self):
-        def need(ok: bool, name: str, rule: str, fix: str) -> None:
-            if not ok:
-                raise ValueError(
-                    f"{name} must be {rule}, got {getattr(self, name)!r}: {fix} (--{name})"
-                )
-
-        for name in ("batch_size", "multi_grad_step", "eval_interval", "log_interval"):
-            need(_is_int(getattr(self, name), 1), name, "a positive integer", "pass a count >= 1")
-        need(_is_int(self.max_steps, 0), "max_steps", ">= 0", "the gradient-step budget, e.g. 1e6")
-        need(
-            _is_int(self.max_env_steps, -1),
-            "max_env_steps",
-            ">= -1",
-            "an env-step budget, or -1 for none",
-        )
-        for name in ("update_block", "start_online_updates", "start_online_trajs"):
-            need(_is_int(getattr(self, name), 0), name, ">= 0", "pass a count >= 0")
-        need(_is_int(self.first_update_grad_steps, 0), "first_update_grad_steps", ">= 0", "or 0")
-        need(
-            _is_int(self.eval_episodes, 0),
-            "eval_episodes",
-            ">= 0",
-            "pass 0 to turn control evaluation off, or a number of episodes",
-        )
-        need(_is_int(self.num_video_episodes, 0), "num_video_episodes", ">= 0", "or 0: no videos")
-        need(_is_int(self.video_fps, 1), "video_fps", "a positive integer", "e.g. 10")
-        need(
-            isinstance(self.discount, int | float) and 0.0 < self.discount <= 1.0,
-            "discount",
-            "in (0, 1]",
-            "e.g. 0.99",
-        )
-        need(
-            _is_int(self.checkpoint_interval, 1) or self.checkpoint_interval == -1,
-            "checkpoint_interval",
-            "a positive gradient-step count or -1",
-            "-1 checkpoints only at the end",
-        )
-
-    @property
-    def block(self) -> int:
-        return self.update_block or self.multi_grad_step
-
-
-def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= minimum
-
-
-@dataclasses.dataclass(frozen=True)
-class LoopState:
-    """The loop's counters; everything the loop needs besides agent and buffer to resume."""
-
-    grad_steps: int = 0
-    env_steps: int = 0
-    num_online_samples: int = 0  # transitions collected (= base-policy queries)
-    num_online_trajs: int = 0
-    pending_grad_steps: int = 0  # owed to collected data, not yet run
-    last_eval_step: int = -1
-    updates_started: int = 0
-
-    def to_tree(self) -> dict[str, int]:
-        return {k: int(v) for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_tree(cls, tree: dict[str, Any]) -> LoopState:
-        return cls(**{f.name: int(np.asarray(tree[f.name])) for f in dataclasses.fields(cls)})
-
-
-class Stopwatch:
-    """Wall time per category; whatever is not inside a section is loop overhead ("other")."""
-
-    def __init__(self):
-        self.start = time.perf_counter()
-        self.seconds = dict.fromkeys(TIME_CATEGORIES, 0.0)
-
-    @contextlib.contextmanager
-    def section(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-
-    def metrics(self) -> dict[str, float]:
-        total = max(time.perf_counter() - self.start, 1e-9)
-        out = {}
-        for name, sec in self.seconds.items():
-            out[f"time/{name}_s"] = sec
-            out[f"time/{name}_frac"] = sec / total
-        other = max(total - sum(self.seconds.values()), 0.0)
-        out["time/other_s"] = other
-        out["time/other_frac"] = other / total
-        out["time/total_s"] = total
-        return out
 
 
 @dataclasses.dataclass
@@ -197,70 +82,6 @@ def train_seeds(seed: int, first_traj: int, count: int) -> list[int]:
         int(np.random.SeedSequence([seed, 0, first_traj + j]).generate_state(1)[0])
         for j in range(count)
     ]
-
-
-def example_transition(
-    observation_spec: dict[str, tuple[tuple[int, ...], Any]],
-    steering: Steering,
-    transition_spec: TransitionSpec = TransitionSpec(),
-) -> dict[str, Any]:
-    """One zero transition with the layout `run_episodes` stores (for `ReplayBuffer(...)`).
-
-    observation_spec: {key: (shape, dtype)} of the env's agent observation ("pixels", "state")
-    and of every base-policy key in `transition_spec.policy_observation_keys`; the stored
-    observations hold exactly the agent keys plus those. The "latents" have the steering's
-    `latent_dim`; with `transition_spec.action_chunks`, the executed "action_chunks"
-    (query_freq, robot action dim) and the "noise" (H, D) are the steering's shapes too, and so
-    are the `transition_spec.num_aliases` aliases ("alias_latents", "alias_chunks")."""
-    # "pixels" only where the env has them (a state-based env's agent reads "state" alone).
-    agent_keys = [k for k in AGENT_KEYS if k in observation_spec or k == "state"]
-    keys = (*agent_keys, *transition_spec.policy_observation_keys)
-    missing = [k for k in keys if k not in observation_spec]
-    if missing:
-        raise ValueError(
-            f"example_transition: observation_spec lacks {missing} (it has "
-            f"{sorted(observation_spec)}); pass the env's observation spec merged with the base "
-            "policy's observation keys the learner asks to store."
-        )
-    obs = {k: np.zeros(observation_spec[k][0], dtype=observation_spec[k][1]) for k in keys}
-    transition = {
-        transition_keys.OBSERVATIONS: obs,
-        transition_keys.LATENTS: np.zeros((steering.latent_dim,), np.float32),
-        transition_keys.REWARDS: np.float32(0),
-        transition_keys.MASKS: np.float32(0),
-        transition_keys.DISCOUNTS: np.float32(0),
-        transition_keys.NEXT_OBSERVATIONS: {k: v.copy() for k, v in obs.items()},
-    }
-    if transition_spec.action_chunks:
-        chunk_shape = (steering.query_freq, int(steering.base_policy.action_dim))
-        transition[transition_keys.ACTION_CHUNKS] = np.zeros(chunk_shape, np.float32)
-        transition[transition_keys.NOISE] = np.zeros(
-            tuple(steering.noise_param.noise_shape), np.float32
-        )
-    transition |= example_aliases(steering, transition_spec.num_aliases)
-    return transition
-
-
-def example_aliases(steering: Steering, num_aliases: int) -> dict[str, np.ndarray]:
-    """The zero alias fields of one transition (none for K = 0): K latents and K executed
-    chunks, stored as float16 (see docs/dsrl_na.md for the bytes per transition)."""
-    if not num_aliases:
-        return {}
-    dtype = np.dtype(transition_keys.ALIAS_DTYPE)
-    chunk_shape = (steering.query_freq, int(steering.base_policy.action_dim))
-    return {
-        transition_keys.ALIAS_LATENTS: np.zeros((num_aliases, steering.latent_dim), dtype),
-        transition_keys.ALIAS_CHUNKS: np.zeros((num_aliases, *chunk_shape), dtype),
-    }
-
-
-def check_buffer_capacity(capacity: int, config: LoopConfig) -> None:
-    if capacity <= config.start_online_updates:
-        raise ValueError(
-            f"replay buffer capacity {capacity} <= start_online_updates "
-            f"{config.start_online_updates}: updates would never start; raise the capacity "
-            "(--config.replay.capacity) or lower start_online_updates."
-        )
 
 
 def _crossed(prev: int, new: int, interval: int) -> bool:
@@ -292,6 +113,13 @@ class _Trainer:
         self.last_episodes: list[Episode] = []
         self.eval_seeds = eval_seeds(config.seed, config.eval_episodes)
         self.discarded_episodes = 0  # training episodes lost to env worker failures
+        self.progress = Progress(False, config.max_steps, 0)
+        self.stop: StopSignals | None = None
+        self._eval_bar = None
+        self._videos: list[np.ndarray] = []
+
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.requested
 
     # -- logging ------------------------------------------------------------------------------
     def _log(self, metrics: dict[str, float], step: int) -> None:
@@ -320,7 +148,15 @@ class _Trainer:
             num_video_episodes=num_video,
             timer=self.watch,
             step_penalty=self.config.use_step_penalty,
+            on_chunk=self._eval_chunk,
         )
+
+    def _eval_chunk(self, env_steps: int, queries: int, ended: int) -> None:
+        del env_steps, queries
+        if self._eval_bar is not None:
+            self._eval_bar.update(ended)
+        if self.stop_requested():  # an evaluation cut short would not cover its seeds
+            raise StopRequested(self.stop.name)
 
     def evaluate(self, state: LoopState, include_base: bool) -> dict[str, float]:
         with self.checkpoint_on_env_failure(state):
@@ -329,6 +165,24 @@ class _Trainer:
     def _evaluate(self, state: LoopState, include_base: bool) -> dict[str, float]:
         cfg = self.config
         step = state.grad_steps
+        row: dict[str, float] = {}
+        sources = 1 + cfg.eval_sampled + (include_base * (1 + cfg.eval_base_warmup))
+        self._eval_bar = self.progress.evaluation(sources * cfg.eval_episodes)
+        try:
+            row = self._evaluate_sources(cfg, include_base)
+        finally:
+            self._eval_bar.close()
+            self._eval_bar = None
+        row |= self._counters(state)
+        self._log(row, step)
+        if self.logger is not None:
+            with self.watch.section("io"):
+                for i, frames in enumerate(self._videos):
+                    self.logger.log_video(f"eval_video/{i}", frames, step=step, fps=cfg.video_fps)
+        self.evaluations.append({"step": float(step), **row})
+        return row
+
+    def _evaluate_sources(self, cfg: LoopConfig, include_base: bool) -> dict[str, float]:
         row: dict[str, float] = {}
         # Per-episode noise streams (evaluation.EpisodeNoise): the same results on any number
         # of env workers.
@@ -352,13 +206,7 @@ class _Trainer:
             if cfg.eval_base_warmup:
                 warm_source = warmup_episode_noise(self.steering, cfg.seed, 4)
                 row |= _prefixed("evaluation_base_warmup", self._run_eval(warm_source).metrics)
-        row |= self._counters(state)
-        self._log(row, step)
-        if self.logger is not None:
-            with self.watch.section("io"):
-                for i, frames in enumerate(with_videos.videos):
-                    self.logger.log_video(f"eval_video/{i}", frames, step=step, fps=cfg.video_fps)
-        self.evaluations.append({"step": float(step), **row})
+        self._videos = with_videos.videos
         return row
 
     # -- collection ---------------------------------------------------------------------------
@@ -372,11 +220,27 @@ class _Trainer:
         cfg = self.config
         num_envs = int(self.env.num_envs)
         seeds = train_seeds(cfg.seed, state.num_online_trajs, num_envs)
-        if self.updates_ready(state):
+        warming_up = not self.updates_ready(state)
+        if not warming_up:
             source = self.steering.agent_source(self._sampled_act)
         else:
             rng = np.random.default_rng([cfg.seed, 2, state.num_online_trajs])
             source = self.steering.warmup_source(rng)
+            self.progress.warmup(cfg.start_online_updates + 1, len(self.buffer), state.env_steps)
+        counts = {"env_steps": state.env_steps, "queries": len(self.buffer)}
+
+        def on_chunk(env_steps: int, queries: int, ended: int) -> bool:
+            counts["env_steps"] += env_steps
+            if warming_up:
+                trajs = ""
+                if cfg.start_online_trajs:
+                    done = state.num_online_trajs + ended
+                    trajs = f"{done}/{cfg.start_online_trajs}"
+                self.progress.warmup_chunk(queries, counts["env_steps"], trajs)
+            else:
+                self.progress.train_bar().set_postfix(env_steps=counts["env_steps"])
+            return self.stop_requested()  # a stop keeps the chunks run so far
+
         with self.checkpoint_on_env_failure(state):
             all_episodes = run_episodes(
                 self.env,
@@ -388,6 +252,7 @@ class _Trainer:
                 timer=self.watch,
                 step_penalty=cfg.use_step_penalty,
                 alias_rng=np.random.default_rng([cfg.seed, 5, state.num_online_trajs]),
+                on_chunk=on_chunk,
             )
         # Episodes lost to an env worker failure are not stored (ChunkResult.worker_restarted).
         episodes = [e for e in all_episodes if not e.discarded]
@@ -416,8 +281,8 @@ class _Trainer:
         return state
 
     # -- updates ------------------------------------------------------------------------------
-    def update_block(self, state: LoopState) -> LoopState:
-        k = self.config.block
+    def update_block(self, state: LoopState, k: int) -> LoopState:
+        """`k` gradient steps (the update block, or fewer to end exactly at `max_steps`)."""
         with self.watch.section("update"):
             batches = self.buffer.sample(self.config.batch_size, num_batches=k)
             self.agent, metrics = self.agent.update(batches)
@@ -486,46 +351,6 @@ class _Trainer:
             raise
 
 
-def canonical_agent(agent: Any) -> Any:
-    """Python-number leaves (e.g. a fresh optimizer state's `step` = 0) as 0-d jax arrays.
-
-    After one update those leaves ARE jax arrays, so a fresh agent and a trained one would have
-    different pytree leaf types: a checkpoint template built from a fresh agent would not match
-    the disk, and the jitted update would trace twice. Canonicalising both avoids that."""
-
-    def fix(leaf: Any) -> Any:
-        if isinstance(leaf, bool):
-            return leaf
-        if isinstance(leaf, int):
-            return jnp.asarray(leaf, dtype=jnp.int32)
-        if isinstance(leaf, float):
-            return jnp.asarray(leaf, dtype=jnp.float32)
-        return leaf
-
-    return jax.tree_util.tree_map(fix, agent)
-
-
-def checkpoint_template(agent: Any) -> dict[str, Any]:
-    """The pytree layout `train` checkpoints, for `RunCheckpointer.restore`."""
-    return {"agent": canonical_agent(agent), "counters": LoopState().to_tree()}
-
-
-def restore(
-    checkpointer: Any, agent_template: Any, example_transition: dict[str, Any] | None = None
-) -> tuple[Any, LoopState, Any] | None:
-    """(agent, loop state, buffer) from the latest checkpoint of a run, or None if it has none.
-
-    With `example_transition`, the saved buffer must have its layout (a resume whose config
-    changed the observation or latent shapes fails here, naming the difference)."""
-    restored = checkpointer.restore(
-        checkpoint_template(agent_template), example_transition=example_transition
-    )
-    if restored is None:
-        return None
-    tree, buffer = restored
-    return tree["agent"], LoopState.from_tree(tree["counters"]), buffer
-
-
 def train(
     *,
     env: Any,
@@ -547,6 +372,8 @@ def train(
     `transition_spec()`. buffer: a `ReplayBuffer` built from `example_transition(...)` with the
     same transition spec. logger: `RunLogger` or None. checkpointer: `RunCheckpointer` or None.
     transition_spec: what each transition stores; default `agent.transition_spec()`.
+    Raises `dsrl.training.interrupt.TrainingInterrupted` after checkpointing on SIGINT / SIGTERM
+    (in the main thread; elsewhere no handler is installed).
     """
     cfg = config
     if transition_spec is None:
@@ -565,46 +392,21 @@ def train(
         checkpointer=checkpointer,
         spec=transition_spec,
     )
-    state = state or LoopState()
+    trainer.state = state or LoopState()
+    trainer.progress = Progress(cfg.progress, cfg.max_steps, trainer.state.grad_steps)
+    with StopSignals() as trainer.stop:
+        try:
+            _run(trainer)
+        except StopRequested:
+            pass  # trainer.state is the last consistent state: saved below
+        finally:
+            trainer.progress.close()
+        state = trainer.state
+        if trainer.stop.requested:
+            trainer.log_training(state)
+            trainer.checkpoint(state)
+            raise trainer.stop.exit(_stopped_message(trainer))
     do_eval = cfg.eval_episodes > 0
-    bar = tqdm.tqdm(
-        total=cfg.max_steps,
-        initial=state.grad_steps,
-        unit="grad",
-        dynamic_ncols=True,
-        disable=not cfg.progress,
-    )
-
-    def env_budget_left(s: LoopState) -> bool:
-        return cfg.max_env_steps < 0 or s.env_steps < cfg.max_env_steps
-
-    if do_eval and state.last_eval_step < 0:
-        trainer.evaluate(state, include_base=True)
-        state = dataclasses.replace(state, last_eval_step=0)
-
-    while state.grad_steps < cfg.max_steps:
-        if state.pending_grad_steps >= cfg.block:
-            prev = state.grad_steps
-            state = trainer.update_block(state)
-            bar.update(state.grad_steps - prev)
-            if _crossed(prev, state.grad_steps, cfg.log_interval):
-                trainer.log_training(state)
-            if do_eval and _crossed(prev, state.grad_steps, cfg.eval_interval):
-                row = trainer.evaluate(state, include_base=cfg.eval_base_every_eval)
-                state = dataclasses.replace(state, last_eval_step=state.grad_steps)
-                bar.set_postfix(
-                    env_steps=state.env_steps,
-                    success=f"{row['evaluation_mode/success_rate']:.2f}",
-                )
-            if _crossed(prev, state.grad_steps, cfg.checkpoint_interval):
-                trainer.checkpoint(state)
-            continue
-        if not env_budget_left(state):
-            break
-        state = trainer.collect(state)
-        bar.set_postfix(env_steps=state.env_steps, buffer=len(buffer))
-
-    bar.close()
     if do_eval and cfg.final_eval and state.last_eval_step != state.grad_steps:
         trainer.evaluate(state, include_base=False)
         state = dataclasses.replace(state, last_eval_step=state.grad_steps)
@@ -615,4 +417,55 @@ def train(
         state=state,
         evaluations=trainer.evaluations,
         time=trainer.watch.metrics(),
+    )
+
+
+def _run(trainer: _Trainer) -> None:
+    """Collect and update until a budget is spent or a stop is requested, keeping
+    `trainer.state` the last consistent state (what a checkpoint of the run would hold)."""
+    cfg = trainer.config
+    do_eval = cfg.eval_episodes > 0
+    if do_eval and trainer.state.last_eval_step < 0:
+        trainer.evaluate(trainer.state, include_base=True)
+        trainer.state = dataclasses.replace(trainer.state, last_eval_step=0)
+    if trainer.state.updates_started:
+        trainer.progress.train_bar()
+    while not trainer.stop_requested():
+        state = trainer.state
+        # The last block is shortened so the run ends exactly at max_steps.
+        block = min(cfg.block, cfg.max_steps - state.grad_steps)
+        if block <= 0:
+            break
+        if state.pending_grad_steps >= block:
+            trainer.progress.train_bar()  # shown while the first block compiles
+            trainer.state = state = trainer.update_block(state, block)
+            prev = state.grad_steps - block
+            postfix = {"env_steps": state.env_steps, "buffer": len(trainer.buffer)}
+            if _crossed(prev, state.grad_steps, cfg.log_interval):
+                trainer.log_training(state)
+            if do_eval and _crossed(prev, state.grad_steps, cfg.eval_interval):
+                row = trainer.evaluate(state, include_base=cfg.eval_base_every_eval)
+                trainer.state = state = dataclasses.replace(state, last_eval_step=state.grad_steps)
+                postfix["success"] = f"{row['evaluation_mode/success_rate']:.2f}"
+            trainer.progress.grad_steps(block, **postfix)
+            if _crossed(prev, state.grad_steps, cfg.checkpoint_interval):
+                trainer.checkpoint(state)
+            continue
+        if not (cfg.max_env_steps < 0 or state.env_steps < cfg.max_env_steps):
+            break
+        trainer.state = trainer.collect(state)
+
+
+def _stopped_message(trainer: _Trainer) -> str:
+    state = trainer.state
+    where = "not saved (no checkpointer)"
+    if trainer.checkpointer is not None:
+        directory = getattr(trainer.checkpointer, "directory", None)
+        where = (
+            f"checkpoint step {state.grad_steps} saved in {directory}; resume with "
+            f"--resume {directory.parent if directory is not None else '<run dir>'}"
+        )
+    return (
+        f"[dsrl] stopped by {trainer.stop.name} at {state.grad_steps} gradient steps, "
+        f"{state.env_steps} env steps, {len(trainer.buffer)} transitions: {where}"
     )

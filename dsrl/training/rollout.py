@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -125,6 +125,7 @@ def run_episodes(
     timer: Timer | None = None,
     step_penalty: bool = True,
     alias_rng: np.random.Generator | None = None,
+    on_chunk: Callable[[int, int, int], bool | None] | None = None,
 ) -> list[Episode]:
     """Run one episode in each of the first `len(seeds)` envs of `vec_env`, in lock-step.
 
@@ -142,6 +143,10 @@ def run_episodes(
 
     step_penalty: the agent's reward is -1 per query and 0 on success (the reference); False:
     0 per query and +1 on success (RLinf's `use_step_penalty: False`, reward_coef 1).
+
+    on_chunk(env_steps, queries, episodes_ended): called after every chunk with the env steps it
+    executed (all envs), its queries (= transitions) and the episodes it ended, for progress; a True return stops the rollout
+    there, the episodes still running ending as truncated (a graceful stop keeps their data).
     """
     timer = timer or NullTimer()
     num_aliases = int(transition_spec.num_aliases) if store_transitions else 0
@@ -179,7 +184,8 @@ def run_episodes(
         for i in range(n):
             frames[i].append(video_frame(obs_list[i], vec_env.spec.video_key))
 
-    while active.any():
+    stopped = False
+    while active.any() and not stopped:
         agent_obs = stack_observations([agent_observation(o) for o in obs_list])
         with timer.section("agent"):
             latents, noise = source(agent_obs)
@@ -207,6 +213,7 @@ def run_episodes(
             results = vec_env.step_chunk(
                 executed, active=active.copy(), record_frames=record_frames, **kwargs
             )
+        chunk_steps, chunk_queries, chunk_ended = 0, 0, 0
         for i in np.flatnonzero(active[:n]):
             res = results[i]
             if getattr(res, "worker_restarted", False):
@@ -216,6 +223,8 @@ def run_episodes(
                 transitions[i], frames[i] = [], []
                 continue
             steps = int(res.steps_executed)
+            chunk_steps += steps
+            chunk_queries += 1
             env_rewards = np.asarray(res.rewards, dtype=np.float64).reshape(-1)
             success = bool(res.success)
             lengths[i] += steps
@@ -259,6 +268,9 @@ def run_episodes(
             obs_list[i] = res.obs
             if done:
                 active[i] = False
+                chunk_ended += 1
+        if on_chunk is not None:
+            stopped = bool(on_chunk(chunk_steps, chunk_queries, chunk_ended))
 
     return [
         Episode(

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -145,27 +146,15 @@ class RunLogger:
                 f"Video '{key}' must be uint8 frames of shape (T, H, W, 3), got {frames.dtype} "
                 f"{frames.shape}. Convert with (np.clip(x, 0, 1) * 255).astype(np.uint8)."
             )
-        import imageio.v2 as imageio
-
         video_dir = self.run_dir / "videos"
         video_dir.mkdir(exist_ok=True)
         path = video_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', key)}_{int(step)}.mp4"
         # H.264 in yuv420p (what browsers and W&B play) needs even sizes: pad odd ones by one
-        # edge row/column rather than resizing. macro_block_size=1 stops imageio from rescaling
-        # small agent images (64x64) to multiples of 16.
+        # edge row/column rather than resizing (small agent images stay their size).
         pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
         if pad_h or pad_w:
             frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-        with imageio.get_writer(
-            path,
-            fps=fps,
-            codec="libx264",
-            macro_block_size=1,
-            ffmpeg_log_level="error",
-            pixelformat="yuv420p",
-        ) as writer:
-            for frame in frames:
-                writer.append_data(frame)
+        write_mp4(path, frames, fps)
         if self._wandb_run is not None:
             import wandb
 
@@ -184,6 +173,39 @@ class RunLogger:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+    """Encodes uint8 (T, H, W, 3) frames (even H, W) as H.264 / yuv420p with imageio-ffmpeg's
+    ffmpeg binary, the frames piped to its stdin.
+
+    The process is started with posix_spawn, not fork: subprocess uses posix_spawn when given an
+    absolute executable path, close_fds=False and no cwd / preexec_fn / new session. A fork of
+    the JAX process (what imageio's writer does) runs JAX's at-fork hook, which warns that "os.fork()
+    ... will likely lead to a deadlock" at every video; posix_spawn runs no fork hooks. Our own
+    descriptors are non-inheritable (Python's default), so close_fds=False leaks none of them."""
+    import imageio_ffmpeg
+
+    t, h, w, _ = frames.shape
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(),  # an absolute path
+        "-y", "-loglevel", "error",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(int(fps)), "-i", "-",
+        "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-r", str(int(fps)), str(path),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        close_fds=False,
+    )
+    _, err = proc.communicate(np.ascontiguousarray(frames).tobytes())
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"ffmpeg could not write {path} ({t} frames {w}x{h}): exit {proc.returncode}: "
+            f"{err.decode(errors='replace').strip()[-500:]}"
+        )
 
 
 class Timer:
