@@ -8,6 +8,7 @@ import logging
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
+import signal
 import threading
 import time
 import traceback
@@ -26,6 +27,10 @@ log = logging.getLogger("dsrl.envs.vector")
 
 
 def _worker(index: int, env_fn: EnvFn, conn) -> None:
+    # A terminal's Ctrl-C reaches the whole process group: the launcher finishes the chunk in
+    # flight and saves, so its workers must not die under it. They end when the launcher closes
+    # them, or at EOF on the pipe if it is killed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("MUJOCO_GL", "egl")
     env = None
     try:
