@@ -174,3 +174,30 @@ def _load_script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.mark.slow
+def test_finetune_pi0_from_lerobot_dir(tmp_path):
+    """scripts/finetune_pi0.py --dataset trains 2 steps of the tiny Pi0 on a LeRobot directory
+    and exports a checkpoint whose norm stats are the dataset's (8-d state, 7-d actions)."""
+    from dsrl.base_policies.pi0.tokenizer import train_sentencepiece_model
+    from dsrl.utils.logging import read_metrics
+
+    ft = _load_script("finetune_pi0")
+    lr.write_dataset(tmp_path / "ds", _episodes(lengths=(9, 8)), fps=20)
+    tok = tmp_path / "tok.model"
+    tok.write_bytes(train_sentencepiece_model(["task 0", "task 1"] * 50, vocab_size=20))
+    argv = [
+        *("--dataset", str(tmp_path / "ds"), "--variant", "tiny", "--tokenizer", str(tok)),
+        *("--steps", "2", "--batch", "4", "--warmup_steps", "1", "--trainable", "lora"),
+        *("--wandb_mode", "disabled", "--log_every", "1", "--out", str(tmp_path / "run")),
+    ]
+    assert ft.main(argv) == 0
+    stats = json.loads(
+        (tmp_path / "run" / "2" / "assets" / "dataset" / "norm_stats.json").read_text()
+    )["norm_stats"]
+    assert len(stats["state"]["mean"]) == 8 and len(stats["actions"]["mean"]) == 7
+    losses = [r["train/loss"] for r in read_metrics(tmp_path / "run") if "train/loss" in r]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    with pytest.raises(SystemExit):  # --data and --dataset together
+        ft.parse_args(["--data", "x.npz", "--dataset", str(tmp_path / "ds")])
