@@ -201,3 +201,22 @@ def test_finetune_pi0_from_lerobot_dir(tmp_path):
     assert len(losses) == 2 and all(np.isfinite(losses))
     with pytest.raises(SystemExit):  # --data and --dataset together
         ft.parse_args(["--data", "x.npz", "--dataset", str(tmp_path / "ds")])
+
+
+@pytest.mark.slow
+def test_record_one_real_libero_episode(tmp_path):
+    """scripts/record_libero_demos.py records one successful scripted demonstration of
+    libero_object task 8 (both cameras at 224x224) that the reader serves. ~47 s on a shared 2-core CPU."""
+    rec = _load_script("record_libero_demos")
+    out = tmp_path / "demos"
+    assert rec.main(["--out", str(out), "--episodes", "1"]) == 0
+    ds = lr.LeRobotDataset(out, action_horizon=50)
+    assert 100 < len(ds) < 150  # the demonstrator needs 116-121 steps on this task
+    batch = ds.take(np.array([0, len(ds) - 1]))
+    assert batch["images"]["base_0_rgb"].shape == (2, 224, 224, 3)
+    assert batch["images"]["left_wrist_0_rgb"].std() > 10  # the wrist camera was rendered
+    assert batch["state"].shape == (2, 8) and batch["actions"].shape == (2, 50, 7)
+    assert batch["prompt"][0] == "pick up the chocolate pudding and place it in the basket"
+    # The gripper closes during the demonstration and the last chunk repeats the final action.
+    assert (ds.frame_actions[:, 6] > 0).any()
+    np.testing.assert_array_equal(batch["actions"][1], np.repeat(ds.frame_actions[-1:], 50, 0))
