@@ -220,3 +220,14 @@ def test_record_one_real_libero_episode(tmp_path):
     # The gripper closes during the demonstration and the last chunk repeats the final action.
     assert (ds.frame_actions[:, 6] > 0).any()
     np.testing.assert_array_equal(batch["actions"][1], np.repeat(ds.frame_actions[-1:], 50, 0))
+
+
+def test_parquet_carries_hf_feature_types(written):
+    """lerobot loads each parquet with the `datasets` types in its schema metadata."""
+    root, _ = written
+    schema = pq.read_schema(root / "data" / "chunk-000" / "episode_000000.parquet")
+    hf = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
+    assert hf["image"] == {"_type": "Image"}
+    assert hf["state"]["_type"] == "Sequence" and hf["state"]["length"] == 8
+    assert hf["frame_index"] == {"dtype": "int64", "_type": "Value"}
+    assert set(hf) == set(schema.names)

@@ -81,6 +81,15 @@ def _stats(x: np.ndarray) -> dict:
     }
 
 
+def _hf_feature(feature: dict) -> dict:
+    if feature["dtype"] == "image":
+        return {"_type": "Image"}
+    value = {"dtype": feature["dtype"], "_type": "Value"}
+    if feature["shape"] == [1]:
+        return value
+    return {"feature": value, "length": feature["shape"][0], "_type": "Sequence"}
+
+
 def _write_json(path: pathlib.Path, obj) -> None:
     # Written whole then renamed: a crash never leaves a half-written info.json.
     tmp = path.with_suffix(".tmp")
@@ -156,7 +165,10 @@ class LeRobotWriter:
         cols["task_index"] = pa.array(np.full(n, task))
         path = self.root / DATA_PATH.format(episode_chunk=chunk, episode_index=index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(cols), path)
+        # The Hugging Face `datasets` feature types in the schema metadata, as lerobot's own files
+        # carry them: the lerobot package loads the parquet with them (images as Image).
+        hf = json.dumps({"info": {"features": {k: _hf_feature(self.features[k]) for k in cols}}})
+        pq.write_table(pa.table(cols).replace_schema_metadata({"huggingface": hf}), path)
         meta = self.root / "meta"
         with open(meta / "episodes.jsonl", "a") as f:
             f.write(json.dumps({"episode_index": index, "tasks": [ep.prompt], "length": n}) + "\n")
@@ -274,6 +286,87 @@ def _decode_video(path: pathlib.Path, length: int, shape: Sequence[int]) -> np.n
     return np.stack(frames)
 
 
+def _read_meta(root: pathlib.Path) -> tuple[dict, dict[int, str], list[dict]]:
+    """info.json, {task_index: task}, episodes.jsonl rows; checked against each other."""
+    info_path = root / "meta" / "info.json"
+    info = _read_json(info_path)
+    version = str(info.get("codebase_version", ""))
+    if not version.startswith("v2."):
+        raise DatasetError(
+            f"{info_path}: codebase_version {version!r}; this reader takes LeRobot v2.0/v2.1 "
+            "(one parquet per episode under data/chunk-XXX/)."
+        )
+    absent = [
+        k for k in ("features", "data_path", "total_episodes", "total_frames") if k not in info
+    ]
+    if absent:
+        raise DatasetError(f"{info_path} lacks {absent}.")
+    tasks = {t["task_index"]: t["task"] for t in _read_jsonl(root / "meta" / "tasks.jsonl")}
+    episodes = _read_jsonl(root / "meta" / "episodes.jsonl")
+    if not episodes or any("episode_index" not in e or "length" not in e for e in episodes):
+        raise DatasetError(
+            f"{root / 'meta' / 'episodes.jsonl'} lists no episodes, or one without "
+            "episode_index / length."
+        )
+    frames = sum(int(e["length"]) for e in episodes)
+    if (info["total_episodes"], info["total_frames"]) != (len(episodes), frames):
+        raise DatasetError(
+            f"{info_path}: total_episodes/total_frames {info['total_episodes']}/"
+            f"{info['total_frames']} disagree with meta/episodes.jsonl ({len(episodes)} "
+            f"episodes, {frames} frames)."
+        )
+    return info, tasks, episodes
+
+
+def _read_episode(
+    root: pathlib.Path, info: dict, ep: dict, numeric: tuple[str, str], cams: Sequence[str]
+) -> dict:
+    """One episode's parquet (and videos), checked against the metadata: {"state", "actions",
+    "task": arrays (T, ...); camera: T frames (decoded video arrays, or (png, file, row))}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    feats = info["features"]
+    index, length = int(ep["episode_index"]), int(ep["length"])
+    chunk = index // int(info.get("chunks_size", CHUNKS_SIZE))
+    path = root / info["data_path"].format(episode_chunk=chunk, episode_index=index)
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing (episode {index} of meta/episodes.jsonl).")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DatasetError(f"{path}: not a readable parquet (truncated?): {e}") from None
+    need = [*numeric, "frame_index", "episode_index", "task_index"]
+    need += [k for k in cams if feats[k]["dtype"] == "image"]
+    absent = [k for k in need if k not in table.column_names]
+    if absent:
+        raise DatasetError(f"{path} lacks columns {absent} (has {table.column_names}).")
+    if table.num_rows != length:
+        raise DatasetError(
+            f"{path}: {table.num_rows} rows, meta/episodes.jsonl says {length} frames."
+        )
+    frame = _column(table, "frame_index", path, [])
+    if not np.array_equal(frame, np.arange(length)) or np.any(
+        _column(table, "episode_index", path, []) != index
+    ):
+        raise DatasetError(f"{path}: frame_index/episode_index are not episode {index}'s.")
+    out = {
+        "state": _column(table, numeric[0], path, feats[numeric[0]]["shape"]),
+        "actions": _column(table, numeric[1], path, feats[numeric[1]]["shape"]),
+        "task": _column(table, "task_index", path, []),
+    }
+    for key in cams:
+        if feats[key]["dtype"] == "image":
+            pngs = table.column(key).combine_chunks().field("bytes").to_pylist()
+            out[key] = [(png, path, row) for row, png in enumerate(pngs)]
+        else:
+            video = root / info["video_path"].format(
+                episode_chunk=chunk, video_key=key, episode_index=index
+            )
+            out[key] = list(_decode_video(video, length, feats[key]["shape"]))
+    return out
+
+
 class LeRobotDataset(NpzDataset):
     """A LeRobot v2.x dataset served as the fine-tuning batches of `NpzDataset` (same `take`,
     `batches`, `all`). Every file is checked against meta/info.json when opened; a bad one
@@ -294,76 +387,25 @@ class LeRobotDataset(NpzDataset):
         state_key: str = "state",
         actions_key: str = "actions",
     ):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         self.path = root = pathlib.Path(root)
-        info = _read_json(root / "meta" / "info.json")
-        version = str(info.get("codebase_version", ""))
-        if not version.startswith("v2."):
-            raise DatasetError(
-                f"{root / 'meta' / 'info.json'}: codebase_version {version!r}; this reader takes "
-                "LeRobot v2.0/v2.1 (convert a v3 dataset with lerobot's v2 export first)."
-            )
-        feats = info.get("features", {})
+        info, tasks, episodes = _read_meta(root)
+        feats = info["features"]
         missing = [k for k in (state_key, actions_key) if k not in feats]
-        cams = {k: v for k, v in cameras.items() if k in feats}
+        cams = [k for k in cameras if k in feats]
         if missing or not cams:
             raise DatasetError(
                 f"{root / 'meta' / 'info.json'}: no feature {missing or list(cameras)}; it has "
                 f"{sorted(feats)}. Pass state_key / actions_key / cameras naming its features."
             )
-        tasks = {t["task_index"]: t["task"] for t in _read_jsonl(root / "meta" / "tasks.jsonl")}
-        episodes = _read_jsonl(root / "meta" / "episodes.jsonl")
-        total = (info.get("total_episodes"), info.get("total_frames"))
-        if total != (len(episodes), sum(e["length"] for e in episodes)):
-            raise DatasetError(
-                f"{root / 'meta' / 'info.json'}: total_episodes/total_frames {total} disagree with "
-                f"meta/episodes.jsonl ({len(episodes)} episodes, "
-                f"{sum(e['length'] for e in episodes)} frames)."
-            )
         parts = {k: [] for k in ("state", "actions", "task", "end", *cams)}
-        offset = 0
         for ep in episodes:
-            index, length = int(ep["episode_index"]), int(ep["length"])
-            chunk = index // int(info.get("chunks_size", CHUNKS_SIZE))
-            path = root / info["data_path"].format(episode_chunk=chunk, episode_index=index)
-            if not path.is_file():
-                raise DatasetError(f"{path} is missing (episode {index} of meta/episodes.jsonl).")
-            try:
-                table = pq.read_table(path)
-            except (pa.ArrowException, OSError) as e:
-                raise DatasetError(f"{path}: not a readable parquet (truncated?): {e}") from None
-            need = [state_key, actions_key, "frame_index", "episode_index", "task_index"]
-            need += [k for k in cams if feats[k]["dtype"] == "image"]
-            absent = [k for k in need if k not in table.column_names]
-            if absent:
-                raise DatasetError(f"{path} lacks columns {absent} (has {table.column_names}).")
-            if table.num_rows != length:
-                raise DatasetError(
-                    f"{path}: {table.num_rows} rows, meta/episodes.jsonl says {length} frames."
-                )
-            frame = _column(table, "frame_index", path, [])
-            if not np.array_equal(frame, np.arange(length)) or np.any(
-                _column(table, "episode_index", path, []) != index
-            ):
-                raise DatasetError(f"{path}: frame_index/episode_index are not episode {index}'s.")
-            parts["state"].append(_column(table, state_key, path, feats[state_key]["shape"]))
-            parts["actions"].append(_column(table, actions_key, path, feats[actions_key]["shape"]))
-            parts["task"].append(_column(table, "task_index", path, []))
-            parts["end"].append(np.full(length, offset + length))
+            read = _read_episode(root, info, ep, (state_key, actions_key), cams)
+            offset = sum(len(x) for x in parts["state"])
+            parts["end"].append(np.full(int(ep["length"]), offset + int(ep["length"])))
+            for key in ("state", "actions", "task"):
+                parts[key].append(read[key])
             for key in cams:
-                if feats[key]["dtype"] == "image":
-                    pngs = table.column(key).combine_chunks().field("bytes").to_pylist()
-                    parts[key].extend((png, path, i) for i, png in enumerate(pngs))
-                else:
-                    video = root / info["video_path"].format(
-                        episode_chunk=chunk, video_key=key, episode_index=index
-                    )
-                    parts[key].extend(_decode_video(video, length, feats[key]["shape"]))
-            offset += length
-        if not episodes:
-            raise DatasetError(f"{root / 'meta' / 'episodes.jsonl'} lists no episodes.")
+                parts[key].extend(read[key])  # per-frame items (arrays or PNG references)
         unknown = set(np.unique(np.concatenate(parts["task"]))) - set(tasks)
         if unknown:
             raise DatasetError(f"{root / 'meta' / 'tasks.jsonl'} lacks task_index {unknown}.")
