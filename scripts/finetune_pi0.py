@@ -5,7 +5,8 @@
   python scripts/finetune_pi0.py --dry_run --variant full      # bytes for a GPU, no weights
 
 Data: an .npz (`training.data.NpzDataset`: images/<camera> uint8, state, actions chunks,
-prompt). Norm stats are computed from it (or read with --norm_stats). Every --save_every steps
+prompt), or with --dataset a LeRobot v2 dataset directory (`dsrl.data.lerobot`: features image,
+wrist_image, state, actions as openpi's LIBERO conversion names them; the task is the prompt). Norm stats are computed from it (or read with --norm_stats). Every --save_every steps
 and at the end, `<out>/<step>/` holds `params/` (EMA weights where kept) + `assets/<asset_id>/
 norm_stats.json` (loadable by `Pi0Policy.from_checkpoint` and by openpi) + `train_state/` (exact
 resume with --resume). Metrics go to `<out>/metrics.jsonl` and W&B (offline by default), and the
@@ -33,6 +34,7 @@ GIB = 1 << 30
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=pathlib.Path, help="an .npz dataset (see training/data.py)")
+    p.add_argument("--dataset", type=pathlib.Path, help="a LeRobot v2 dataset directory instead")
     p.add_argument("--variant", default="full", help="Pi0Config.from_name (full, pi05, tiny, ...)")
     p.add_argument("--init", default="random", help="an openpi checkpoint dir, or 'random'")
     p.add_argument("--tokenizer", type=pathlib.Path, help="PaliGemma SentencePiece .model")
@@ -54,8 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wandb_mode", default="offline", choices=["offline", "online", "disabled"])
     p.add_argument("--dry_run", action="store_true", help="print memory needs (shapes only)")
     args = p.parse_args(argv)
-    if not args.dry_run and args.data is None:
-        p.error("--data is required (or pass --dry_run)")
+    if not args.dry_run and (args.data is None) == (args.dataset is None):
+        p.error("pass one of --data (.npz) and --dataset (LeRobot dir), or --dry_run")
     return args
 
 
@@ -121,7 +123,12 @@ def finetune(args) -> pathlib.Path:
     # trained weights stay float32 and the frozen ones are stored in the compute dtype.
     config = Pi0Config.from_name(args.variant)
     tc = train_config(args)
-    dataset = data_lib.NpzDataset(args.data)
+    if args.dataset is not None:
+        from dsrl.data.lerobot import LeRobotDataset
+
+        dataset = LeRobotDataset(args.dataset, action_horizon=config.action_horizon)
+    else:
+        dataset = data_lib.NpzDataset(args.data)
     if args.tokenizer is None or not args.tokenizer.is_file():
         raise FileNotFoundError(f"--tokenizer {args.tokenizer}: pass a SentencePiece .model.")
     tokenizer = PaligemmaTokenizer(str(args.tokenizer), max_len=config.max_token_len)
