@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dsrl.base_policies.pi0.random_init import random_policy
+from dsrl.base_policies.pi0.policy import Pi0Policy
 from dsrl.envs import make_env
 from dsrl.envs.demo import DemoEnv
 
@@ -33,7 +33,7 @@ def test_observations_have_liberos_layout_and_pi0_drives_the_demo_task():
     assert not np.array_equal(obs["agentview_image"], obs["wrist_image"])  # two cameras
     assert obs["prompt"] == env.spec.prompt
 
-    policy = random_policy("libero", variant="tiny", dtype="float32", seed=0)
+    policy = Pi0Policy.from_checkpoint("random", "libero", variant="tiny", dtype="float32", seed=0)
     noise = np.random.default_rng(0).normal(size=(1, *policy.noise_shape)).astype(np.float32)
     batch = {k: (v if k == "prompt" else v[None]) for k, v in obs.items()}
     chunk = policy.sample_actions(batch, noise)[0]

@@ -110,25 +110,28 @@ class Pi0Policy:
         asset_id: str | None = None,
         prompt: str | None = None,
         num_steps: int = 10,
+        seed: int = 0,
         **overrides,
     ) -> Pi0Policy:
         """Loads an openpi checkpoint: a local directory, a name ("pi0_libero") or a gs:// / s3://
         URL (resolved in openpi's cache, see `download.py`). Norm stats come from
         `<ckpt>/assets/<asset_id>` (default: the robot's usual asset id, else the only one).
         `overrides` go to `Pi0Config.from_name` (e.g. action_horizon=10 for pi0_droid).
-        `checkpoint="random"`: random weights, no files (benchmarks; see `random_init.py`)."""
+        `checkpoint="random"`: random weights (drawn from `seed`), no files (benchmarks; see
+        `random_init.py`)."""
         from dsrl.base_policies.pi0 import checkpoint as ckpt_lib
         from dsrl.base_policies.pi0 import config as config_lib
         from dsrl.base_policies.pi0 import download
 
         robot_tf = tf.get_robot(robot)
         if str(checkpoint) == "random":
-            from dsrl.base_policies.pi0.random_init import random_policy
+            from dsrl.base_policies.pi0.random_init import random_parts
 
             if isinstance(variant, str):
                 variant = config_lib.Pi0Config.from_name(variant, **overrides)
-            return random_policy(
-                robot_tf, variant, dtype, tokenizer_path, prompt=prompt, num_steps=num_steps
+            model, tokenizer, stats = random_parts(variant, dtype, tokenizer_path, seed=seed)
+            return cls(
+                model, tokenizer, stats, robot_tf, prompt=prompt, num_steps=num_steps, seed=seed
             )
         ckpt_dir = download.resolve_checkpoint(str(checkpoint))
         if isinstance(variant, str):
@@ -141,7 +144,7 @@ class Pi0Policy:
             download.resolve_tokenizer(tokenizer_path), max_len=variant.max_token_len
         )
         model = ckpt_lib.load_pi0(ckpt_dir, variant, dtype=dtype)
-        return cls(model, tokenizer, stats, robot_tf, prompt=prompt, num_steps=num_steps)
+        return cls(model, tokenizer, stats, robot_tf, prompt=prompt, num_steps=num_steps, seed=seed)
 
     # ---------------------------------------------------------------------------------------
     # Input / output pipelines (host side, numpy)

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from dsrl.base_policies.pi0 import normalize as norm_lib
-from dsrl.base_policies.pi0 import transforms as tf
 
 RANDOM_CHECKPOINT = "random"
 ACTION_STD = 0.05  # placeholder action scale of the random policy
@@ -71,19 +70,16 @@ def random_model(variant: Any = "full", dtype: str = "bfloat16", seed: int = 0):
     return model_lib.Pi0.create(config, params)
 
 
-def random_policy(
-    robot: str | tf.RobotTransforms = "libero",
+def random_parts(
     variant: Any = "full",
     dtype: str = "bfloat16",
     tokenizer_path: str | pathlib.Path | None = None,
     *,
     seed: int = 0,
-    prompt: str | None = None,
-    num_steps: int = 10,
 ):
-    """A `Pi0Policy` with random weights, placeholder norm stats and a throwaway tokenizer (or the
-    SentencePiece file at `tokenizer_path`)."""
-    from dsrl.base_policies.pi0.policy import Pi0Policy
+    """(model, tokenizer, norm stats) of a random-weight Pi0: `Pi0Policy.from_checkpoint("random")`
+    assembles the policy from them. The tokenizer is a throwaway one unless `tokenizer_path` names
+    a SentencePiece file."""
     from dsrl.base_policies.pi0.tokenizer import PaligemmaTokenizer
 
     model = random_model(variant, dtype, seed)
@@ -92,12 +88,4 @@ def random_policy(
         tokenizer = PaligemmaTokenizer(tokenizer_path, max_len=max_len)
     else:
         tokenizer = throwaway_tokenizer(max_len, model.config.vocab_size)
-    return Pi0Policy(
-        model,
-        tokenizer,
-        placeholder_norm_stats(),
-        robot,
-        prompt=prompt,
-        num_steps=num_steps,
-        seed=seed,
-    )
+    return model, tokenizer, placeholder_norm_stats()
