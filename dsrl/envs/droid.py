@@ -167,7 +167,7 @@ class DroidEnv(Env):
     def reset(self, seed: int | None = None) -> Observation:
         """Pause for the operator's scene reset, then home the robot. `seed` is ignored."""
         del seed
-        from dsrl.training.interrupt import interruptible
+        from dsrl.utils.interrupt import interruptible
 
         with interruptible():  # Ctrl-C here stops the run now, not after an Enter
             self.keyboard.wait(

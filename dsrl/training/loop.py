@@ -19,7 +19,7 @@ from `(seed, counter)`, so a resumed run continues the same streams. Gradient st
 collected data but not yet run are a counter too (`pending_grad_steps`), so a run killed between
 two update blocks resumes in the middle of its update phase.
 
-Ctrl-C (SIGINT) or SIGTERM stops the loop after the chunk in flight (dsrl.training.interrupt):
+Ctrl-C (SIGINT) or SIGTERM stops the loop after the chunk in flight (dsrl.utils.interrupt):
 the episodes running end there as truncated and are stored, a checkpoint of the last consistent
 state is written and `train` raises `TrainingInterrupted` (a SystemExit with status 130 / 143).
 """
@@ -55,7 +55,6 @@ from dsrl.training.evaluation import (
     sampled_episode_noise,
     warmup_episode_noise,
 )
-from dsrl.training.interrupt import StopRequested, StopSignals
 from dsrl.training.loop_config import (  # noqa: F401 - re-exported
     TIME_CATEGORIES,
     LoopConfig,
@@ -64,6 +63,7 @@ from dsrl.training.loop_config import (  # noqa: F401 - re-exported
 )
 from dsrl.training.progress import Progress
 from dsrl.training.rollout import Episode, run_episodes
+from dsrl.utils.interrupt import StopRequested, StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +372,7 @@ def train(
     `transition_spec()`. buffer: a `ReplayBuffer` built from `example_transition(...)` with the
     same transition spec. logger: `RunLogger` or None. checkpointer: `RunCheckpointer` or None.
     transition_spec: what each transition stores; default `agent.transition_spec()`.
-    Raises `dsrl.training.interrupt.TrainingInterrupted` after checkpointing on SIGINT / SIGTERM
+    Raises `dsrl.utils.interrupt.TrainingInterrupted` after checkpointing on SIGINT / SIGTERM
     (in the main thread; elsewhere no handler is installed).
     """
     cfg = config
