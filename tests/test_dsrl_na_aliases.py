@@ -20,7 +20,6 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from run_parts import load_script  # noqa: E402
 
 from dsrl.agents import ExecutionConfig  # noqa: E402
 from dsrl.agents.noise_aliasing import NoiseAliasingConfig, NoiseAliasingLearner  # noqa: E402
@@ -198,10 +197,10 @@ LIBERO_KWARGS = {
 @pytest.mark.slow
 def test_dsrl_na_trains_on_real_libero_with_a_tiny_random_pi0_and_resumes(tmp_path, capsys):
     pytest.importorskip("libero")
+    from dsrl.training import cli
     from dsrl.utils.checkpoints import RunCheckpointer
     from dsrl.utils.logging import read_metrics
 
-    launcher = load_script("examples/launch_train_sim.py")
     argv = [
         "--env", "libero", "--algorithm", "dsrl_na", "--seed", "3", "--logdir", str(tmp_path),
         "--no_progress", "--wandb_mode", "disabled",
@@ -217,7 +216,7 @@ def test_dsrl_na_trains_on_real_libero_with_a_tiny_random_pi0_and_resumes(tmp_pa
         "--config.agent.latent_dim=8", "--config.agent.color_jitter=false",
     ]  # fmt: skip
     argv += [f"--config.env_kwargs.{k}={v}" for k, v in LIBERO_KWARGS.items()]
-    assert launcher.main(argv) == 0
+    assert cli.main_sim(argv) == 0
     (run_dir,) = list(tmp_path.iterdir())
     rows = [r for r in read_metrics(run_dir) if "training/noise_critic_loss" in r]
     assert rows and rows[-1]["step"] == 2
@@ -247,7 +246,7 @@ def test_dsrl_na_trains_on_real_libero_with_a_tiny_random_pi0_and_resumes(tmp_pa
 
     capsys.readouterr()
     resume = ["--resume", str(run_dir), "--no_progress", "--max_steps", "4"]
-    assert launcher.main(resume) == 0
+    assert cli.main_sim(resume) == 0
     assert "resumed" in capsys.readouterr().out
     rows = [r for r in read_metrics(run_dir) if "training/noise_critic_loss" in r]
     assert rows[-1]["step"] == 4

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
-from run_parts import load_script
 
+from dsrl.training.cli import main_sim
 from dsrl.utils.logging import read_metrics
 
 TRAIN = [
@@ -23,14 +23,9 @@ TRAIN = [
 
 
 @pytest.fixture(scope="module")
-def launcher():
-    return load_script("examples/launch_train_sim.py", "launch_train_sim_eval")
-
-
-@pytest.fixture(scope="module")
-def finished_run(launcher, tmp_path_factory):
+def finished_run(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("runs")
-    assert launcher.main([*TRAIN, "--logdir", str(logdir)]) == 0
+    assert main_sim([*TRAIN, "--logdir", str(logdir)]) == 0
     (run_dir,) = [p for p in logdir.iterdir() if p.is_dir()]
     return run_dir
 
@@ -48,12 +43,12 @@ def test_every_run_writes_its_plot_at_each_evaluation(finished_run):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_eval_only_reproduces_the_runs_last_deterministic_success(launcher, finished_run, capsys):
+def test_eval_only_reproduces_the_runs_last_deterministic_success(finished_run, capsys):
     rows = [r for r in read_metrics(finished_run) if "evaluation_mode/success_rate" in r]
     last, first = rows[-1], rows[0]
     before = _snapshot(finished_run)
     capsys.readouterr()
-    assert launcher.main(["--eval_only", str(finished_run), "--no_progress"]) == 0
+    assert main_sim(["--eval_only", str(finished_run), "--no_progress"]) == 0
     printed = capsys.readouterr().out
     (out,) = [p for p in finished_run.iterdir() if p.name.startswith("eval_")]
     assert out.name.startswith(f"eval_{last['step']}_")
@@ -76,25 +71,25 @@ def test_eval_only_reproduces_the_runs_last_deterministic_success(launcher, fini
     assert sorted(p.suffix for p in (out / "videos").iterdir()) == [".mp4"] * 2
 
 
-def test_eval_only_with_listed_seeds_and_a_checkpoint_step(launcher, finished_run, capsys):
+def test_eval_only_with_listed_seeds_and_a_checkpoint_step(finished_run, capsys):
     argv = ["--eval_only", str(finished_run), "--checkpoint_step", "16",
             "--eval_seeds", "4,5,6,7", "--num_envs", "2", "--no_progress"]  # fmt: skip
-    assert launcher.main(argv) == 0
+    assert main_sim(argv) == 0
     (out,) = [p for p in finished_run.iterdir() if p.name.startswith("eval_16_")]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [4, 5, 6, 7] and summary["num_envs"] == 2
     assert [e["seed"] for e in summary["sources"]["actor_mode"]["episodes"]] == [4, 5, 6, 7]
 
     with pytest.raises(SystemExit) as exit_info:
-        launcher.main(["--eval_only", str(finished_run), "--checkpoint_step", "7"])
+        main_sim(["--eval_only", str(finished_run), "--checkpoint_step", "7"])
     assert exit_info.value.code == 2
     assert "No checkpoint for step 7" in capsys.readouterr().err
 
 
-def test_base_policy_alone_without_a_run(launcher, tmp_path):
+def test_base_policy_alone_without_a_run(tmp_path):
     argv = ["--eval_only", "--base_policy_only", "--env", "demo", "--eval_episodes", "4",
             "--num_envs", "4", "--logdir", str(tmp_path), "--no_progress"]  # fmt: skip
-    assert launcher.main(argv) == 0
+    assert main_sim(argv) == 0
     (out,) = list(tmp_path.iterdir())
     assert out.name.startswith("dsrl_demo_eval_base_")
     summary = json.loads((out / "summary.json").read_text())
@@ -110,9 +105,9 @@ def test_base_policy_alone_without_a_run(launcher, tmp_path):
         (["--eval_only", "--base_policy_only", "--eval_seeds", "a,b"], "--eval_seeds 'a,b'"),
     ],
 )
-def test_eval_only_bad_input_is_one_clear_line(launcher, capsys, argv, message):
+def test_eval_only_bad_input_is_one_clear_line(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
-        launcher.main([*argv, "--env", "demo"])
+        main_sim([*argv, "--env", "demo"])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 

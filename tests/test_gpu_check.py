@@ -196,12 +196,13 @@ def _value(config, *paths: str):
 @pytest.mark.parametrize("small", [False, True])
 def test_section_commands_are_what_the_launcher_and_bench_learner_accept(tmp_path, small):
     """The GPU mode cannot run here: its command lines are checked against the real parsers."""
+    from dsrl.training import cli
+
     gpu_check = _load(SCRIPT, "gpu_check")
-    launcher = _load(ROOT / "examples" / "launch_train_sim.py", "launch_train_sim")
     args = gpu_check.parse_args(["--small"] if small else [])
     cmd = gpu_check.loop_command(args, tmp_path / "runs")
     assert cmd[1].endswith("launch_train_sim.py")
-    config, _ = launcher.parse_config(cmd[2:])
+    config, _ = cli.parse_sim(cmd[2:])  # what examples/launch_train_sim.py runs
 
     def value(*paths):
         return _value(config, *paths)

@@ -5,7 +5,6 @@ on a real run directory."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -14,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from run_parts import load_script
 
+from dsrl.training import cli
 from dsrl.training.build import build_run, make_agent, make_base_policy, make_steering
 from dsrl.training.config import CONFIG_VERSION
 from dsrl.training.config_io import load_config, write_config_file
@@ -25,13 +24,8 @@ from dsrl.utils.logging import RunLogger
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def launcher():
-    return load_script("examples/launch_train_sim.py")
-
-
-def test_libero_preset_has_the_reference_values(launcher):
-    config, _ = launcher.parse_config(["--env", "libero"])
+def test_libero_preset_has_the_reference_values():
+    config, _ = cli.parse_sim(["--env", "libero"])
     loop, steering = config.loop, config.steering
     assert (loop.batch_size, loop.discount, loop.max_steps) == (256, 0.999, 500_000)
     assert (loop.eval_interval, loop.log_interval, loop.eval_episodes) == (10_000, 500, 10)
@@ -47,8 +41,8 @@ def test_libero_preset_has_the_reference_values(launcher):
     assert config.base_policy.checkpoint == "gs://openpi-assets/checkpoints/pi0_libero"
 
 
-def test_aloha_preset_has_the_reference_values(launcher):
-    config, _ = launcher.parse_config(["--env", "aloha_cube"])
+def test_aloha_preset_has_the_reference_values():
+    config, _ = cli.parse_sim(["--env", "aloha_cube"])
     loop = config.loop
     assert (loop.max_steps, loop.multi_grad_step, loop.start_online_updates) == (
         3_000_000,
@@ -63,8 +57,8 @@ def test_aloha_preset_has_the_reference_values(launcher):
     assert config.base_policy.checkpoint.endswith("pi0_aloha_sim")
 
 
-def test_reference_flags_and_config_overrides_beat_the_preset(launcher):
-    config, _ = launcher.parse_config(
+def test_reference_flags_and_config_overrides_beat_the_preset():
+    config, _ = cli.parse_sim(
         [
             "--env", "libero",
             "--batch_size", "64",
@@ -95,22 +89,18 @@ def test_reference_flags_and_config_overrides_beat_the_preset(launcher):
     # A learner option the preset does not set is still read with the learner's type.
     assert learner.color_jitter is False
     # Several --hidden_dims values are taken as given.
-    config, _ = launcher.parse_config(["--env", "demo", "--hidden_dims", "32", "64"])
+    config, _ = cli.parse_sim(["--env", "demo", "--hidden_dims", "32", "64"])
     assert tuple(config.learner_config().hidden_dims) == (32, 64)
 
 
-def test_today_paths_and_legacy_flat_keys_reach_the_same_field(launcher):
-    new, _ = launcher.parse_config(["--config.env.num_envs=3", "--config.loop.seed=7"])
-    old, _ = launcher.parse_config(["--config.num_envs=3", "--config.seed=7"])
-    flag, _ = launcher.parse_config(["--num_envs", "3", "--seed", "7"])
+def test_today_paths_and_legacy_flat_keys_reach_the_same_field():
+    new, _ = cli.parse_sim(["--config.env.num_envs=3", "--config.loop.seed=7"])
+    old, _ = cli.parse_sim(["--config.num_envs=3", "--config.seed=7"])
+    flag, _ = cli.parse_sim(["--num_envs", "3", "--seed", "7"])
     assert new == old == flag and new.env.num_envs == 3 and new.loop.seed == 7
     # How K gradient steps run is the execution section, whatever the spelling.
-    a, _ = launcher.parse_config(
-        ["--config.agent.update_mode=loop", "--config.agent.scan_length=5"]
-    )
-    b, _ = launcher.parse_config(
-        ["--config.execution.mode=loop", "--config.execution.scan_length=5"]
-    )
+    a, _ = cli.parse_sim(["--config.agent.update_mode=loop", "--config.agent.scan_length=5"])
+    b, _ = cli.parse_sim(["--config.execution.mode=loop", "--config.execution.scan_length=5"])
     assert a == b and (a.execution.mode, a.execution.scan_length) == ("loop", 5)
 
 
@@ -132,9 +122,9 @@ def test_today_paths_and_legacy_flat_keys_reach_the_same_field(launcher):
         (["--config.loop.no_such=1"], "unknown config key 'loop.no_such'"),
     ],
 )
-def test_bad_flags_give_clear_errors(launcher, capsys, argv, message):
+def test_bad_flags_give_clear_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as excinfo:
-        launcher.main(["--env", "demo", *argv])
+        cli.main_sim(["--env", "demo", *argv])
     assert excinfo.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -152,11 +142,11 @@ def test_unknown_learner_option_names_the_valid_ones():
         assert na.learner_config().discount == 0.9
 
 
-def test_dsrl_na_is_built_with_the_steering(launcher):
+def test_dsrl_na_is_built_with_the_steering():
     from dsrl.agents.noise_aliasing import NoiseAliasingLearner
     from dsrl.envs.demo import DemoEnv
 
-    config, _ = launcher.parse_config(
+    config, _ = cli.parse_sim(
         ["--env", "demo", "--algorithm", "dsrl_na", "--resize_image", "16", "--hidden_dims", "16"]
     )
     steering = make_steering(config, make_base_policy(config))
@@ -207,14 +197,14 @@ def test_plot_run_draws_success_vs_env_steps(tmp_path):
 
 
 @pytest.mark.parametrize("script, env", [("run_libero.sh", "libero"), ("run_aloha.sh", "aloha")])
-def test_run_scripts_pass_the_preset_values_through_the_launcher(launcher, script, env):
+def test_run_scripts_pass_the_preset_values_through_the_launcher(script, env):
     """The shell scripts' flags parse and agree with the presets (so neither drifts)."""
     text = (ROOT / "scripts" / script).read_text()
     body = text.split("examples/launch_train_sim.py", 1)[1].split('"$@"', 1)[0]
     argv = [t for t in body.replace("\\\n", " ").split() if t != "\\"]
     argv = ["/tmp/logs" if t == '"$LOGDIR"' else t for t in argv]
-    from_script, _ = launcher.parse_config(argv)
-    preset, _ = launcher.parse_config(["--env", env])
+    from_script, _ = cli.parse_sim(argv)
+    preset, _ = cli.parse_sim(["--env", env])
     for key in ("batch_size", "discount", "max_steps", "multi_grad_step",
                 "start_online_updates", "eval_interval", "seed"):  # fmt: skip
         assert getattr(from_script.loop, key) == getattr(preset.loop, key), key
@@ -283,7 +273,7 @@ def test_corrupt_or_newer_config_json_is_named_in_the_error(tmp_path, capsys):
         load_config(resume=run_dir)
     (run_dir / "config.json").write_text("[1, 2]")
     with pytest.raises(SystemExit) as excinfo:
-        launcher_main(["--resume", str(run_dir)])
+        cli.main_sim(["--resume", str(run_dir)])
     assert excinfo.value.code == 2
     err = capsys.readouterr().err
     assert str(run_dir / "config.json") in err and "not a config mapping" in err
@@ -329,15 +319,6 @@ def test_a_version_1_config_json_reads_as_todays_config(tmp_path):
     assert load_config(resume=run_dir) == today
 
 
-def launcher_main(argv):
-    spec = importlib.util.spec_from_file_location(
-        "launch_train_sim_main", ROOT / "examples" / "launch_train_sim.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
-
-
 def _tiny_demo(logdir: Path, *extra: str) -> list[str]:
     return [
         "--env", "demo", "--logdir", str(logdir), "--no_progress", "--wandb_mode", "disabled",
@@ -353,7 +334,7 @@ def test_a_failed_resume_leaves_config_json_and_the_run_as_they_were(tmp_path, c
     with a clear error and does not touch config.json; the plain resume then still works, and
     only then is config.json rewritten (with the values given again)."""
     argv = _tiny_demo(tmp_path, "--max_steps", "8", "--checkpoint_interval", "4")
-    assert launcher_main(argv) == 0
+    assert cli.main_sim(argv) == 0
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     saved = (run_dir / "config.json").read_bytes()
     assert json.loads(saved)["version"] == CONFIG_VERSION
@@ -364,11 +345,11 @@ def test_a_failed_resume_leaves_config_json_and_the_run_as_they_were(tmp_path, c
         (["--env", "libero"], "does not match the resumed run's env 'demo'"),
     ]:
         with pytest.raises(SystemExit) as excinfo:
-            launcher_main(["--resume", str(run_dir), "--no_progress", *bad])
+            cli.main_sim(["--resume", str(run_dir), "--no_progress", *bad])
         assert excinfo.value.code == 2
         assert message in capsys.readouterr().err, bad
         assert (run_dir / "config.json").read_bytes() == saved, bad
-    assert launcher_main(["--resume", str(run_dir), "--no_progress", "--max_steps", "12"]) == 0
+    assert cli.main_sim(["--resume", str(run_dir), "--no_progress", "--max_steps", "12"]) == 0
     assert "resumed" in capsys.readouterr().out
     assert load_config(resume=run_dir).loop.max_steps == 12
     steps = [int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]
@@ -383,7 +364,7 @@ def test_a_run_directory_written_before_the_run_config_resumes(tmp_path, capsys)
     run_dir = tmp_path / "run"
     shutil.copytree(ROOT / "tests" / "data" / "run_v1_demo", run_dir)
     assert "version" not in json.loads((run_dir / "config.json").read_text())
-    assert launcher_main(["--resume", str(run_dir), "--max_steps", "12", "--no_progress"]) == 0
+    assert cli.main_sim(["--resume", str(run_dir), "--max_steps", "12", "--no_progress"]) == 0
     out = capsys.readouterr().out
     assert f"resumed {run_dir} at gradient step 8, 184 env steps, buffer 27" in out
     config = load_config(resume=run_dir)
@@ -411,20 +392,15 @@ def test_run_real_sh_flags_parse_to_the_real_preset(tmp_path):
         )  # fmt: skip
         return out.stdout.splitlines()
 
-    spec = importlib.util.spec_from_file_location(
-        "launch_train_real_flags", ROOT / "examples" / "launch_train_real.py"
-    )
-    real = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(real)
-    from_script, _ = real.parse_config(script_args("--seed", "3"))
-    preset, _ = real.parse_config([])
+    from_script, _ = cli.parse_real(script_args("--seed", "3"))
+    preset, _ = cli.parse_real([])
     assert from_script.loop == dataclasses.replace(preset.loop, seed=3)  # "$@" wins
     assert from_script.steering == preset.steering
     assert from_script.learner_config() == preset.learner_config()
     assert (from_script.env.robot, from_script.base_policy.remote) == ("droid", "127.0.0.1:8000")
     assert str(from_script.env.kwargs["wrist_camera_id"]) == "3"
     # ROBOT=sim: the rehearsal's CPU-sized learner, and "$@" still wins over it.
-    rehearsal, _ = real.parse_config(script_args("--batch_size", "64", robot="sim"))
+    rehearsal, _ = cli.parse_real(script_args("--batch_size", "64", robot="sim"))
     assert rehearsal.env.robot == "sim" and rehearsal.loop.batch_size == 64
     assert rehearsal.learner_config().hidden_dims == (256, 256, 256)
     assert rehearsal.loop.first_update_grad_steps == 60 and rehearsal.env.image_size == 64

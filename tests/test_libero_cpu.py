@@ -11,10 +11,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from run_parts import load_script  # noqa: E402
 
 from dsrl.base_policies.flow_mlp import LIBERO_ASSET_DIR, FlowMLPPolicy  # noqa: E402
 from dsrl.envs.libero_scripted import POLICY_STATE_DIM, ScriptedPickPlace  # noqa: E402
+from dsrl.training.cli import main_sim  # noqa: E402
 from dsrl.utils.logging import read_metrics  # noqa: E402
 
 # The shipped policy's params.npz, as made by scripts/pretrain_flow_mlp_libero.py (README). A new
@@ -80,14 +80,13 @@ def test_dsrl_lifts_the_shipped_policy_on_real_libero(tmp_path, capsys):
     evaluation layouts the base policy with i.i.d. noise succeeds 0.2-0.6 and the untrained
     actor's mode fails; after training the actor's mode succeeds on at least 0.8 of them, 0.3 or
     more above the base. The launcher then prints the base-vs-steered table and writes the plot."""
-    launcher = load_script("examples/launch_train_sim.py", "launch_train_sim_libero_cpu")
     argv = [
         "--env", "libero_cpu", "--logdir", str(tmp_path), "--no_progress",
         "--wandb_mode", "disabled", "--max_steps", str(CI_GRAD_STEPS),
         "--eval_interval", str(CI_GRAD_STEPS), "--eval_episodes", "20",
         "--config.loop.num_video_episodes=0", "--config.loop.checkpoint_interval=100000",
     ]  # fmt: skip
-    assert launcher.main(argv) == 0
+    assert main_sim(argv) == 0
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     rows = read_metrics(run_dir)
     evals = [r for r in rows if "evaluation_mode/success_rate" in r]

@@ -15,13 +15,14 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from run_parts import load_script, write_tiny_libero_pi0  # noqa: E402
+from run_parts import write_tiny_libero_pi0  # noqa: E402
 
 from dsrl.base_policies.pi0 import Pi0Policy  # noqa: E402
 from dsrl.base_policies.pi0.config import Pi0Config  # noqa: E402
 from dsrl.envs import make_env  # noqa: E402
 from dsrl.training import loop  # noqa: E402
 from dsrl.training.build import make_agent, make_steering  # noqa: E402
+from dsrl.training.cli import main_sim  # noqa: E402
 from dsrl.training.config_io import load_config  # noqa: E402
 from dsrl.utils.checkpoints import RunCheckpointer  # noqa: E402
 from dsrl.utils.logging import read_metrics  # noqa: E402
@@ -74,9 +75,8 @@ def _argv(logdir: Path, ckpt: Path, tokenizer: Path) -> list[str]:
 @pytest.mark.slow
 def test_launcher_steers_tiny_pi0_on_real_libero(tmp_path, pi0_files):
     ckpt, tokenizer = pi0_files
-    launcher = load_script("examples/launch_train_sim.py")
     argv = _argv(tmp_path / "runs", ckpt, tokenizer)
-    assert launcher.main(argv) == 0
+    assert main_sim(argv) == 0
     (run_dir,) = list((tmp_path / "runs").iterdir())
 
     # -- metrics: evaluation at step 0 (actor and base policy) and at the end, training rows.

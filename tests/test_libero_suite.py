@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 
 pytest.importorskip("libero")
 
-from run_parts import load_script, write_tiny_libero_pi0  # noqa: E402
+from run_parts import write_tiny_libero_pi0  # noqa: E402
 
 from dsrl.envs import libero_suite  # noqa: E402
 from dsrl.training import (
@@ -81,12 +81,11 @@ def test_workers_get_the_tasks_round_robin_or_draw_them_per_episode():
 
 
 def test_a_bad_task_selection_stops_the_launch_before_any_work(tmp_path, capsys):
-    launcher = load_script("examples/launch_train_sim.py")
     logdir = tmp_path / "runs"
     argv = ["--env", "libero", "--logdir", str(logdir), f"--config.env.kwargs.suite={SUITE}",
             "--config.env.kwargs.tasks=[0,10]", "--num_envs", "2"]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
-        launcher.main(argv)
+        cli.main_sim(argv)
     assert exit_info.value.code == 2
     assert "task id(s) [10] out of range: libero_spatial has 10 tasks (ids 0..9)" in (
         capsys.readouterr().err
@@ -216,9 +215,8 @@ def _spy_on_queries(run, monkeypatch) -> list[dict]:
 def test_a_run_over_two_libero_tasks_logs_success_per_task_and_resumes(
     tmp_path, pi0_files, monkeypatch, capsys
 ):
-    launcher = load_script("examples/launch_train_sim.py")
     logdir = tmp_path / "runs"
-    run, _ = cli.start(launcher.build_parser(), _argv(logdir, *pi0_files), preset="demo")
+    run, _ = cli.start(cli.sim_parser(), _argv(logdir, *pi0_files), preset="demo")
     with run:
         assert run.agent.observation_spec == (("pixels", (64, 64, 3)), ("state", (STATE_DIM,)))
         seen = _spy_on_queries(run, monkeypatch)
@@ -258,7 +256,7 @@ def test_a_run_over_two_libero_tasks_logs_success_per_task_and_resumes(
     # Resume: the same task conditioning, the run goes on from its checkpoint (the 2 gradient
     # steps still owed to the collected data; no evaluation, to keep the test short).
     resumed, _ = cli.start(
-        launcher.build_parser(),
+        cli.sim_parser(),
         ["--resume", str(run_dir), "--max_steps", "4", "--eval_episodes", "0", "--no_progress"],
         preset="demo",
     )
@@ -278,7 +276,7 @@ def test_the_libero_spatial_script_parses_to_rlinfs_settings():
     script = (ROOT / "scripts" / "run_libero_spatial.sh").read_text()
     flags = script.split("launch_train_sim.py")[1].split('"$@"')[0].replace("\\\n", " ")
     argv = [a for a in shlex.split(flags) if "LOGDIR" not in a and a != "--logdir"]
-    config, _ = load_script("examples/launch_train_sim.py").parse_config(argv)
+    config, _ = cli.parse_sim(argv)
     assert config.env.kwargs["suite"] == SUITE and config.env.kwargs["tasks"] == "all"
     assert config.env.kwargs["task_sampling"] == "per_episode" and config.env.num_envs == 16
     assert config.env.kwargs["max_episode_steps"] == 240 and config.steering.query_freq == 5

@@ -16,7 +16,6 @@ import jax
 import numpy as np
 import pytest
 from fault_loop_parts import small_learner
-from run_parts import load_script
 
 from dsrl.agents.spec import TransitionSpec
 from dsrl.base_policies.flow_mlp import FlowMLPPolicy
@@ -24,7 +23,7 @@ from dsrl.data.replay_buffer import ReplayBuffer
 from dsrl.envs.demo import DemoEnv
 from dsrl.envs.vector import VectorEnv
 from dsrl.steering import Steering, make_noise_param
-from dsrl.training import loop
+from dsrl.training import cli, loop
 from dsrl.training.build import make_agent, make_steering
 from dsrl.training.config_io import load_config
 from dsrl.training.rollout import run_episodes
@@ -402,8 +401,7 @@ def test_launcher_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
 def test_dsrl_lifts_demo_success_above_the_base_policy(tmp_path, capsys):
     """LEARNING: the demo preset, fixed seed. The steered deterministic policy must clearly beat
     the frozen base policy (~0.5) within a CI budget."""
-    launcher = load_script("examples/launch_train_sim.py")
-    assert launcher.main(["--env", "demo", "--logdir", str(tmp_path), "--no_progress"]) == 0
+    assert cli.main_sim(["--env", "demo", "--logdir", str(tmp_path), "--no_progress"]) == 0
     out = capsys.readouterr().out
     assert "DSRL, deterministic (actor mode)" in out
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]

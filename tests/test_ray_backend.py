@@ -20,11 +20,10 @@ import numpy as np
 import pytest
 from fault_loop_parts import demo_steering, replay_buffer, small_learner
 from faulty_demo_env import FaultyDemoEnv
-from run_parts import load_script
 
 from dsrl.envs import make_env
 from dsrl.envs.vector import VectorEnv
-from dsrl.training import loop
+from dsrl.training import cli, loop
 from dsrl.training.rollout import run_episodes
 from dsrl.utils.logging import RunLogger, read_metrics
 
@@ -255,14 +254,13 @@ def test_launcher_run_on_ray_env_workers_and_a_ray_base_policy(
     Ray actor (the run that used to hang: the policy actor no longer takes a CPU from the env
     workers). DSRL-NA gets its distillation targets from aliases stored at each query (one
     multi-noise call to the actor), never from the actor inside its update."""
-    launcher = load_script("examples/launch_train_sim.py")
     argv = [
         "--env", "demo", "--env_backend", "ray", "--config.base_policy.ray=true",
         "--num_envs", "2", "--max_steps", "32", "--start_online_updates", "30",
         "--eval_interval", "1000", "--eval_episodes", "2", "--logdir", str(tmp_path),
         "--no_progress", "--config.loop.num_video_episodes=0", "--algorithm", algorithm,
     ] + (["--num_aliases", "4"] if algorithm == "dsrl_na" else [])  # fmt: skip
-    assert launcher.main(argv) == 0
+    assert cli.main_sim(argv) == 0
     (run_dir,) = tmp_path.iterdir()
     rows = read_metrics(run_dir)
     assert rows[-1]["env_steps"] > 0 and rows[-1]["env/worker_restarts"] == 0

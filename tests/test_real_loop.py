@@ -11,7 +11,6 @@ import threading
 
 import numpy as np
 import pytest
-from run_parts import load_script
 
 from dsrl.envs.droid import (
     DroidConfig,
@@ -21,6 +20,7 @@ from dsrl.envs.droid import (
     make_robot_env,
 )
 from dsrl.envs.keyboard import ScriptedKeyboard, TerminalKeyboard
+from dsrl.training.cli import main_real
 
 IDS = {"left_camera_id": "111", "right_camera_id": "222", "wrist_camera_id": "333"}
 
@@ -170,10 +170,6 @@ class DroidKeyedPolicy:
         return np.tanh(0.5 * noise[..., :8] + joints[:, None, :1]).astype(np.float32)
 
 
-def _launcher():
-    return load_script("examples/launch_train_real.py", "dsrl_launch_train_real")
-
-
 @pytest.mark.slow
 def test_real_loop_end_to_end_with_resume(tmp_path):
     pytest.importorskip(
@@ -182,7 +178,6 @@ def test_real_loop_end_to_end_with_resume(tmp_path):
     from dsrl.serving import PolicyServer
     from dsrl.utils.logging import read_metrics
 
-    launcher = _launcher()
     with PolicyServer(DroidKeyedPolicy(), port=0).running() as server:
         argv = [
             "--robot", "sim", "--pi0_remote", f"127.0.0.1:{server.port}",
@@ -196,7 +191,7 @@ def test_real_loop_end_to_end_with_resume(tmp_path):
         # Episode 1: operator presses q at step 3 and labels success; episode 2 runs out its
         # 20 steps and is labelled a failure.
         kb = ScriptedKeyboard(answers=["\n", "1", "\n", "0"], polls=[None, None, "q"])
-        assert launcher.main(argv, keyboard=kb) == 0
+        assert main_real(argv, keyboard=kb) == 0
         (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
         assert sum("Success?" in p for p in kb.prompts) == 2
         rows = read_metrics(run_dir)
@@ -210,7 +205,7 @@ def test_real_loop_end_to_end_with_resume(tmp_path):
         # Resume from the run directory: counters and buffer continue.
         kb2 = ScriptedKeyboard(answers=["\n", "1"])
         assert (
-            launcher.main(
+            main_real(
                 ["--resume", str(run_dir), "--max_steps", "14", "--no_progress"], keyboard=kb2
             )
             == 0
@@ -230,7 +225,6 @@ def test_real_launcher_rejects_in_update_dsrl_na_on_a_policy_server_before_train
     and leaves no run directory. (By default DSRL-NA stores aliases with such a policy.)"""
     from dsrl.serving import PolicyServer
 
-    launcher = _launcher()
     with PolicyServer(DroidKeyedPolicy(), port=0).running() as server:
         kb = ScriptedKeyboard(answers=["\n", "1"])
         argv = [
@@ -241,7 +235,7 @@ def test_real_launcher_rejects_in_update_dsrl_na_on_a_policy_server_before_train
             "--no_progress", "--config.env_kwargs.control_hz=0",
         ]  # fmt: skip
         with pytest.raises(SystemExit) as excinfo:
-            launcher.main(argv, keyboard=kb)
+            main_real(argv, keyboard=kb)
     assert excinfo.value.code == 2
     err = capsys.readouterr().err
     assert "pure-JAX sampler" in err and "--algorithm pixel_sac" in err

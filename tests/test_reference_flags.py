@@ -9,7 +9,6 @@ import shlex
 
 import numpy as np
 import pytest
-from run_parts import load_script
 
 from dsrl.envs.keyboard import ScriptedKeyboard
 from dsrl.training import cli
@@ -40,28 +39,14 @@ HORIZON_50 = ["--config.base_policy.action_horizon=50"]
 IDS = ["--left_camera_id", "111", "--right_camera_id", "222", "--wrist_camera_id", "333"]
 
 
-def _load(name: str):
-    return load_script(f"examples/{name}.py", f"ref_{name}")
-
-
-@pytest.fixture(scope="module")
-def sim():
-    return _load("launch_train_sim")
-
-
-@pytest.fixture(scope="module")
-def real():
-    return _load("launch_train_real")
-
-
 @pytest.mark.parametrize("script", ["libero", "aloha", "real"])
-def test_reference_flag_lines_parse_unchanged(sim, real, script):
-    launcher = real if script == "real" else sim
-    config, _ = launcher.parse_config(shlex.split(REFERENCE[script]) + TINY_PI0 + HORIZON_50)
-    preset, _ = launcher.parse_config([])
+def test_reference_flag_lines_parse_unchanged(script):
+    parse = cli.parse_real if script == "real" else cli.parse_sim
+    config, _ = parse(shlex.split(REFERENCE[script]) + TINY_PI0 + HORIZON_50)
+    preset, _ = parse([])
     preset_for = {"libero": "libero", "aloha": "aloha", "real": None}[script]
     if preset_for:
-        preset, _ = launcher.parse_config(["--env", preset_for])
+        preset, _ = parse(["--env", preset_for])
     assert config.steering == preset.steering
     assert config.loop.batch_size == 256 and config.loop.max_steps == preset.loop.max_steps
     assert config.learner_config() == preset.learner_config()
@@ -70,12 +55,12 @@ def test_reference_flag_lines_parse_unchanged(sim, real, script):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script, action_dim", [("libero", 7), ("aloha", 14)])
-def test_sim_flag_lines_build_a_run_with_a_tiny_50_step_pi0(sim, tmp_path, script, action_dim):
+def test_sim_flag_lines_build_a_run_with_a_tiny_50_step_pi0(tmp_path, script, action_dim):
     """The whole run is built (a real LIBERO / Aloha worker, a tiny Pi0 with the reference's
     50-step chunk so --query_freq 20 / 50 fits, the reference's learner) and Pi0 is queried."""
     pytest.importorskip({"libero": "libero", "aloha": "gym_aloha"}[script])
     argv = shlex.split(REFERENCE[script]) + TINY_PI0 + HORIZON_50 + ["--logdir", str(tmp_path)]
-    run, _ = cli.start(sim.build_parser(), argv, preset="demo")
+    run, _ = cli.start(cli.sim_parser(), argv, preset="demo")
     with run:
         assert run.steering.base_policy.noise_shape == (50, 32)
         assert run.config.learner_config().num_qs == 10
@@ -89,11 +74,11 @@ def test_sim_flag_lines_build_a_run_with_a_tiny_50_step_pi0(sim, tmp_path, scrip
 
 
 @pytest.mark.slow
-def test_real_flag_line_builds_on_the_simulated_robot(real, tmp_path, capsys):
+def test_real_flag_line_builds_on_the_simulated_robot(tmp_path, capsys):
     argv = shlex.split(REFERENCE["real"]) + TINY_PI0 + ["--robot", "sim", *IDS]
     kb = ScriptedKeyboard(answers=[])
     run, _ = cli.start(
-        real.build_parser(), [*argv, "--logdir", str(tmp_path)], preset="real", keyboard=kb
+        cli.real_parser(), [*argv, "--logdir", str(tmp_path)], preset="real", keyboard=kb
     )
     with run:
         assert run.config.env.name == "droid" and run.config.loop.eval_interval == 2000
@@ -102,22 +87,22 @@ def test_real_flag_line_builds_on_the_simulated_robot(real, tmp_path, capsys):
     assert "--eval_interval does nothing" in capsys.readouterr().out
 
 
-def test_action_horizon_on_a_base_policy_without_one_is_rejected(sim, capsys):
+def test_action_horizon_on_a_base_policy_without_one_is_rejected(capsys):
     with pytest.raises(ConfigError, match="local Pi0 only"):
-        sim.parse_config(["--env", "demo", *HORIZON_50])
+        cli.parse_sim(["--env", "demo", *HORIZON_50])
     with pytest.raises(ConfigError, match="policy server"):
-        sim.parse_config(["--env", "libero", "--pi0_remote", "127.0.0.1:8000", *HORIZON_50])
+        cli.parse_sim(["--env", "libero", "--pi0_remote", "127.0.0.1:8000", *HORIZON_50])
     with pytest.raises(SystemExit):
-        sim.main(["--env", "demo", *HORIZON_50])
+        cli.main_sim(["--env", "demo", *HORIZON_50])
     assert "remove --config.base_policy.action_horizon" in capsys.readouterr().err
 
 
-def test_encoder_flags_reach_the_learner(sim, capsys):
+def test_encoder_flags_reach_the_learner(capsys):
     argv = ["--env", "demo", "--cnn_features", "8", "8", "8", "--cnn_strides", "2", "1", "1",
             "--cnn_padding", "SAME", "--latent_dim", "24", "--dropout_rate", "0.1",
             "--aug_next", "0", "--use_spatial_softmax", "1", "--softmax_temperature", "-1",
             "--use_bottleneck", "1", "--num_cameras", "1"]  # fmt: skip
-    config, args = sim.parse_config(argv)
+    config, args = cli.parse_sim(argv)
     learner = config.learner_config()
     assert learner.cnn_features == (8, 8, 8) and learner.cnn_strides == (2, 1, 1)
     assert (learner.cnn_padding, learner.bottleneck_dim, learner.dropout_rate) == ("SAME", 24, 0.1)
@@ -132,23 +117,23 @@ def test_encoder_flags_reach_the_learner(sim, capsys):
     agent = make_agent(config, spec, steering)
     assert "log_temperature" in str(agent.critic.params)
 
-    ignored, args = sim.parse_config(
+    ignored, args = cli.parse_sim(
         ["--env", "demo", "--encoder_norm", "group", "--softmax_temperature", "2", "--suffix", "x"]
     )
     lines = notices(ignored, args)
     assert len(lines) == 3 and all("does nothing" in line for line in lines)
     with pytest.raises(SystemExit):
-        sim.main(["--env", "demo", "--use_bottleneck", "0"])
+        cli.main_sim(["--env", "demo", "--use_bottleneck", "0"])
     assert "--use_bottleneck 0 is not supported" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        sim.main(["--env", "demo", "--num_cameras", "3", "--logdir", "/tmp/unused_dsrl_runs"])
+        cli.main_sim(["--env", "demo", "--num_cameras", "3", "--logdir", "/tmp/unused_dsrl_runs"])
     assert "--num_cameras 3 expects 9 pixel channels" in capsys.readouterr().err
 
 
-def test_add_states_0_drops_the_agent_state_but_not_the_base_policys(sim, tmp_path):
+def test_add_states_0_drops_the_agent_state_but_not_the_base_policys(tmp_path):
     argv = ["--env", "demo", "--add_states", "0", "--logdir", str(tmp_path),
             "--wandb_mode", "disabled"]  # fmt: skip
-    run, _ = cli.start(sim.build_parser(), argv, preset="demo")
+    run, _ = cli.start(cli.sim_parser(), argv, preset="demo")
     with run:
         assert run.vec_env.spec.observation_spec["state"][0] == (0,)
         assert run.agent.observation_spec == (("pixels", (32, 32, 3)), ("state", (0,)))

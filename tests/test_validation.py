@@ -13,18 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from run_parts import load_script
 
 from dsrl.training import validation
 from dsrl.training.build import build_run
+from dsrl.training.cli import main_sim
 from dsrl.training.config_io import load_config, write_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def launcher():
-    return load_script("examples/launch_train_sim.py")
 
 
 @pytest.mark.parametrize(
@@ -42,10 +37,10 @@ def launcher():
         ),
     ],
 )
-def test_bad_values_are_one_line_before_any_work(launcher, capsys, tmp_path, argv, message):
+def test_bad_values_are_one_line_before_any_work(capsys, tmp_path, argv, message):
     logdir = tmp_path / "logs"
     with pytest.raises(SystemExit) as info:
-        launcher.main(["--env", "demo", "--logdir", str(logdir), *argv])
+        main_sim(["--env", "demo", "--logdir", str(logdir), *argv])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
@@ -76,19 +71,19 @@ def _saved_run(tmp_path: Path, **change) -> Path:
     return run_dir
 
 
-def test_resume_with_another_algorithm_names_the_mismatch(launcher, capsys, tmp_path):
+def test_resume_with_another_algorithm_names_the_mismatch(capsys, tmp_path):
     run_dir = _saved_run(tmp_path)
     with pytest.raises(SystemExit):
-        launcher.main(["--resume", str(run_dir), "--algorithm", "dsrl_na"])
+        main_sim(["--resume", str(run_dir), "--algorithm", "dsrl_na"])
     err = capsys.readouterr().err
     assert "--algorithm dsrl_na" in err and "trained with --algorithm pixel_sac" in err
     assert "drop --algorithm" in err and "skipped" not in err
 
 
-def test_wrong_type_in_config_json_names_the_file(launcher, capsys, tmp_path):
+def test_wrong_type_in_config_json_names_the_file(capsys, tmp_path):
     run_dir = _saved_run(tmp_path, loop={"batch_size": "big"})
     with pytest.raises(SystemExit):
-        launcher.main(["--resume", str(run_dir)])
+        main_sim(["--resume", str(run_dir)])
     err = capsys.readouterr().err
     assert f"{run_dir / 'config.json'}: loop.batch_size must be an integer" in err
 
@@ -114,13 +109,13 @@ def _hold(run_dir: Path) -> subprocess.Popen:
     return holder
 
 
-def test_second_launcher_on_a_run_directory_is_refused(launcher, capsys, tmp_path):
+def test_second_launcher_on_a_run_directory_is_refused(capsys, tmp_path):
     run_dir = _saved_run(tmp_path)
     first = _hold(run_dir)
     try:
         before = sorted(p.name for p in run_dir.iterdir())
         with pytest.raises(SystemExit) as info:
-            launcher.main(["--resume", str(run_dir)])
+            main_sim(["--resume", str(run_dir)])
         assert info.value.code == 1
         err = capsys.readouterr().err
         assert f"is in use by another run (PID {first.pid} on host" in err

@@ -1,4 +1,5 @@
-"""The command line of both launchers (`examples/launch_train_sim.py`, `launch_train_real.py`).
+"""The command line of both launchers: `main_sim` (`examples/launch_train_sim.py`) and `main_real`
+(`examples/launch_train_real.py`), which are thin files calling these.
 
 `make_parser` takes the reference's flag names (`dsrl.training.flags`) and the eval-only flags;
 `start` parses a command line into a RunConfig (`dsrl.training.config_io.load_config`) and builds
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from dsrl import presets
 from dsrl.steering import MODES as NOISE_MODES
 from dsrl.training import eval_only, failures
 from dsrl.training.build import build_run
@@ -20,6 +24,9 @@ from dsrl.training.config import ALGORITHMS, ENV_MODES, WANDB_MODES, RunConfig
 from dsrl.training.config_io import load_config
 from dsrl.training.flags import FLAGS, IGNORED_FLAGS, LIST_FLAGS, REAL_FLAGS, ConfigError
 from dsrl.training.smoke import smoke_overrides
+
+SIM_PRESETS = sorted(name for name, module in presets.PRESETS.items() if module != "real")
+REAL_PRESETS = sorted(name for name, module in presets.PRESETS.items() if module == "real")
 
 # The choices argparse offers for a flag, by the RunConfig path it sets.
 CHOICES = {
@@ -150,3 +157,88 @@ def start(
             return build_run(config, args.resume, log=log, **kwargs), args
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
+# ------------------------------------------------------------------------ the two launchers
+def sim_parser() -> argparse.ArgumentParser:
+    """The simulation launcher's flags: the reference's (`FLAGS`) and `--env <preset>`."""
+    parser = make_parser(
+        "Launch DSRL training in simulation (the embedded demo, LIBERO or Aloha).", FLAGS
+    )
+    parser.add_argument("--env", choices=SIM_PRESETS, default=None, help="the preset (demo)")
+    return parser
+
+
+def real_parser() -> argparse.ArgumentParser:
+    """The real-robot launcher's flags: the simulation ones plus the robot's (`REAL_FLAGS`)."""
+    parser = make_parser(
+        "Launch DSRL on a real Franka with DROID, Pi0-DROID served from a GPU box.",
+        {**FLAGS, **REAL_FLAGS},
+    )
+    # The reference's run_real.sh passes --env franka_droid; every name is the real preset.
+    parser.add_argument("--env", choices=REAL_PRESETS, default=None, help="the preset (real)")
+    return parser
+
+
+def parse_sim(argv: Sequence[str] | None = None) -> tuple[RunConfig, argparse.Namespace]:
+    """(RunConfig, parsed flags) of a simulation command line, without building anything."""
+    return parse_args(sim_parser(), argv, preset="demo")
+
+
+def parse_real(argv: Sequence[str] | None = None) -> tuple[RunConfig, argparse.Namespace]:
+    """(RunConfig, parsed flags) of a real-robot command line, without building anything."""
+    return parse_args(real_parser(), argv, preset="real")
+
+
+def demo_summary(result: Any, run_dir: Path) -> str:
+    """Base vs steered success table (and the success plot written next to it)."""
+    from dsrl.training.plots import plot_success
+
+    first, last = result.evaluations[0], result.evaluations[-1]
+    rows = [
+        ("base policy, i.i.d. noise", first.get("evaluation_base_iid/success_rate")),
+        ("base policy, warm-up noise family", first.get("evaluation_base_warmup/success_rate")),
+        ("DSRL, deterministic (actor mode)", last.get("evaluation_mode/success_rate")),
+        ("DSRL, sampled latents", last.get("evaluation/success_rate")),
+    ]
+    lines = [f"{'policy':<36} success", "-" * 44]
+    lines += [f"{name:<36} {value:.2f}" for name, value in rows if value is not None]
+    png = plot_success(run_dir, run_dir / "success_vs_env_steps.png")
+    lines += [
+        f"after {int(last['env_steps'])} env steps, {int(last['step'])} gradient steps, "
+        f"{result.time['time/total_s']:.0f} s",
+        f"plot: {png}",
+    ]
+    return "\n".join(lines)
+
+
+def main_sim(argv: Sequence[str] | None = None) -> int:
+    """`examples/launch_train_sim.py`: train (or `--eval_only` evaluate) in simulation."""
+    run, args = start(sim_parser(), argv, preset="demo")
+    if args.eval_only:  # evaluated already; `run` is the EvalOnlyResult
+        return 0
+    begin = time.perf_counter()
+    # A full disk or a diverged run ends in one line (the traceback goes to the run dir).
+    with run, failures.one_line_failures(run.run_dir, prog="launch_train_sim.py"):
+        result = run.train()
+    print(f"[dsrl] done in {time.perf_counter() - begin:.0f} s; metrics: {run.run_dir}")
+    if result.evaluations:
+        print(demo_summary(result, run.run_dir))
+    return 0
+
+
+def main_real(argv: Sequence[str] | None = None, *, keyboard: Any = None, robot: Any = None) -> int:
+    """`examples/launch_train_real.py`: train on the robot. `keyboard` defaults to the terminal,
+    `robot` to DROID's RobotEnv (or the simulated one with `--robot sim`); tests pass scripted
+    ones."""
+    run, args = start(real_parser(), argv, preset="real", keyboard=keyboard, robot=robot)
+    if args.eval_only:  # evaluated already; `run` is the EvalOnlyResult
+        return 0
+    with run, failures.one_line_failures(run.run_dir, prog="launch_train_real.py"):
+        result = run.train()
+    print(
+        f"[dsrl] done: {result.state.num_online_trajs} trajectories, "
+        f"{result.state.grad_steps} gradient steps",
+        flush=True,
+    )
+    return 0
