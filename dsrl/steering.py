@@ -101,6 +101,14 @@ class NoiseParam:
         return rng.standard_normal((batch, *self.noise_shape)).astype(np.float32)
 
 
+def check_action_magnitude(action_magnitude: Any) -> None:
+    """The latent bound's one rule (the steering owns the bound; the run config and the learner
+    receive it): a finite number > 0."""
+    ok = isinstance(action_magnitude, int | float) and not isinstance(action_magnitude, bool)
+    if not (ok and 0 < action_magnitude < float("inf")):
+        raise ValueError(f"action_magnitude must be a finite number > 0, got {action_magnitude!r}")
+
+
 def make_noise_param(
     mode: str,
     noise_shape: tuple[int, int],
@@ -120,8 +128,7 @@ def make_noise_param(
         raise ValueError(f"Unknown noise mode {mode!r}; choose one of {MODES}.")
     if len(noise_shape) != 2 or min(noise_shape) < 1:
         raise ValueError(f"noise_shape must be (horizon, noise_dim), got {noise_shape}.")
-    if not 0 < action_magnitude < float("inf"):
-        raise ValueError(f"action_magnitude must be a finite number > 0, got {action_magnitude}.")
+    check_action_magnitude(action_magnitude)
     horizon, noise_dim = (int(n) for n in noise_shape)
     controlled = noise_dim if controlled_dims is None else int(controlled_dims)
     if not 1 <= controlled <= noise_dim:
@@ -161,6 +168,11 @@ class Steering:
     @property
     def latent_dim(self) -> int:
         return self.noise_param.latent_dim
+
+    @property
+    def action_magnitude(self) -> float:
+        """The bound on the agent's latent: the learner's tanh-Gaussian is scaled to it."""
+        return self.noise_param.action_magnitude
 
     # Noise sources -----------------------------------------------------------------------------
     def agent_source(self, act: Callable[[AgentObservation], Any]) -> NoiseSource:

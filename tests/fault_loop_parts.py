@@ -29,10 +29,15 @@ def small_learner(spec, steering: Steering, seed: int = 0):
         cnn_features=(8,),
         cnn_strides=(2,),
         bottleneck_dim=8,
-        action_magnitude=ACTION_MAGNITUDE,
         color_jitter=False,
     )
-    return PixelSACLearner.create(seed, spec.observation_spec, steering.latent_dim, cfg)
+    return PixelSACLearner.create(
+        seed,
+        spec.observation_spec,
+        steering.latent_dim,
+        cfg,
+        action_magnitude=steering.action_magnitude,
+    )
 
 
 def replay_buffer(spec, steering: Steering, seed: int = 0) -> ReplayBuffer:

@@ -116,7 +116,7 @@ def test_the_real_robot_receives_the_smoothed_chunks():
     """The DROID env (simulated robot) behind the inline VectorEnv that build_run makes for a
     real run: the robot is sent the capped actions."""
     cfg = DroidConfig(
-        left_camera_id="1", right_camera_id="2", wrist_camera_id="3", agent_image_size=32,
+        left_camera_id="1", right_camera_id="2", wrist_camera_id="3", image_size=32,
         control_hz=0, max_episode_steps=12,
     )  # fmt: skip
     robot = SimulatedRobotEnv(cfg.camera_ids())

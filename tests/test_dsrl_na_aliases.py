@@ -43,7 +43,6 @@ def small_config(**overrides) -> NoiseAliasingConfig:
         color_jitter=False,
         crop_padding=2,  # augmentation on: both paths must draw the same crops
         aug_next=False,
-        action_magnitude=1.5,
         num_qs=2,
     )
     return NoiseAliasingConfig(**{**values, **overrides})
@@ -57,6 +56,7 @@ def demo_learner(policy: FlowMLPPolicy, query_freq: int, **overrides) -> NoiseAl
         spec,
         noise_param.latent_dim,
         small_config(**overrides),
+        action_magnitude=noise_param.action_magnitude,  # the steering's bound (1.5)
         execution=ExecutionConfig("loop"),
         base_policy=policy,
         noise_param=noise_param,

@@ -139,7 +139,7 @@ def test_cube_on_the_table_is_not_success(env):
 
 @pytest.mark.slow
 def test_pad_option_letterboxes_agent_pixels():
-    env = make_env("aloha", agent_resize="pad", resize_image=32)
+    env = make_env("aloha", agent_resize="pad", image_size=32)
     try:
         obs = env.reset(seed=0)
         assert obs["pixels"].shape == (32, 32, 3)

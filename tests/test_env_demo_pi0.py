@@ -15,7 +15,7 @@ from dsrl.envs.demo import DemoEnv
 
 
 def test_observations_have_liberos_layout_and_pi0_drives_the_demo_task():
-    env = make_env("demo_pi0", resize_image=32, policy_image_size=48, max_episode_steps=12)
+    env = make_env("demo_pi0", image_size=32, policy_image_size=48, max_episode_steps=12)
     # The LIBERO preset's task kwargs are accepted (one task here).
     make_env("demo_pi0", suite="libero_90", task_id=57, init_state="random")
     assert env.spec.action_dim == 7 and env.spec.max_episode_steps == 12
@@ -60,7 +60,7 @@ def test_bad_options_and_actions_get_one_clear_error():
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['camera_size'\]"):
         make_env("demo_pi0", camera_size=128)
     with pytest.raises(ValueError, match="multiple of 16"):
-        make_env("demo_pi0", resize_image=40)
+        make_env("demo_pi0", image_size=40)
     env = make_env("demo_pi0")
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"shape \(7,\)"):

@@ -134,8 +134,9 @@ def test_unknown_learner_option_names_the_valid_ones():
         ValueError, match=r"unknown learner option\(s\) \['hiden_dims'\].*hidden_dims"
     ):
         load_config("demo", overrides=[("agent.hiden_dims", "3")])
-    good = load_config("demo", flags={"action_magnitude": "2.5"}).learner_config()
-    assert good.action_magnitude == 2.5 and tuple(good.hidden_dims) == (64, 64)
+    good = load_config("demo", flags={"action_magnitude": "2.5"})
+    assert good.steering.action_magnitude == 2.5
+    assert tuple(good.learner_config().hidden_dims) == (64, 64)
     # The learner's discount is the loop's: one value, set once.
     na = load_config("demo", flags={"algorithm": "dsrl_na", "discount": "0.9"})
     if "discount" in {f.name for f in dataclasses.fields(type(na.learner_config()))}:
@@ -153,6 +154,8 @@ def test_dsrl_na_is_built_with_the_steering():
     agent = make_agent(config, DemoEnv(image_size=16).spec.observation_spec, steering)
     assert isinstance(agent, NoiseAliasingLearner)
     assert agent.transition_spec().action_chunks
+    # The latent bound is the steering's; the learner receives it.
+    assert agent.action_magnitude == steering.action_magnitude == config.steering.action_magnitude
 
 
 def test_plot_run_draws_success_vs_env_steps(tmp_path):

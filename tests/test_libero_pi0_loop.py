@@ -106,7 +106,7 @@ def test_launcher_steers_tiny_pi0_on_real_libero(tmp_path, pi0_files):
 
     # -- the checkpoint: counters and the replay buffer (one transition per query).
     config = load_config(resume=run_dir)
-    env = make_env("libero", **ENV_KWARGS, resize_image=config.env.image_size)
+    env = make_env("libero", **ENV_KWARGS, image_size=config.env.image_size)
     policy = Pi0Policy.from_checkpoint(
         ckpt, "libero", variant="tiny", dtype="float32", tokenizer_path=tokenizer,
         num_steps=NUM_STEPS,

@@ -50,7 +50,6 @@ def small_config(**overrides) -> NoiseAliasingConfig:
         color_jitter=False,
         crop_padding=0,
         aug_next=False,
-        action_magnitude=1.5,
         num_qs=3,
     )
     values.update(overrides)
@@ -64,6 +63,7 @@ def make_learner(seed=0, mode="loop", **overrides) -> NoiseAliasingLearner:
         SPEC,
         noise_param.latent_dim,
         small_config(**overrides),
+        action_magnitude=noise_param.action_magnitude,  # the steering's bound (1.5)
         execution=ExecutionConfig(mode),
         base_policy=linear_base_policy(),
         noise_param=noise_param,

@@ -26,7 +26,7 @@ IDS = {"left_camera_id": "111", "right_camera_id": "222", "wrist_camera_id": "33
 
 
 def _env(answers=(), polls=(), **overrides) -> tuple[DroidEnv, SimulatedRobotEnv, ScriptedKeyboard]:
-    cfg = DroidConfig(**IDS, agent_image_size=32, control_hz=0, max_episode_steps=12, **overrides)
+    cfg = DroidConfig(**IDS, image_size=32, control_hz=0, max_episode_steps=12, **overrides)
     robot = SimulatedRobotEnv(cfg.camera_ids())
     keyboard = ScriptedKeyboard(answers, polls)
     return DroidEnv(cfg, robot=robot, keyboard=keyboard), robot, keyboard
@@ -80,7 +80,7 @@ def test_rate_limit_keeps_control_hz():
         sleeps.append(dt)
         now[0] += dt
 
-    cfg = DroidConfig(**IDS, agent_image_size=16, control_hz=10.0, max_episode_steps=50)
+    cfg = DroidConfig(**IDS, image_size=16, control_hz=10.0, max_episode_steps=50)
     env = DroidEnv(
         cfg,
         robot=SimulatedRobotEnv(cfg.camera_ids()),
@@ -106,7 +106,7 @@ def test_bad_inputs_give_clear_errors():
         env.step(np.zeros(7))
     with pytest.raises(KeyError, match=r"wrist camera \(id '999'\)"):
         extract_observation(SimulatedRobotEnv({"a": "1"}).get_observation(), {"wrist": "999"})
-    cfg = DroidConfig(**IDS, agent_image_size=16, control_hz=0, prefix_feature_dim=4)
+    cfg = DroidConfig(**IDS, image_size=16, control_hz=0, prefix_feature_dim=4)
     env = DroidEnv(
         cfg,
         robot=SimulatedRobotEnv(cfg.camera_ids()),

@@ -30,6 +30,7 @@ from dsrl.networks import (
     make_encoder,
     pixels_to_float,
 )
+from dsrl.steering import check_action_magnitude
 from dsrl.utils.jit import jit
 
 PIXELS, STATE = "pixels", "state"
@@ -256,18 +257,20 @@ def build_networks(
     latent_dim: int,
     critic_input_dim: int,
     num_extra_keys: int = 0,
+    *,
+    action_magnitude: float,
 ) -> Networks:
     """Encoder, critic (scoring `critic_input_dim`-d inputs), actor over `latent_dim`-d latents
-    ("separate": with its own encoder; "shared": on the critic's features) and temperature.
-    Without "pixels" in `agent_spec` there is no encoder: every network is an MLP on the state
-    (`encoder` is None)."""
+    bounded by `action_magnitude` ("separate": with its own encoder; "shared": on the critic's
+    features) and temperature. Without "pixels" in `agent_spec` there is no encoder: every
+    network is an MLP on the state (`encoder` is None)."""
     pixel_shape, state_dim = agent_spec.get(PIXELS), agent_spec[STATE][0]
     encoder = make_pixel_encoder(cfg, pixel_shape)
     critic_def = critic_module(cfg, encoder)
     policy = TanhGaussianPolicy(
         cfg.hidden_dims,
         latent_dim,
-        action_magnitude=float(cfg.action_magnitude),
+        action_magnitude=action_magnitude,
         use_layer_norm=cfg.actor_layer_norm,
         activations=activation(cfg.activation),
     )
@@ -307,6 +310,8 @@ class Learner(flax.struct.PyTreeNode):
 
     config: SACConfig = flax.struct.field(pytree_node=False)
     latent_dim: int = flax.struct.field(pytree_node=False)
+    # The bound on the latent, received from the steering (dsrl.steering.Steering owns it).
+    action_magnitude: float = flax.struct.field(pytree_node=False)
     target_entropy: float = flax.struct.field(pytree_node=False)
     observation_spec: tuple = flax.struct.field(pytree_node=False)  # ((key, shape), ...) agent's
     critic_def: nn.Module = flax.struct.field(pytree_node=False)
@@ -327,6 +332,7 @@ class Learner(flax.struct.PyTreeNode):
         latent_dim: int,
         config: Any = None,
         *,
+        action_magnitude: float = 1.0,
         execution: ExecutionConfig | None = None,
         **algorithm_args: Any,
     ) -> Learner:
@@ -334,6 +340,7 @@ class Learner(flax.struct.PyTreeNode):
 
         observation_spec: {"pixels": ((H, W, C), uint8), "state": ((d,), float32), ...}; other
         keys are ignored. latent_dim: size of the agent's output (the steering's `latent_dim`).
+        action_magnitude: the latents' bound (the steering's `action_magnitude`).
         config: the subclass's config or an (overridden) `default_config()`. execution: how
         update blocks run (default: the fastest way on the backend). algorithm_args: what the
         subclass's `build` takes besides (e.g. DSRL-NA's base policy)."""
@@ -345,10 +352,12 @@ class Learner(flax.struct.PyTreeNode):
             cfg = cls.CONFIG.from_config_dict(config)
         if int(latent_dim) <= 0:
             raise ValueError(f"latent_dim must be a positive int, got {latent_dim}")
+        check_action_magnitude(action_magnitude)
         agent_spec = validate_observation_spec(observation_spec)
         fields = {
             "config": cfg,
             "latent_dim": int(latent_dim),
+            "action_magnitude": float(action_magnitude),
             "target_entropy": float(cfg.resolved_target_entropy(int(latent_dim))),
             "observation_spec": tuple(sorted(agent_spec.items())),
             "execution": execution or ExecutionConfig(),

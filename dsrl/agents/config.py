@@ -15,8 +15,9 @@ from dsrl.networks.mlp import ACTIVATIONS
 
 ENCODER_SHARING = ("separate", "shared")
 REDUCTIONS = ("mean", "min")
-# The reference's names for fields that carry a clearer name here.
-ALIASES = {"latent_dim": "bottleneck_dim"}
+# What one number means for a layer-list field: the reference's `--hidden_dims 128` is three
+# layers of 128; any other list field given one number N is (N,).
+ONE_VALUE_LAYERS = {"hidden_dims": 3}
 # Keys older configs held that now belong to dsrl.agents.execution.ExecutionConfig.
 EXECUTION_KEYS = ("update_mode", "scan_length")
 
@@ -53,7 +54,6 @@ class SACConfig:
     # Encoder bottleneck width (the reference's `latent_dim`, accepted as an alias). Not the size
     # of the agent's output: that is the learner's `latent_dim`, set by the steering.
     bottleneck_dim: int = 50
-    action_magnitude: float = 1.0
     # "separate": the actor has its own encoder trained by the actor loss (reference).
     # "shared": the actor reads the critic encoder's features under stop_gradient (DrQ): the
     # online critic encoder for s (actor loss, acting), the target critic encoder for s' (the
@@ -80,7 +80,7 @@ class SACConfig:
             if not cond:
                 raise ValueError(f"{type(self).__name__}: {msg}")
 
-        for name in ("actor_lr", "critic_lr", "temp_lr", "init_temperature", "action_magnitude"):
+        for name in ("actor_lr", "critic_lr", "temp_lr", "init_temperature"):
             need(float(getattr(self, name)) > 0, f"{name} must be > 0, got {getattr(self, name)}")
         need(0 < self.tau <= 1, f"tau must be in (0, 1], got {self.tau}")
         need(
@@ -163,15 +163,6 @@ class SACConfig:
                 "execution settings (dsrl.agents.execution.ExecutionConfig(mode=..., "
                 "scan_length=...), --config.execution.mode=...)"
             )
-        for alias, name in ALIASES.items():
-            if alias in values:
-                value = values.pop(alias)
-                if name in values and values[name] not in (value, getattr(cls, name)):
-                    raise ValueError(
-                        f"{cls.__name__}: {alias}={value} and {name}={values[name]} disagree; "
-                        f"{alias} is the reference's name for {name}: set only one"
-                    )
-                values[name] = value
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(fields))
         if unknown:
@@ -184,8 +175,7 @@ class SACConfig:
                 values[name] = int(value)
             elif kind == "tuple[int, ...]":
                 if isinstance(value, int):
-                    # The reference's `--hidden_dims 128` means three layers of 128.
-                    value = (value,) * (3 if name == "hidden_dims" else 1)
+                    value = (value,) * ONE_VALUE_LAYERS.get(name, 1)
                 values[name] = tuple(int(v) for v in value)
         return cls(**values)
 

@@ -2,7 +2,7 @@
 
 Observation keys returned by `reset` / `step`:
   For the SAC agent:
-    "pixels": uint8 (resize_image, resize_image, 3), the `top` camera resized. The DSRL reference
+    "pixels": uint8 (image_size, image_size, 3), the `top` camera resized. The DSRL reference
         stretches the 480x640 frame to 64x64 (`agent_resize="stretch"`, the default);
         `agent_resize="pad"` letterboxes it instead and keeps the aspect ratio.
     "state": float32 (14,), gym-aloha's `agent_pos` (joint positions, normalised grippers).
@@ -80,7 +80,7 @@ class AlohaEnv(Env):
     """Aloha bimanual cube transfer. See the module docstring for observation keys.
 
     Args:
-      resize_image: side of the agent's "pixels" (the reference uses 64).
+      image_size: side of the agent's "pixels" (the reference uses 64).
       agent_resize: "stretch" (the reference, aspect distorted) or "pad" (letterbox).
       policy_image_size: side of the base-policy "cam_high" image (Pi0 wants 224).
       render_size: (height, width) of the top camera render; gym-aloha's is (480, 640).
@@ -92,7 +92,7 @@ class AlohaEnv(Env):
 
     def __init__(
         self,
-        resize_image: int = 64,
+        image_size: int = 64,
         agent_resize: str = "stretch",
         policy_image_size: int = 224,
         render_size: tuple[int, int] = (480, 640),
@@ -106,7 +106,7 @@ class AlohaEnv(Env):
         _refuse_process_with_robosuite_gl()
         if agent_resize not in ("stretch", "pad"):
             raise ValueError(f"agent_resize must be 'stretch' or 'pad', got {agent_resize!r}.")
-        self._resize_image = int(resize_image)
+        self._image_size = int(image_size)
         self._agent_resize = agent_resize
         self._policy_image_size = int(policy_image_size)
         self._rng = np.random.default_rng(seed)
@@ -126,7 +126,7 @@ class AlohaEnv(Env):
         self.spec = EnvSpec(
             name="aloha/transfer_cube",
             observation_spec={
-                "pixels": ((self._resize_image, self._resize_image, 3), np.uint8),
+                "pixels": ((self._image_size, self._image_size, 3), np.uint8),
                 "state": ((14,), np.float32),
             },
             action_dim=14,
@@ -149,7 +149,7 @@ class AlohaEnv(Env):
         self.last_raw_observation = raw
         if "images" in raw:
             top = raw["images"][TOP_CAMERA]
-            side, size = self._resize_image, self._policy_image_size
+            side, size = self._image_size, self._policy_image_size
             agent = (
                 resize(top, side, side, "bicubic")
                 if self._agent_resize == "stretch"

@@ -18,13 +18,14 @@ Why this needs steering across several queries, not a bandit:
   * The cue is visible only in "pixels"; the agent's "state" is proprioception (position and
     velocity), like LIBERO's.
 
-Recommended demo preset (what `scripts/pretrain_flow_mlp.py` measured the shipped base policy
-with): image_size 32, max_episode_steps 48, query_freq 8 (= the base policy's horizon, so each
-chunk runs fully open-loop, 6 queries per episode), noise mode "repeat" (agent action dim 2),
-action_magnitude 1.0 (`RECOMMENDED_PRESET`). With these the shipped base policy succeeds 0.43
-with i.i.d. noise over 200 episodes (0.47 with repeat warm-up noise; ~3% of episodes time out
-between the goals, the other failures are the trap) while a per-query best-of-16 noise oracle
-succeeds 1.0, and so does the constant repeat action (+-1, 0) chosen by the cue.
+What `scripts/pretrain_flow_mlp.py` measured the shipped base policy with: image_size 32,
+max_episode_steps 48, query_freq 8 (= the base policy's horizon, so each chunk runs fully
+open-loop, 6 queries per episode), noise mode "repeat" (agent action dim 2), action_magnitude
+1.0 (the training preset, dsrl/presets/demo.py, bounds the latent at 1.5). With these the
+shipped base policy succeeds 0.43 with i.i.d. noise over 200 episodes (0.47 with repeat warm-up
+noise; ~3% of episodes time out between the goals, the other failures are the trap) while a
+per-query best-of-16 noise oracle succeeds 1.0, and so does the constant repeat action (+-1, 0)
+chosen by the cue.
 Successful episodes take ~26 steps (4 queries); the branch is picked at the 2nd/3rd query.
 
 Observations:
@@ -45,16 +46,6 @@ import numpy as np
 from dsrl.envs.base import Env, EnvSpec, Observation
 
 LEFT, RIGHT = 0, 1
-
-# The settings the shipped base policy was measured with (see the module docstring); the demo
-# training preset (dsrl/presets/demo.py) should start from these.
-RECOMMENDED_PRESET = {
-    "image_size": 32,
-    "max_episode_steps": 48,
-    "query_freq": 8,
-    "noise_mode": "repeat",
-    "action_magnitude": 1.0,
-}
 
 _BACKGROUND = (40, 40, 48)
 _GOAL_COLOUR = (230, 210, 60)

@@ -7,7 +7,7 @@ For learning, use `demo` (with its flow MLP) or `libero`.
 
 It keeps LIBERO's layout (`dsrl.envs.libero`), so that the LIBERO preset and Pi0's "libero" robot
 transforms run on it unchanged:
-  "pixels": uint8 (resize_image, resize_image, 3), the demo render (a multiple of 16);
+  "pixels": uint8 (image_size, image_size, 3), the demo render (a multiple of 16);
   "state": float32 (8,), the demo's [x, y, vx, vy] padded with zeros to LIBERO's 8 dims;
   "agentview_image", "wrist_image": uint8 (policy_image_size, policy_image_size, 3), the render
       scaled up (nearest neighbour), the wrist view shifted so that the two cameras differ;
@@ -37,7 +37,7 @@ class DemoPi0Env(Env):
 
     def __init__(
         self,
-        resize_image: int = 64,
+        image_size: int = 64,
         policy_image_size: int = 224,
         max_episode_steps: int = 48,
         **libero_task: Any,
@@ -45,19 +45,19 @@ class DemoPi0Env(Env):
         unknown = sorted(set(libero_task) - set(_LIBERO_TASK_KWARGS))
         if unknown:
             raise TypeError(
-                f"DemoPi0Env got unknown option(s) {unknown}; valid options: resize_image, "
+                f"DemoPi0Env got unknown option(s) {unknown}; valid options: image_size, "
                 f"policy_image_size, max_episode_steps (and, ignored, {list(_LIBERO_TASK_KWARGS)})."
             )
         if policy_image_size < 1:
             raise ValueError(f"DemoPi0Env: policy_image_size={policy_image_size} must be >= 1.")
-        self._demo = DemoEnv(image_size=resize_image, max_episode_steps=max_episode_steps)
+        self._demo = DemoEnv(image_size=image_size, max_episode_steps=max_episode_steps)
         self._policy_size = policy_image_size
         # Nearest-neighbour index of each policy pixel in the agent render.
-        self._rows = np.linspace(0, resize_image - 1, policy_image_size).round().astype(int)
+        self._rows = np.linspace(0, image_size - 1, policy_image_size).round().astype(int)
         self.spec = EnvSpec(
             name="demo_pi0",
             observation_spec={
-                "pixels": ((resize_image, resize_image, 3), np.uint8),
+                "pixels": ((image_size, image_size, 3), np.uint8),
                 "state": ((STATE_DIM,), np.float32),
             },
             action_dim=ACTION_DIM,

@@ -54,7 +54,7 @@ class DroidConfig:
     right_camera_id: str = ""
     wrist_camera_id: str = ""
     prompt: str = "put the spoon on the plate"
-    agent_image_size: int = 128
+    image_size: int = 128  # side of the agent's "pixels"
     policy_image_size: int = 224
     # Which exterior camera Pi0 sees as "exterior_image_1_left" (the reference used the right one).
     exterior_camera: str = "right"
@@ -69,7 +69,7 @@ class DroidConfig:
             raise ValueError(
                 f"exterior_camera must be 'left' or 'right', got {self.exterior_camera!r}"
             )
-        if self.agent_image_size <= 0 or self.policy_image_size <= 0 or self.max_episode_steps <= 0:
+        if self.image_size <= 0 or self.policy_image_size <= 0 or self.max_episode_steps <= 0:
             raise ValueError("image sizes and max_episode_steps must be positive")
         if self.prefix_feature_dim < 0:
             raise ValueError("prefix_feature_dim must be >= 0")
@@ -145,7 +145,7 @@ class DroidEnv(Env):
         self.prefix_feature_fn = prefix_feature_fn
         self._clock, self._sleep = clock, sleep
         self._print = printer or (lambda text: print(text, flush=True))
-        s = config.agent_image_size
+        s = config.image_size
         self.spec = EnvSpec(
             name="droid",
             observation_spec={
@@ -230,7 +230,7 @@ class DroidEnv(Env):
     def _observe(self) -> Observation:
         cfg = self.config
         raw = extract_observation(self.robot.get_observation(), self._camera_ids)
-        s, p = cfg.agent_image_size, cfg.policy_image_size
+        s, p = cfg.image_size, cfg.policy_image_size
         pixels = np.concatenate([resize_with_pad(raw[name], s, s) for name in CAMERAS], axis=-1)
         obs: Observation = {
             "pixels": pixels,

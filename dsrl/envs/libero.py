@@ -2,7 +2,7 @@
 
 Observation keys returned by `reset` / `step`:
   For the SAC agent:
-    "pixels": uint8 (resize_image, resize_image, 3), the agentview camera rotated 180 degrees and
+    "pixels": uint8 (image_size, image_size, 3), the agentview camera rotated 180 degrees and
         resized with PIL bicubic (the DSRL reference: 256x256 render -> 64x64, no padding).
     "state": float32 (8,), [eef pos (3), axis-angle of the eef quaternion (3), gripper qpos (2)],
         raw and unnormalised; the base policy reads the same vector.
@@ -134,7 +134,7 @@ class LiberoEnv(Env):
       init_state: int index, "random" or "sampler" (see module docstring).
       camera_size: render resolution of both cameras (the reference renders 256).
       policy_image_size: side of the base-policy images (Pi0 wants 224).
-      resize_image: side of the agent's "pixels" (the reference uses 64).
+      image_size: side of the agent's "pixels" (the reference uses 64).
       num_settle_steps: no-op steps after reset (openpi uses 10; the DSRL reference 0).
       max_episode_steps: defaults to SUITE_MAX_STEPS[suite].
       hard_reset: rebuild the MuJoCo model on every reset (slow, bit-exact repeats).
@@ -152,7 +152,7 @@ class LiberoEnv(Env):
         init_state: int | str = "random",
         camera_size: int = 256,
         policy_image_size: int = 224,
-        resize_image: int = 64,
+        image_size: int = 64,
         num_settle_steps: int = 10,
         max_episode_steps: int | None = None,
         hard_reset: bool = False,
@@ -175,7 +175,7 @@ class LiberoEnv(Env):
         self._init_states = init_states
         self._num_settle_steps = int(num_settle_steps)
         self._policy_image_size = int(policy_image_size)
-        self._resize_image = int(resize_image)
+        self._image_size = int(image_size)
         self._rng = np.random.default_rng(seed)
         # The time limit is ours (max_episode_steps); robosuite's own horizon must never end an
         # episode first, or it raises on the next step.
@@ -192,7 +192,7 @@ class LiberoEnv(Env):
         self.spec = EnvSpec(
             name=f"libero/{suite}/{task_id}",
             observation_spec={
-                "pixels": ((self._resize_image, self._resize_image, 3), np.uint8),
+                "pixels": ((self._image_size, self._image_size, 3), np.uint8),
                 "state": ((8,), np.float32),
             },
             action_dim=7,
@@ -255,7 +255,7 @@ class LiberoEnv(Env):
             wrist = flip_180(raw[f"{WRIST_CAMERA}_image"])
             size = self._policy_image_size
             self._images = {
-                "pixels": resize(agentview, self._resize_image, self._resize_image, "bicubic"),
+                "pixels": resize(agentview, self._image_size, self._image_size, "bicubic"),
                 "agentview_image": resize_with_pad(agentview, size, size),
                 "wrist_image": resize_with_pad(wrist, size, size),
             }

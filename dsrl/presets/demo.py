@@ -2,9 +2,10 @@
 
 Runs on a 2-core CPU in a few minutes. The base policy ignores the visual cue and reaches the
 paying goal about half the time; the agent sees the cue and learns which noise makes the frozen
-policy take the right branch. Values follow `dsrl/envs/demo.py`'s recommendation (32x32 images,
-48-step episodes, query_freq 8 = the chunk length, repeated noise, action_magnitude 1.5) with a
-light encoder and a small critic so that updates are cheap on a CPU.
+policy take the right branch. The env settings are those `dsrl/envs/demo.py` measured the base
+policy with (32x32 images, 48-step episodes, query_freq 8 = the chunk length, repeated noise);
+the latent is bounded at 1.5 (the measurement used 1.0), with a light encoder and a small
+critic so that updates are cheap on a CPU.
 """
 
 from __future__ import annotations

@@ -136,7 +136,10 @@ def make_steering(config: RunConfig, base_policy: Any) -> Steering:
 def make_agent(config: RunConfig, observation_spec: Mapping[str, Any], steering: Steering) -> Any:
     """A fresh learner of the configured algorithm for the env's agent observations."""
     algorithm = registry.get(config.agent.algorithm)
-    kwargs: dict[str, Any] = {"execution": config.execution}
+    kwargs: dict[str, Any] = {
+        "action_magnitude": steering.action_magnitude,  # the steering's bound
+        "execution": config.execution,
+    }
     if algorithm.uses_base_policy:
         kwargs |= {
             "base_policy": steering.base_policy,
@@ -176,7 +179,7 @@ def _make_robot_env(config: RunConfig, base_policy: Any, keyboard: Any, robot: A
             kwargs[f"{name}_camera_id"] = kwargs.get(f"{name}_camera_id") or f"sim_{name}"
     droid_cfg = DroidConfig(
         **kwargs,
-        agent_image_size=config.env.image_size,
+        image_size=config.env.image_size,
         prefix_feature_dim=config.env.prefix_feature_dim if prefix_fn else 0,
     )
     if robot is None:
@@ -275,12 +278,9 @@ def build_run(
 def _env_kwargs(config: RunConfig) -> dict[str, Any]:
     from dsrl.envs import STATE_ENVS
 
-    kwargs = dict(config.env.kwargs)
     if config.env.name in STATE_ENVS:  # no agent image to size
-        return kwargs
-    # The demo env calls its agent image size `image_size`; the robot envs `resize_image`.
-    kwargs["image_size" if config.env.name == "demo" else "resize_image"] = config.env.image_size
-    return kwargs
+        return dict(config.env.kwargs)
+    return {**config.env.kwargs, "image_size": config.env.image_size}
 
 
 def agent_env_fn(config: RunConfig) -> Any:

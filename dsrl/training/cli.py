@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from dsrl import presets
+from dsrl.agents.config import ONE_VALUE_LAYERS
 from dsrl.steering import MODES as NOISE_MODES
 from dsrl.training import eval_only, failures
 from dsrl.training.build import build_run
 from dsrl.training.config import ALGORITHMS, ENV_MODES, WANDB_MODES, RunConfig
 from dsrl.training.config_io import load_config
+from dsrl.training.evaluation import ACTOR_MODE, ACTOR_SAMPLED, BASE_IID, BASE_WARMUP
 from dsrl.training.flags import FLAGS, IGNORED_FLAGS, LIST_FLAGS, REAL_FLAGS, ConfigError
 from dsrl.training.smoke import smoke_overrides
 
@@ -49,10 +51,10 @@ def make_parser(description: str, flags: Mapping[str, str]) -> argparse.Argument
     parser.add_argument("--resume", default=None, help="a run directory to continue")
     for name, path in flags.items():
         kwargs: dict[str, Any] = {"default": None, "help": f"sets {path}"}
-        if name == "hidden_dims":
-            kwargs |= {"nargs": "+", "help": "one value N means (N, N, N)"}
-        elif name in LIST_FLAGS:
-            kwargs |= {"nargs": "+", "help": f"sets {path} (one value per layer)"}
+        if name in LIST_FLAGS:
+            repeats = ONE_VALUE_LAYERS.get(path.split(".")[-1], 1)
+            one = f"one value N means {repeats} layers of N" if repeats > 1 else "or one value"
+            kwargs |= {"nargs": "+", "help": f"sets {path}: one value per layer ({one})"}
         elif name in IGNORED_FLAGS:
             kwargs["help"] = (
                 f"accepted for the reference's scripts; does nothing: {IGNORED_FLAGS[name]}"
@@ -195,14 +197,12 @@ def demo_summary(result: Any, run_dir: Path) -> str:
     from dsrl.training.plots import plot_success
 
     first, last = result.evaluations[0], result.evaluations[-1]
-    rows = [
-        ("base policy, i.i.d. noise", first.get("evaluation_base_iid/success_rate")),
-        ("base policy, warm-up noise family", first.get("evaluation_base_warmup/success_rate")),
-        ("DSRL, deterministic (actor mode)", last.get("evaluation_mode/success_rate")),
-        ("DSRL, sampled latents", last.get("evaluation/success_rate")),
+    rows = [  # the base policy before training, the actor after it
+        (s, (first if s.stream is not None else last).get(s.metric("success_rate")))
+        for s in (BASE_IID, BASE_WARMUP, ACTOR_MODE, ACTOR_SAMPLED)
     ]
     lines = [f"{'policy':<36} success", "-" * 44]
-    lines += [f"{name:<36} {value:.2f}" for name, value in rows if value is not None]
+    lines += [f"{s.label:<36} {value:.2f}" for s, value in rows if value is not None]
     png = plot_success(run_dir, run_dir / "success_vs_env_steps.png")
     lines += [
         f"after {int(last['env_steps'])} env steps, {int(last['step'])} gradient steps, "

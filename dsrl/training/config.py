@@ -27,6 +27,7 @@ from dsrl.agents import registry
 from dsrl.agents.execution import ExecutionConfig
 from dsrl.envs import libero_suite
 from dsrl.steering import MODES as NOISE_MODES
+from dsrl.steering import check_action_magnitude
 from dsrl.training import loop
 from dsrl.training.flags import ConfigError, canonical_tree, flag_of
 from dsrl.training.loop import LoopConfig
@@ -182,9 +183,11 @@ class SteeringSection:
         _need(
             self.noise_mode in NOISE_MODES, "steering.noise_mode", str(NOISE_MODES), self.noise_mode
         )
-        magnitude = self.action_magnitude
-        finite = isinstance(magnitude, int | float) and math.isfinite(magnitude)
-        _need(finite and magnitude > 0, "steering.action_magnitude", "finite and > 0", magnitude)
+        try:
+            check_action_magnitude(self.action_magnitude)
+        except ValueError as e:
+            flag = flag_of("steering.action_magnitude")
+            raise ConfigError(f"steering.{e} (set it with {flag})") from None
         for name in ("query_freq", "num_basis"):
             value = getattr(self, name)
             _need(_positive_int(value), f"steering.{name}", "> 0 (a positive integer)", value)
@@ -307,8 +310,8 @@ class RunConfig:
 
     def learner_config(self) -> Any:
         """The learner's validated config: its defaults, the preset's and the command line's
-        `agent` overrides, and the latent bound it shares with the run (the steering's
-        action_magnitude). The discount is the loop's alone: it reaches the learner per
+        `agent` overrides. The latent bound is the steering's (`dsrl.training.build.make_agent`
+        hands it to the learner). The discount is the loop's alone: it reaches the learner per
         transition, as the batch's "discounts"."""
         config_cls = registry.get(self.agent.algorithm).config
         values = dict(self.agent.learner)
@@ -316,7 +319,6 @@ class RunConfig:
         unknown = sorted(set(values) - fields)
         if unknown:
             raise unknown_learner_options(self.agent.algorithm, unknown, fields)
-        values["action_magnitude"] = float(self.steering.action_magnitude)
         return config_cls.from_config_dict(values)
 
     def to_tree(self) -> dict[str, Any]:

@@ -156,8 +156,8 @@ def _flag_value(name: str, value: Any) -> Any:
     """A reference flag's value as its RunConfig field takes it (None: nothing to set)."""
     if name in LIST_FLAGS and isinstance(value, list):
         widths = validation.parse_layer_widths(name, value)  # `--hidden_dims ""`: one clear line
-        if name == "hidden_dims" and len(widths) == 1:
-            return widths[0]  # one value N means (N, N, N): the learner's rule
+        if len(widths) == 1:  # one number: the learner config says what it means
+            return widths[0]  # (dsrl.agents.config.ONE_VALUE_LAYERS)
         return widths
     if name == "use_spatial_softmax":
         on = parse_text(str(value), bool, f"--{name}")

@@ -41,6 +41,11 @@ from typing import Any
 
 from dsrl.training import build, loop
 from dsrl.training.evaluation import (
+    ACTOR_MODE,
+    ACTOR_SAMPLED,
+    BASE_IID,
+    BASE_WARMUP,
+    EVAL_SOURCES,
     EvalResult,
     eval_seeds,
     evaluate,
@@ -55,16 +60,6 @@ from dsrl.utils.logging import RunLogger
 
 SUMMARY_FILE = "summary.json"
 TABLE_FILE = "table.txt"
-# (summary key, table label), in the order evaluated and printed.
-SOURCES = (
-    ("actor_mode", "DSRL, deterministic (actor mode)"),
-    ("actor_sampled", "DSRL, sampled latents"),
-    ("base_iid", "base policy, i.i.d. noise"),
-    ("base_warmup", "base policy, warm-up noise family"),
-)
-# Column labels of the per-task table.
-SHORT_LABELS = {"actor_mode": "mode", "actor_sampled": "sampled", "base_iid": "base_iid",
-                "base_warmup": "warmup"}  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,15 +172,15 @@ def _task_lines(summary: dict[str, Any]) -> list[str]:
     tasks = summary.get("tasks") or {}
     if not tasks:
         return []
-    sources = [key for key, _ in SOURCES if key in summary["sources"]]
+    sources = [s for s in EVAL_SOURCES if s.key in summary["sources"]]
     lines = ["", "success per task (columns: the policies above, in order)"]
-    lines.append(f"{'task':>4} " + " ".join(f"{SHORT_LABELS[k]:>7}" for k in sources) + " episodes")
+    lines.append(f"{'task':>4} " + " ".join(f"{s.short_label:>7}" for s in sources) + " episodes")
     for task, name in tasks.items():
         cells = []
-        for key in sources:
-            value = summary["sources"][key]["metrics"].get(f"task_{task}/success_rate")
+        for source in sources:
+            value = summary["sources"][source.key]["metrics"].get(f"task_{task}/success_rate")
             cells.append(f"{value:>7.2f}" if value is not None else f"{'-':>7}")
-        count = summary["sources"][sources[0]]["metrics"].get(f"task_{task}/episodes", 0)
+        count = summary["sources"][sources[0].key]["metrics"].get(f"task_{task}/episodes", 0)
         lines.append(f"{task:>4} {' '.join(cells)} {int(count):>8}  {name}")
     return lines
 
@@ -204,11 +199,11 @@ def task_names(config: Any, results: dict[str, EvalResult]) -> dict[str, str]:
 
 def format_table(summary: dict[str, Any]) -> str:
     lines = [f"{'policy':<36} {'success':>7} {'return':>8} {'length':>7}", "-" * 61]
-    for key, label in SOURCES:
-        if key in summary["sources"]:
-            m = summary["sources"][key]["metrics"]
+    for source in EVAL_SOURCES:
+        if source.key in summary["sources"]:
+            m = summary["sources"][source.key]["metrics"]
             lines.append(
-                f"{label:<36} {m['success_rate']:>7.2f} {m['avg_return']:>8.2f} "
+                f"{source.label:<36} {m['success_rate']:>7.2f} {m['avg_return']:>8.2f} "
                 f"{m['avg_episode_len']:>7.1f}"
             )
     lines += _task_lines(summary)
@@ -274,13 +269,13 @@ def run(
             "num_envs": int(vec_env.num_envs),
             "tasks": task_names(config, results),
             "sources": {
-                key: {
-                    "label": dict(SOURCES)[key],
-                    "metrics": results[key].metrics,
-                    "episodes": _episode_rows(results[key], seeds),
+                s.key: {
+                    "label": s.label,
+                    "metrics": results[s.key].metrics,
+                    "episodes": _episode_rows(results[s.key], seeds),
                 }
-                for key, _ in SOURCES
-                if key in results
+                for s in EVAL_SOURCES
+                if s.key in results
             },
         }
         table = format_table(summary)
@@ -343,11 +338,11 @@ def _evaluate_sources(vec_env, steering, agent, seeds, cfg) -> dict[str, EvalRes
     videos = cfg.num_video_episodes
     if agent is not None:
         # The loop's per-episode noise: the run's evaluation of this checkpoint, exactly.
-        run_source("actor_sampled", sampled_episode_noise(steering, agent), videos)
-        run_source("actor_mode", mode_episode_noise(steering, agent))
+        run_source(ACTOR_SAMPLED.key, sampled_episode_noise(steering, agent), videos)
+        run_source(ACTOR_MODE.key, mode_episode_noise(steering, agent))
         videos = 0
-    run_source("base_iid", iid_episode_noise(steering, cfg.seed, 3), videos)
-    run_source("base_warmup", warmup_episode_noise(steering, cfg.seed, 4))
+    run_source(BASE_IID.key, iid_episode_noise(steering, cfg.seed, BASE_IID.stream), videos)
+    run_source(BASE_WARMUP.key, warmup_episode_noise(steering, cfg.seed, BASE_WARMUP.stream))
     bar.close()
     return results
 
@@ -356,18 +351,13 @@ def _log_results(
     logger: Any, results: dict[str, EvalResult], has_agent: bool, step: int, fps: int
 ) -> None:
     """The results under the training loop's metric names, and the videos."""
-    prefixes = {
-        "actor_sampled": "evaluation",
-        "actor_mode": "evaluation_mode",
-        "base_iid": "evaluation_base_iid",
-        "base_warmup": "evaluation_base_warmup",
-    }
     row = {
-        f"{prefixes[k]}/{name}": value
-        for k, r in results.items()
-        for name, value in r.metrics.items()
+        s.metric(name): value
+        for s in EVAL_SOURCES
+        if s.key in results
+        for name, value in results[s.key].metrics.items()
     }
     logger.log(row, step=step)
-    video_source = "actor_sampled" if has_agent else "base_iid"
-    for i, frames in enumerate(results[video_source].videos):
+    video_source = ACTOR_SAMPLED if has_agent else BASE_IID
+    for i, frames in enumerate(results[video_source.key].videos):
         logger.log_video(f"eval_video/{i}", frames, step=step, fps=fps)

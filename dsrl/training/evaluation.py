@@ -1,7 +1,7 @@
 """Control evaluation: run episodes with a noise source and summarise them.
 
 The loop evaluates several noise sources on the SAME fixed set of seeded initial states, so their
-curves are comparable:
+curves are comparable (`EVAL_SOURCES`, the one definition of their names, labels and streams):
   evaluation/*           the actor's sampled latents (what the reference logs),
   evaluation_mode/*      the actor's distribution mode (deterministic),
   evaluation_base_iid/*  the frozen base policy with i.i.d. N(0, I) noise over (H, D),
@@ -44,6 +44,33 @@ def eval_seeds(seed: int, num_episodes: int) -> list[int]:
     return [
         int(np.random.SeedSequence([seed, 1, i]).generate_state(1)[0]) for i in range(num_episodes)
     ]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSource:
+    """A noise source evaluation compares: its key in an eval-only summary.json, the prefix of its
+    metrics in a training run's metrics.jsonl, its table labels, and (the base policy's fixed
+    noise) the generator stream (seed, stream, episode) its episodes draw from."""
+
+    key: str
+    prefix: str
+    label: str
+    short_label: str
+    stream: int | None = None  # None: the actor's own PRNG key
+
+    def metric(self, name: str) -> str:
+        return f"{self.prefix}/{name}"
+
+
+ACTOR_MODE = EvalSource("actor_mode", "evaluation_mode", "DSRL, deterministic (actor mode)", "mode")
+ACTOR_SAMPLED = EvalSource("actor_sampled", "evaluation", "DSRL, sampled latents", "sampled")
+BASE_IID = EvalSource(
+    "base_iid", "evaluation_base_iid", "base policy, i.i.d. noise", "base_iid", stream=3
+)
+BASE_WARMUP = EvalSource(
+    "base_warmup", "evaluation_base_warmup", "base policy, warm-up noise family", "warmup", stream=4
+)
+EVAL_SOURCES = (ACTOR_MODE, ACTOR_SAMPLED, BASE_IID, BASE_WARMUP)  # the order tables print
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from dsrl.agents.config import ALIASES as LEARNER_ALIASES
 from dsrl.training.loop import LoopConfig
 
 
@@ -49,7 +48,7 @@ FLAGS = {
     "pi0_checkpoint": "base_policy.checkpoint",
     "pi0_variant": "base_policy.variant",
     "pi0_remote": "base_policy.remote",
-    "hidden_dims": "agent.hidden_dims",  # one value N means (N, N, N): the learner's rule
+    "hidden_dims": "agent.hidden_dims",  # one value: see dsrl.agents.config.ONE_VALUE_LAYERS
     "num_qs": "agent.num_qs",
     "target_entropy": "agent.target_entropy",
     "actor_lr": "agent.actor_lr",
@@ -67,7 +66,6 @@ FLAGS = {
     "cnn_features": "agent.cnn_features",
     "cnn_strides": "agent.cnn_strides",
     "cnn_padding": "agent.cnn_padding",
-    "latent_dim": "agent.bottleneck_dim",  # the reference's name of the bottleneck width
     "dropout_rate": "agent.dropout_rate",
     "aug_next": "agent.aug_next",
     "softmax_temperature": "agent.softmax_temperature",
@@ -77,6 +75,10 @@ FLAGS = {
     "num_cameras": "env.num_cameras",
     "add_states": "env.add_states",
 }
+# The reference's names of learner options that carry a clearer name here (as flags, and as
+# `agent.<name>` keys of configs and `--config.agent.<name>`).
+LEARNER_ALIASES = {"latent_dim": "bottleneck_dim"}  # the encoder's bottleneck width
+FLAGS |= {alias: f"agent.{name}" for alias, name in LEARNER_ALIASES.items()}
 # Flags that take several values (`--cnn_features 32 32 32 32`, the reference's nargs='+').
 LIST_FLAGS = ("hidden_dims", "cnn_features", "cnn_strides")
 # The real-robot launcher's own flags (the reference's run_real.sh names).
@@ -107,6 +109,9 @@ LEGACY_KEYS = {
     "prefix_feature_dim": "env.prefix_feature_dim",
     "replay_buffer_capacity": "replay.capacity",
     "store_action_chunks": "replay.store_action_chunks",
+    # The agent's image size is `image_size` everywhere (the LIBERO/Aloha envs said resize_image).
+    "env_kwargs.resize_image": "env.image_size",
+    "env.kwargs.resize_image": "env.image_size",
     # How K gradient steps run is no learner option any more.
     "agent.update_mode": "execution.mode",
     "agent.scan_length": "execution.scan_length",

@@ -46,6 +46,10 @@ from dsrl.training.buffer_layout import (  # noqa: F401 - re-exported: loop.<nam
     restore,
 )
 from dsrl.training.evaluation import (
+    ACTOR_MODE,
+    ACTOR_SAMPLED,
+    BASE_IID,
+    BASE_WARMUP,
     EvalResult,
     episode_metrics,
     eval_seeds,
@@ -191,21 +195,21 @@ class _Trainer:
             with_videos = self._run_eval(
                 sampled_episode_noise(self.steering, self.agent), cfg.num_video_episodes
             )
-            row |= _prefixed("evaluation", with_videos.metrics)
+            row |= _prefixed(ACTOR_SAMPLED.prefix, with_videos.metrics)
         mode = self._run_eval(
             mode_episode_noise(self.steering, self.agent),
             0 if with_videos else cfg.num_video_episodes,
         )
-        row |= _prefixed("evaluation_mode", mode.metrics)
+        row |= _prefixed(ACTOR_MODE.prefix, mode.metrics)
         with_videos = with_videos or mode
         if include_base:
             # Fixed generators: the same base-policy noise at every evaluation, like the
             # reference's per-eval PRNGKey(seed + 456).
-            iid = self._run_eval(iid_episode_noise(self.steering, cfg.seed, 3))
-            row |= _prefixed("evaluation_base_iid", iid.metrics)
+            iid = self._run_eval(iid_episode_noise(self.steering, cfg.seed, BASE_IID.stream))
+            row |= _prefixed(BASE_IID.prefix, iid.metrics)
             if cfg.eval_base_warmup:
-                warm_source = warmup_episode_noise(self.steering, cfg.seed, 4)
-                row |= _prefixed("evaluation_base_warmup", self._run_eval(warm_source).metrics)
+                warm_source = warmup_episode_noise(self.steering, cfg.seed, BASE_WARMUP.stream)
+                row |= _prefixed(BASE_WARMUP.prefix, self._run_eval(warm_source).metrics)
         self._videos = with_videos.videos
         return row
 
@@ -446,7 +450,7 @@ def _run(trainer: _Trainer) -> None:
             if do_eval and _crossed(prev, state.grad_steps, cfg.eval_interval):
                 row = trainer.evaluate(state, include_base=cfg.eval_base_every_eval)
                 trainer.state = state = dataclasses.replace(state, last_eval_step=state.grad_steps)
-                postfix["success"] = f"{row['evaluation_mode/success_rate']:.2f}"
+                postfix["success"] = f"{row[ACTOR_MODE.metric('success_rate')]:.2f}"
             trainer.progress.grad_steps(block, **postfix)
             if _crossed(prev, state.grad_steps, cfg.checkpoint_interval):
                 trainer.checkpoint(state)

@@ -6,15 +6,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-# (metrics key, legend label, line style) of the curves drawn against env steps.
+from dsrl.training.evaluation import ACTOR_MODE, ACTOR_SAMPLED, BASE_IID, BASE_WARMUP
+
+# (metrics key, legend label, line style) of the curves drawn against env steps. (The legend
+# keeps the figure's own wording, so that the demo's figures stay as they were.)
 CURVES = (
-    ("evaluation_mode/success_rate", "DSRL, actor mode (deterministic)", "-"),
-    ("evaluation/success_rate", "DSRL, sampled actions", "--"),
+    (ACTOR_MODE.metric("success_rate"), "DSRL, actor mode (deterministic)", "-"),
+    (ACTOR_SAMPLED.metric("success_rate"), "DSRL, sampled actions", "--"),
 )
 # Base-policy baselines, drawn as horizontal lines at their first logged value.
 BASELINES = (
-    ("evaluation_base_iid/success_rate", "base policy, i.i.d. noise", ":"),
-    ("evaluation_base_warmup/success_rate", "base policy, warm-up noise family", "-."),
+    (BASE_IID.metric("success_rate"), BASE_IID.label, ":"),
+    (BASE_WARMUP.metric("success_rate"), BASE_WARMUP.label, "-."),
 )
 
 

@@ -141,7 +141,15 @@ class NoiseAliasingLearner(Learner):
 
         robot_action_dim = int((policy or base_policy).action_dim)
         chunk_dim = query_freq * robot_action_dim
-        nets = build_networks(seed, cfg, agent_spec, latent_dim, chunk_dim, num_extra_keys=1)
+        nets = build_networks(
+            seed,
+            cfg,
+            agent_spec,
+            latent_dim,
+            chunk_dim,
+            num_extra_keys=1,
+            action_magnitude=fields["action_magnitude"],
+        )
         latents = jnp.zeros((1, latent_dim), jnp.float32)
         if cfg.noise_critic_encoder == "separate":
             noise_critic_def = critic_module(cfg, nets.encoder)
@@ -331,7 +339,7 @@ def distill_step(learner: NoiseAliasingLearner, observations: dict[str, Any], bp
     m = int(cfg.distill_noises_per_state)
     z = jax.random.normal(k_z, (observations[STATE].shape[0] * m, learner.latent_dim))
     if cfg.distill_noise_clip:
-        z = jnp.clip(z, -cfg.action_magnitude, cfg.action_magnitude)
+        z = jnp.clip(z, -learner.action_magnitude, learner.action_magnitude)
     tiled = jax.tree.map(lambda x: jnp.repeat(x, m, axis=0), observations)
     chunks = learner.chunks_from_latents(bp_params, tiled, z)
     return fit_noise_critic(learner.replace(rng=rng), observations, k_aug, z, chunks, m)

@@ -50,7 +50,14 @@ class PixelSACLearner(Learner):
     @classmethod
     def build(cls, seed: int, agent_spec: dict[str, Any], fields: dict[str, Any]):
         latent_dim = fields["latent_dim"]
-        nets = build_networks(seed, fields["config"], agent_spec, latent_dim, latent_dim)
+        nets = build_networks(
+            seed,
+            fields["config"],
+            agent_spec,
+            latent_dim,
+            latent_dim,
+            action_magnitude=fields["action_magnitude"],
+        )
         return cls(
             **fields,
             **nets.learner_fields(),
