@@ -211,11 +211,11 @@ def main() -> None:
     obs = jax.tree.map(
         lambda x: x[0, :1], make_batches(rng, 1, 1, hw, state_dim, 1)["observations"]
     )
-    _, learner = learner.sample_actions(obs)
+    _, learner = learner.sample_latents(obs)
     times = []
     for _ in range(50):
         t = time.perf_counter()
-        _, learner = learner.sample_actions(obs)
+        _, learner = learner.sample_latents(obs)
         times.append(time.perf_counter() - t)
 
     mm = max(matmul_before, matmul_gflops())
@@ -245,7 +245,7 @@ def main() -> None:
                 "compile_s": round(compile_s, 2),
                 "first_call_s": round(first_call_s, 2),
                 "peak_rss_mb": round(peak_rss_mb, 1),
-                "sample_actions_ms": round(1000 * float(np.median(times)), 3),
+                "sample_latents_ms": round(1000 * float(np.median(times)), 3),
                 "page_faults_per_update": round(faults / args.steps),
                 "hugepage_malloc": TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":"),
                 "fast_conv_grad": fast_path_enabled(),

@@ -78,7 +78,7 @@ def _loop_throughput(config, backend: str, workers: int, latency_s: float, round
         holder = {"agent": agent}
 
         def act(obs):
-            latents, holder["agent"] = holder["agent"].sample_actions(obs)
+            latents, holder["agent"] = holder["agent"].sample_latents(obs)
             return latents
 
         source = steering.agent_source(act)

@@ -334,7 +334,7 @@ def test_resumed_pixel_sac_learner_continues_bitwise_identically(tmp_path):
             buffer.end_trajectory()
     learner = PixelSACLearner.create(0, observation_spec, NOISE_DIM, config)
     learner, _ = learner.update(buffer.sample(4, num_batches=2))
-    _, learner = learner.sample_actions(_observations(buffer, 2))  # advance the key
+    _, learner = learner.sample_latents(_observations(buffer, 2))  # advance the key
 
     RunCheckpointer(tmp_path).save(2, {"agent": learner, "grad_steps": 2}, buffer)
     fresh = PixelSACLearner.create(99, observation_spec, NOISE_DIM, config)
@@ -360,9 +360,9 @@ def test_resumed_pixel_sac_learner_continues_bitwise_identically(tmp_path):
         jax.tree.leaves(resumed, is_leaf=lambda x: x is None),
     )
     observations = _observations(buffer, 3)
-    actions, _ = learner.sample_actions(observations)
-    resumed_actions, _ = resumed.sample_actions(observations)
+    actions, _ = learner.sample_latents(observations)
+    resumed_actions, _ = resumed.sample_latents(observations)
     np.testing.assert_array_equal(actions, resumed_actions)
     np.testing.assert_array_equal(
-        learner.eval_actions(observations), resumed.eval_actions(observations)
+        learner.mode_latents(observations), resumed.mode_latents(observations)
     )

@@ -228,21 +228,21 @@ def test_distillation_with_several_noises_per_state_pairs_each_state_with_its_no
 def test_actor_actions_stay_within_action_magnitude():
     learner = pin_actor(make_learner(), np.array([50.0, -50.0, 0.0], np.float32))
     obs = make_batch(np.random.default_rng(2), (16,))["observations"]
-    actions, learner2 = learner.sample_actions(obs)
+    actions, learner2 = learner.sample_latents(obs)
     assert actions.shape == (16, 3)
     assert np.all(np.abs(actions) <= 1.5 + 1e-6)
     np.testing.assert_allclose(actions[:, 0], 1.5, atol=1e-4)  # saturated at +am, not beyond
     np.testing.assert_allclose(actions[:, 1], -1.5, atol=1e-4)
     assert not np.array_equal(learner.rng, learner2.rng)  # the key advanced
-    mode = learner.eval_actions(obs)
+    mode = learner.mode_latents(obs)
     assert np.all(np.abs(mode) <= 1.5 + 1e-6)
 
     # After updates that push w the actor keeps its bound (tanh-Gaussian, unlike the official code).
     fresh = make_learner(seed=1)
     batches = make_batch(np.random.default_rng(3), (4, 8))
     fresh, metrics = fresh.update(batches)
-    assert metrics["actions_abs_max"] <= 1.5 + 1e-6
-    actions, _ = fresh.sample_actions(obs)
+    assert metrics["latents_abs_max"] <= 1.5 + 1e-6
+    actions, _ = fresh.sample_latents(obs)
     assert np.all(np.abs(actions) <= 1.5 + 1e-6)
 
 

@@ -16,10 +16,12 @@ SPEC = {
     "state": ((D,), np.float32),
     "prompt": ((), object),  # a base-policy key: the learner ignores it
 }
+# The reference's metric names, except its next_actions_* (latents here: next_latents_*, and its
+# next_actions_sampled, equal to next_actions_mean, is not repeated).
 REFERENCE_METRICS = {
-    "critic_loss", "q", "target_actor_entropy", "next_actions_sampled", "next_log_probs",
-    "next_q_pi", "target_q", "next_actions_mean", "next_actions_std", "next_actions_min",
-    "next_actions_max", "actor_loss", "entropy", "q_pi_in_actor", "mean_pi_norm", "std_pi_norm",
+    "critic_loss", "q", "target_actor_entropy", "next_log_probs",
+    "next_q_pi", "target_q", "next_latents_mean", "next_latents_std", "next_latents_min",
+    "next_latents_max", "actor_loss", "entropy", "q_pi_in_actor", "mean_pi_norm", "std_pi_norm",
     "mean_pi_avg", "mean_pi_max", "mean_pi_min", "std_pi_avg", "std_pi_max", "std_pi_min",
     "temperature", "temperature_loss",
 }  # fmt: skip
@@ -82,17 +84,17 @@ def test_actions_shapes_and_bounds(action_magnitude):
         "state": rng.normal(size=(64, D)).astype(np.float32) * 100,
         "prompt": ["ignored"] * 64,
     }
-    a1, learner2 = learner.sample_actions(obs)
-    a2, _ = learner2.sample_actions(obs)
+    a1, learner2 = learner.sample_latents(obs)
+    a2, _ = learner2.sample_latents(obs)
     assert a1.shape == (64, A) and a1.dtype == np.float32
     assert np.abs(a1).max() <= action_magnitude and np.abs(a1).max() > 0.5 * action_magnitude
     assert not np.allclose(a1, a2)  # the learner's key advanced
-    a1_again, _ = learner.sample_actions(obs)
+    a1_again, _ = learner.sample_latents(obs)
     np.testing.assert_array_equal(a1, a1_again)  # same learner, same key: reproducible
-    mode = learner.eval_actions(obs)
+    mode = learner.mode_latents(obs)
     assert mode.shape == (64, A) and np.abs(mode).max() <= action_magnitude
-    np.testing.assert_array_equal(mode, learner2.eval_actions(obs))
-    single = learner.eval_actions({k: v[0] for k, v in obs.items()})
+    np.testing.assert_array_equal(mode, learner2.mode_latents(obs))
+    single = learner.mode_latents({k: v[0] for k, v in obs.items()})
     assert single.shape == (A,)
 
 
@@ -194,7 +196,7 @@ def test_shared_encoder_actor_never_changes_the_critic():
     perturbed = slow.replace(
         critic=slow.critic.replace(params=jax.tree.map(lambda x: x * 1.5, slow.critic.params))
     )
-    assert not np.allclose(slow.eval_actions(obs), perturbed.eval_actions(obs))
+    assert not np.allclose(slow.mode_latents(obs), perturbed.mode_latents(obs))
 
 
 def test_td_target_uses_per_transition_discount_and_masks():
@@ -222,7 +224,7 @@ def test_learner_solves_a_pixel_bandit():  # ~15 s on 2 busy cores
     for _ in range(25):
         pixels, sign = make_bandit_batch(rng, 32)
         state = np.zeros((32, D), np.float32)
-        actions, learner = learner.sample_actions({"pixels": pixels, "state": state})
+        actions, learner = learner.sample_latents({"pixels": pixels, "state": state})
         buf_pix.append(pixels), buf_sign.append(sign), buf_act.append(actions)
         pix, sgn, act = map(np.concatenate, (buf_pix, buf_sign, buf_act))
         idx = rng.integers(0, len(pix), (10, 64))
@@ -239,7 +241,7 @@ def test_learner_solves_a_pixel_bandit():  # ~15 s on 2 busy cores
             }
         )
     pixels, sign = make_bandit_batch(np.random.default_rng(123), 200)
-    greedy = learner.eval_actions({"pixels": pixels, "state": np.zeros((200, D), np.float32)})
+    greedy = learner.mode_latents({"pixels": pixels, "state": np.zeros((200, D), np.float32)})
     accuracy = float(np.mean(np.sign(greedy[:, 0]) == sign))
     assert accuracy > 0.9, (accuracy, metrics)
 
@@ -289,7 +291,7 @@ def test_unknown_config_key_and_bad_inputs_raise(learner):
     with pytest.raises(ValueError, match=r"\(K, B\)"):
         learner.update(batches)
     with pytest.raises(ValueError, match="spec"):
-        learner.eval_actions(
+        learner.mode_latents(
             {"pixels": np.zeros((1, 8, 8, 3), np.uint8), "state": np.zeros((1, D))}
         )
 

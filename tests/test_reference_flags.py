@@ -141,5 +141,5 @@ def test_add_states_0_drops_the_agent_state_but_not_the_base_policys(tmp_path):
 
         obs = stack_observations(run.vec_env.reset([0, 1, 2, 3, 4, 5, 6, 7]))
         assert obs["state"].shape == (8, 0) and obs["policy_state"].shape[1] > 0
-        latents, _ = run.agent.sample_actions({"pixels": obs["pixels"], "state": obs["state"]})
+        latents, _ = run.agent.sample_latents({"pixels": obs["pixels"], "state": obs["state"]})
         assert latents.shape == (8, run.steering.latent_dim)

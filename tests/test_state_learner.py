@@ -80,9 +80,9 @@ def test_state_sac_learner_is_mlp_only_and_learns(sharing):
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, learner.critic.params)
     assert all(jax.tree.leaves(changed))
 
-    one, learner = learner.sample_actions({"state": np.zeros(STATE_DIM, np.float32)})
+    one, learner = learner.sample_latents({"state": np.zeros(STATE_DIM, np.float32)})
     assert one.shape == (12,) and np.all(np.abs(one) <= 1.0)
-    many = learner.eval_actions({"state": np.zeros((5, STATE_DIM), np.float32)})
+    many = learner.mode_latents({"state": np.zeros((5, STATE_DIM), np.float32)})
     assert many.shape == (5, 12)
 
 
@@ -104,7 +104,7 @@ def test_state_spec_errors_are_clear():
         PixelSACLearner.create(0, {"state": ((0,), np.float32)}, 4, state_config())
     learner = PixelSACLearner.create(0, SPEC, 4, state_config())
     with pytest.raises(ValueError, match="do not match"):
-        learner.eval_actions({"state": np.zeros((2, STATE_DIM + 1), np.float32)})
+        learner.mode_latents({"state": np.zeros((2, STATE_DIM + 1), np.float32)})
 
 
 def linear_policy() -> JaxBasePolicy:

@@ -431,7 +431,7 @@ class Learner(flax.struct.PyTreeNode):
             features = self.critic_features(self.acting_critic_params, observations)
         return self.actor_distribution(self.actor.params, observations, features)
 
-    def sample_actions(self, observations: Mapping[str, Any]) -> tuple[np.ndarray, Learner]:
+    def sample_latents(self, observations: Mapping[str, Any]) -> tuple[np.ndarray, Learner]:
         """Stochastic latents (B, latent_dim) within +-action_magnitude and the learner with its
         PRNG key advanced. An unbatched observation (pixels (H, W, C)) gives (latent_dim,)."""
         obs, unbatched = self._batched_observations(observations)
@@ -439,7 +439,7 @@ class Learner(flax.struct.PyTreeNode):
         latents = np.asarray(latents)
         return (latents[0] if unbatched else latents), self.replace(rng=rng)
 
-    def eval_actions(self, observations: Mapping[str, Any]) -> np.ndarray:
+    def mode_latents(self, observations: Mapping[str, Any]) -> np.ndarray:
         """Distribution mode action_magnitude * tanh(mean): (B, latent_dim), or unbatched."""
         obs, unbatched = self._batched_observations(observations)
         latents = np.asarray(_mode_jit(self, obs))

@@ -131,7 +131,7 @@ def actor_step(
     metrics = {
         "actor_loss": loss,
         "q_pi_in_actor": q.mean(),
-        "actions_abs_max": jnp.abs(latents).max(),
+        "latents_abs_max": jnp.abs(latents).max(),
         "actor_grad_norm": optax.global_norm(grads),
         **policy_metrics(dist),
     }

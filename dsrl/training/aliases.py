@@ -52,7 +52,7 @@ def repeat_observations(observation: Mapping[str, Any], times: int) -> dict[str,
 def sample_with_aliases(
     base_policy: Any, observation: Mapping[str, Any], noise: np.ndarray, alias_noise: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(chunks (N, H, A), alias chunks (N, K, H, A)), float32, from ONE base-policy call.
+    """(plans (N, H, A), alias plans (N, K, H, A)), float32, from ONE base-policy call.
 
     noise: (N, H, D), the executed chunks' noise; alias_noise: (N, K, H, D). A policy with
     `sample_actions_multi(obs, (N, 1 + K, H, D))` (Pi0: one prefix pass per observation) gets
@@ -80,13 +80,11 @@ def query_with_aliases(
     num_aliases: int,
     clip: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One steered query with K aliases per observation: (chunks (N, H, A), alias latents
+    """One steered query with K aliases per observation: (the plans (N, H, A), alias latents
     (N, K, latent_dim), the aliases' executed chunks (N, K, query_freq, A))."""
     num_envs = noise.shape[0]
     latents = draw_alias_latents(rng, num_envs, num_aliases, steering.noise_param, clip)
     alias_noise = steering.noise_param.to_noise(latents.reshape(num_envs * num_aliases, -1))
     alias_noise = alias_noise.reshape(num_envs, num_aliases, *alias_noise.shape[1:])
-    chunks, alias_chunks = sample_with_aliases(
-        steering.base_policy, observation, noise, alias_noise
-    )
-    return chunks, latents, alias_chunks[:, :, : steering.query_freq]
+    plans, alias_plans = sample_with_aliases(steering.base_policy, observation, noise, alias_noise)
+    return plans, latents, alias_plans[:, :, : steering.query_freq]

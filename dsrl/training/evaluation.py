@@ -93,7 +93,7 @@ def warmup_episode_noise(steering: Steering, seed: int, stream: int) -> EpisodeN
 
 def mode_episode_noise(steering: Steering, agent: Any) -> EpisodeNoise:
     """The actor's distribution mode (deterministic), one episode per agent call."""
-    return EpisodeNoise(lambda k: steering.agent_source(agent.eval_actions))
+    return EpisodeNoise(lambda k: steering.agent_source(agent.mode_latents))
 
 
 def sampled_episode_noise(steering: Steering, agent: Any) -> EpisodeNoise:
@@ -105,7 +105,7 @@ def sampled_episode_noise(steering: Steering, agent: Any) -> EpisodeNoise:
         holder = {"agent": agent.replace(rng=jax.random.fold_in(agent.rng, k))}
 
         def act(obs: AgentObservation) -> np.ndarray:
-            latents, holder["agent"] = holder["agent"].sample_actions(obs)
+            latents, holder["agent"] = holder["agent"].sample_latents(obs)
             return latents
 
         return steering.agent_source(act)

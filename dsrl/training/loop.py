@@ -140,7 +140,7 @@ class _Trainer:
 
     # -- evaluation ---------------------------------------------------------------------------
     def _sampled_act(self, obs):
-        latents, self.agent = self.agent.sample_actions(obs)
+        latents, self.agent = self.agent.sample_latents(obs)
         return latents
 
     def _run_eval(self, source, num_video: int = 0) -> EvalResult:
@@ -372,7 +372,7 @@ def train(
 
     env / eval_env: vector envs (`num_envs`, `spec`, `reset(seeds)`, `step_chunk(...)`); eval
     defaults to the training env. agent: a learner with `update(batches) -> (agent, metrics)`,
-    `sample_actions(obs) -> (latents, agent)`, `eval_actions(obs) -> latents` and
+    `sample_latents(obs) -> (latents, agent)`, `mode_latents(obs) -> latents` and
     `transition_spec()`. buffer: a `ReplayBuffer` built from `example_transition(...)` with the
     same transition spec. logger: `RunLogger` or None. checkpointer: `RunCheckpointer` or None.
     transition_spec: what each transition stores; default `agent.transition_spec()`.

@@ -1,10 +1,13 @@
-"""Steered rollouts: latent -> noise -> base-policy chunk -> env chunk -> one transition.
+"""Steered rollouts: latent -> noise -> base-policy plan -> executed chunk -> one transition.
+
+A *plan* is the base policy's whole output for one query, (H, A) per env; the *chunk* is the part
+of it the env executes, its first `query_freq` actions.
 
 One *query* is one decision of the RL agent. For `num_envs` parallel envs it costs:
 
   1. one batched agent call (`select` below) on the agent observations ("pixels", "state");
   2. one batched `base_policy.sample_actions(observation, noise)` for all envs;
-  3. one `VectorEnv.step_chunk` executing the first `query_freq` actions of every chunk (each
+  3. one `VectorEnv.step_chunk` executing the first `query_freq` actions of every plan (each
      worker runs its chunk locally, rendering only at its end).
 
 Each env contributes ONE transition per query (DSRL's decision-level MDP). With the env's
@@ -195,7 +198,7 @@ def run_episodes(
         with timer.section("base_policy"):
             policy_obs = stack_observations(obs_list)
             if num_aliases:  # the aliases' chunks come from the same base-policy call
-                chunks, alias_latents, alias_chunks = query_with_aliases(
+                plans, alias_latents, alias_chunks = query_with_aliases(
                     steering,
                     policy_obs,
                     noise,
@@ -204,12 +207,12 @@ def run_episodes(
                     transition_spec.clip_aliases,
                 )
             else:
-                chunks = steering.base_policy.sample_actions(policy_obs, noise)
-        executed = np.asarray(chunks, dtype=np.float32)[:, : steering.query_freq]
+                plans = steering.base_policy.sample_actions(policy_obs, noise)
+        executed = np.asarray(plans, dtype=np.float32)[:, : steering.query_freq]
         with timer.section("env"):
             kwargs = {}
             if getattr(vec_env, "smoothing", None) is not None:  # the plan past this chunk
-                kwargs["tails"] = np.asarray(chunks, dtype=np.float32)[:, steering.query_freq :]
+                kwargs["tails"] = np.asarray(plans, dtype=np.float32)[:, steering.query_freq :]
             results = vec_env.step_chunk(
                 executed, active=active.copy(), record_frames=record_frames, **kwargs
             )

@@ -118,11 +118,10 @@ def update_step(learner: PixelSACLearner, batch: dict[str, Any]):
         "target_actor_entropy": -next_log_probs.mean(),
         "next_log_probs": next_log_probs.mean(),
         "next_q_pi": next_qs.mean(),
-        "next_actions_sampled": next_latents.mean(),
-        "next_actions_mean": next_latents.mean(),
-        "next_actions_std": next_latents.std(),
-        "next_actions_min": next_latents.min(),
-        "next_actions_max": next_latents.max(),
+        "next_latents_mean": next_latents.mean(),
+        "next_latents_std": next_latents.std(),
+        "next_latents_min": next_latents.min(),
+        "next_latents_max": next_latents.max(),
         **actor_metrics,
     }
     new = learner.replace(
