@@ -218,9 +218,9 @@ def test_section_commands_are_what_the_launcher_and_bench_learner_accept(tmp_pat
     kwargs = value("env.kwargs", "env_kwargs")
     assert kwargs["max_episode_steps"] == args.episode_steps
     # What each env worker builds from these kwargs: a real demo_pi0 env, one episode long.
-    from dsrl.training import run as run_lib
+    from dsrl.training import build
 
-    env = run_lib.agent_env_fn(config)()
+    env = build.agent_env_fn(config)()
     assert env.spec.name == "demo_pi0" and env.spec.max_episode_steps == args.episode_steps
     assert env.spec.observation_spec["pixels"][0] == (64, 64, 3)
     plan = gpu_check.loop_plan(args)
