@@ -10,17 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from run_parts import load_script
 
 from dsrl.base_policies.flow_mlp import FlowMLPConfig, FlowMLPPolicy, init_params
+from dsrl.training import cli
 from dsrl.utils.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def launcher():
-    return load_script("examples/launch_train_sim.py")
 
 
 @pytest.mark.parametrize(
@@ -35,9 +30,9 @@ def launcher():
     ],
 )
 def test_state_presets_have_the_release_values(
-    launcher, preset, width, magnitude, utd, per_transition, gamma
+    preset, width, magnitude, utd, per_transition, gamma
 ):
-    config, _ = launcher.parse_config(["--env", preset])
+    config, _ = cli.parse_sim(["--env", preset])
     learner = config.learner_config()
     assert config.agent.algorithm == "dsrl_na"
     assert tuple(learner.hidden_dims) == (width,) * 3 and learner.activation == "tanh"
@@ -53,7 +48,7 @@ def test_state_presets_have_the_release_values(
 
 
 @pytest.mark.slow  # ~90 s on the shared 2-core machine (compiles of the NA update and acting)
-def test_hopper_run_through_the_launcher_trains_and_writes_metrics(launcher, tmp_path):
+def test_hopper_run_through_the_launcher_trains_and_writes_metrics(tmp_path):
     policy_dir = tmp_path / "hopper_flow"
     cfg = FlowMLPConfig(horizon=4, action_dim=3, noise_dim=3, state_dim=11, hidden_dims=(16,))
     FlowMLPPolicy(cfg, init_params(cfg, 0)).save(policy_dir)
@@ -65,7 +60,7 @@ def test_hopper_run_through_the_launcher_trains_and_writes_metrics(launcher, tmp
         "--multi_grad_step", "1", "--max_steps", "8", "--eval_interval", "8",
         "--eval_episodes", "1", "--config.replay.capacity=1000",
     ]  # fmt: skip
-    assert launcher.main(argv) == 0
+    assert cli.main_sim(argv) == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
     rows = read_metrics(run_dir)
     trained = [r for r in rows if "training/noise_critic_loss" in r]
