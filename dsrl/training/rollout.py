@@ -115,6 +115,182 @@ def _frames_to_rgb(frames: Any) -> np.ndarray | None:
     return np.ascontiguousarray(frames[..., :3]).astype(np.uint8, copy=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Rules:
+    """How one executed chunk becomes a transition (fixed for a rollout)."""
+
+    env_sum: bool  # the env's own rewards summed ("env_sum") vs the success rule ("success")
+    penalty: float  # the success rule's reward per query: -1 (step penalty) or 0
+    discount: float
+    max_steps: int
+    store: bool
+    spec: TransitionSpec
+    num_aliases: int
+
+
+@dataclasses.dataclass
+class _Query:
+    """One batched decision: latents -> noise -> plans; `executed` is each plan's chunk."""
+
+    latents: np.ndarray | None
+    noise: np.ndarray
+    plans: np.ndarray  # float32 (N, H, A)
+    executed: np.ndarray  # float32 (N, query_freq, A)
+    alias_latents: Any = None
+    alias_chunks: Any = None
+
+
+def _reward_rule(spec: Any) -> bool:
+    """True for "env_sum"; refuses an unknown convention."""
+    convention = getattr(spec, "reward_convention", "success")
+    if convention not in REWARD_CONVENTIONS:
+        raise ValueError(
+            f"{spec.name}: reward_convention {convention!r} is not one of "
+            f"{REWARD_CONVENTIONS}; fix the env's EnvSpec"
+        )
+    return convention == "env_sum"
+
+
+def _query(
+    steering: Steering,
+    source: NoiseSource,
+    obs_list: Sequence[Observation],
+    rules: _Rules,
+    alias_rng: np.random.Generator | None,
+    timer: Timer,
+) -> _Query:
+    agent_obs = stack_observations([agent_observation(o) for o in obs_list])
+    with timer.section("agent"):
+        latents, noise = source(agent_obs)
+    noise = np.asarray(noise, dtype=np.float32)
+    if rules.store and latents is None:
+        raise ValueError("store_transitions=True needs a noise source that returns latents")
+    alias_latents = alias_chunks = None
+    with timer.section("base_policy"):
+        policy_obs = stack_observations(obs_list)
+        if rules.num_aliases:  # the aliases' chunks come from the same base-policy call
+            plans, alias_latents, alias_chunks = query_with_aliases(
+                steering,
+                policy_obs,
+                noise,
+                alias_rng,
+                rules.num_aliases,
+                rules.spec.clip_aliases,
+            )
+        else:
+            plans = steering.base_policy.sample_actions(policy_obs, noise)
+    plans = np.asarray(plans, dtype=np.float32)
+    executed = plans[:, : steering.query_freq]
+    return _Query(latents, noise, plans, executed, alias_latents, alias_chunks)
+
+
+def _transition(
+    query: _Query,
+    i: int,
+    obs: Observation,
+    res: Any,
+    reward: float,
+    terminated: bool,
+    rules: _Rules,
+) -> dict[str, Any]:
+    """The stored transition of env i for one query (see `run_episodes` for its fields)."""
+    transition = {
+        transition_keys.OBSERVATIONS: agent_observation(obs),
+        transition_keys.LATENTS: query.latents[i],
+        transition_keys.REWARDS: np.float32(reward),
+        transition_keys.MASKS: np.float32(0.0 if terminated else 1.0),
+        transition_keys.DISCOUNTS: np.float32(rules.discount ** int(res.steps_executed)),
+        transition_keys.NEXT_OBSERVATIONS: agent_observation(res.obs),
+    }
+    for key in rules.spec.policy_observation_keys:
+        transition[transition_keys.OBSERVATIONS][key] = obs[key]
+        transition[transition_keys.NEXT_OBSERVATIONS][key] = res.obs[key]
+    if rules.spec.action_chunks:
+        transition[transition_keys.ACTION_CHUNKS] = query.executed[i]
+        transition[transition_keys.NOISE] = query.noise[i]
+    if rules.num_aliases:
+        transition[transition_keys.ALIAS_LATENTS] = query.alias_latents[i]
+        transition[transition_keys.ALIAS_CHUNKS] = query.alias_chunks[i]
+    return transition
+
+
+def _step_chunk(
+    vec_env: Any, query: _Query, active: np.ndarray, record_frames: bool, query_freq: int
+) -> Any:
+    kwargs = {}
+    if getattr(vec_env, "smoothing", None) is not None:  # the plan past this chunk
+        kwargs["tails"] = query.plans[:, query_freq:]
+    return vec_env.step_chunk(
+        query.executed, active=active.copy(), record_frames=record_frames, **kwargs
+    )
+
+
+class _Tally:
+    """Per-env bookkeeping of the episodes a rollout runs (the first n envs)."""
+
+    def __init__(self, n: int, task_ids: list[Any], rules: _Rules, record_frames: bool):
+        self.rules, self.record_frames, self.task_ids = rules, record_frames, task_ids
+        self.transitions: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+        self.frames: list[list[np.ndarray]] = [[] for _ in range(n)]
+        self.returns = np.zeros(n)
+        self.agent_returns = np.zeros(n)
+        self.max_rewards = np.full(n, -np.inf)
+        self.successes = np.zeros(n, dtype=bool)
+        self.lengths = np.zeros(n, dtype=np.int64)
+        self.queries = np.zeros(n, dtype=np.int64)
+        self.discarded = np.zeros(n, dtype=bool)
+
+    def add(self, i: int, obs: Observation, res: Any, query: _Query) -> bool:
+        """Books env i's chunk result; True when its episode is over."""
+        rules = self.rules
+        if getattr(res, "worker_restarted", False):
+            # Half an episode from a dead worker: training on it would teach that the chunk
+            # after the failure never came. The caller's obs keeps padding the batch.
+            self.discarded[i] = True
+            self.transitions[i], self.frames[i] = [], []
+            return True
+        steps = int(res.steps_executed)
+        env_rewards = np.asarray(res.rewards, dtype=np.float64).reshape(-1)
+        success = bool(res.success)
+        self.lengths[i] += steps
+        self.queries[i] += 1
+        self.returns[i] += float(env_rewards.sum())
+        if env_rewards.size:
+            self.max_rewards[i] = max(self.max_rewards[i], float(env_rewards.max()))
+        terminated = bool(res.terminated) or (success and not rules.env_sum)
+        # A worker that never reports truncation still cannot run past the spec's limit.
+        truncated = bool(res.truncated) or self.lengths[i] >= rules.max_steps
+        self.successes[i] |= success
+        if rules.env_sum:
+            reward = float(env_rewards.sum())
+        else:
+            reward = rules.penalty + (1.0 if success else 0.0)
+        self.agent_returns[i] += reward
+        if rules.store:
+            self.transitions[i].append(_transition(query, i, obs, res, reward, terminated, rules))
+        if self.record_frames:
+            chunk_frames = _frames_to_rgb(res.frames)
+            if chunk_frames is not None:
+                self.frames[i].extend(chunk_frames)
+        return terminated or truncated
+
+    def episode(self, i: int) -> Episode:
+        frames = self.frames[i]
+        task_id = self.task_ids[i]
+        return Episode(
+            transitions=self.transitions[i],
+            env_return=float(self.returns[i]),
+            max_reward=float(self.max_rewards[i]) if np.isfinite(self.max_rewards[i]) else 0.0,
+            success=bool(self.successes[i]) and not self.discarded[i],
+            length=int(self.lengths[i]),
+            num_queries=int(self.queries[i]),
+            agent_return=float(self.agent_returns[i]),
+            frames=np.stack(frames).astype(np.uint8) if self.record_frames and frames else None,
+            discarded=bool(self.discarded[i]),
+            task_id=None if task_id is None else int(task_id),
+        )
+
+
 def run_episodes(
     vec_env: Any,
     steering: Steering,
@@ -148,8 +324,9 @@ def run_episodes(
     0 per query and +1 on success (RLinf's `use_step_penalty: False`, reward_coef 1).
 
     on_chunk(env_steps, queries, episodes_ended): called after every chunk with the env steps it
-    executed (all envs), its queries (= transitions) and the episodes it ended, for progress; a True return stops the rollout
-    there, the episodes still running ending as truncated (a graceful stop keeps their data).
+    executed (all envs), its queries (= transitions) and the episodes it ended, for progress; a
+    True return stops the rollout there, the episodes still running ending as truncated (a
+    graceful stop keeps their data).
     """
     timer = timer or NullTimer()
     num_aliases = int(transition_spec.num_aliases) if store_transitions else 0
@@ -159,115 +336,36 @@ def run_episodes(
     n = len(seeds)
     if not 1 <= n <= num_envs:
         raise ValueError(f"got {n} seeds for a vector env with {num_envs} envs")
-    max_steps = int(vec_env.spec.max_episode_steps)
-    convention = getattr(vec_env.spec, "reward_convention", "success")
-    if convention not in REWARD_CONVENTIONS:
-        raise ValueError(
-            f"{vec_env.spec.name}: reward_convention {convention!r} is not one of "
-            f"{REWARD_CONVENTIONS}; fix the env's EnvSpec"
-        )
-    env_sum = convention == "env_sum"
-    all_seeds = list(seeds) + [None] * (num_envs - n)
+    rules = _Rules(
+        env_sum=_reward_rule(vec_env.spec),
+        penalty=-1.0 if step_penalty else 0.0,
+        discount=discount,
+        max_steps=int(vec_env.spec.max_episode_steps),
+        store=store_transitions,
+        spec=transition_spec,
+        num_aliases=num_aliases,
+    )
     with timer.section("env"):
-        obs_list = list(vec_env.reset(all_seeds))
-    task_ids = [obs_list[i].get(TASK_ID_KEY) for i in range(n)]
-    active = np.zeros(num_envs, dtype=bool)
-    active[:n] = True
-    transitions: list[list[dict[str, Any]]] = [[] for _ in range(n)]
-    returns = np.zeros(n)
-    agent_returns = np.zeros(n)
-    penalty = -1.0 if step_penalty else 0.0
-    max_rewards = np.full(n, -np.inf)
-    successes = np.zeros(n, dtype=bool)
-    lengths = np.zeros(n, dtype=np.int64)
-    queries = np.zeros(n, dtype=np.int64)
-    discarded = np.zeros(n, dtype=bool)
-    frames: list[list[np.ndarray]] = [[] for _ in range(n)]
+        obs_list = list(vec_env.reset(list(seeds) + [None] * (num_envs - n)))
+    tally = _Tally(n, [obs_list[i].get(TASK_ID_KEY) for i in range(n)], rules, record_frames)
     if record_frames:
-        for i in range(n):
-            frames[i].append(video_frame(obs_list[i], vec_env.spec.video_key))
+        tally.frames = [[video_frame(obs_list[i], vec_env.spec.video_key)] for i in range(n)]
+    active = np.arange(num_envs) < n
 
     stopped = False
     while active.any() and not stopped:
-        agent_obs = stack_observations([agent_observation(o) for o in obs_list])
-        with timer.section("agent"):
-            latents, noise = source(agent_obs)
-        noise = np.asarray(noise, dtype=np.float32)
-        if store_transitions and latents is None:
-            raise ValueError("store_transitions=True needs a noise source that returns latents")
-        with timer.section("base_policy"):
-            policy_obs = stack_observations(obs_list)
-            if num_aliases:  # the aliases' chunks come from the same base-policy call
-                plans, alias_latents, alias_chunks = query_with_aliases(
-                    steering,
-                    policy_obs,
-                    noise,
-                    alias_rng,
-                    num_aliases,
-                    transition_spec.clip_aliases,
-                )
-            else:
-                plans = steering.base_policy.sample_actions(policy_obs, noise)
-        executed = np.asarray(plans, dtype=np.float32)[:, : steering.query_freq]
+        query = _query(steering, source, obs_list, rules, alias_rng, timer)
         with timer.section("env"):
-            kwargs = {}
-            if getattr(vec_env, "smoothing", None) is not None:  # the plan past this chunk
-                kwargs["tails"] = np.asarray(plans, dtype=np.float32)[:, steering.query_freq :]
-            results = vec_env.step_chunk(
-                executed, active=active.copy(), record_frames=record_frames, **kwargs
-            )
+            results = _step_chunk(vec_env, query, active, record_frames, steering.query_freq)
         chunk_steps, chunk_queries, chunk_ended = 0, 0, 0
         for i in np.flatnonzero(active[:n]):
             res = results[i]
-            if getattr(res, "worker_restarted", False):
-                # Half an episode from a dead worker: training on it would teach that the chunk
-                # after the failure never came. obs_list[i] keeps padding the batch.
-                discarded[i], active[i] = True, False
-                transitions[i], frames[i] = [], []
+            done = tally.add(i, obs_list[i], res, query)
+            if tally.discarded[i]:
+                active[i] = False
                 continue
-            steps = int(res.steps_executed)
-            chunk_steps += steps
+            chunk_steps += int(res.steps_executed)
             chunk_queries += 1
-            env_rewards = np.asarray(res.rewards, dtype=np.float64).reshape(-1)
-            success = bool(res.success)
-            lengths[i] += steps
-            queries[i] += 1
-            returns[i] += float(env_rewards.sum())
-            if env_rewards.size:
-                max_rewards[i] = max(max_rewards[i], float(env_rewards.max()))
-            terminated = bool(res.terminated) or (success and not env_sum)
-            # A worker that never reports truncation still cannot run past the spec's limit.
-            truncated = bool(res.truncated) or lengths[i] >= max_steps
-            done = terminated or truncated
-            successes[i] |= success
-            if env_sum:
-                reward = float(env_rewards.sum())
-            else:
-                reward = penalty + (1.0 if success else 0.0)
-            agent_returns[i] += reward
-            if store_transitions:
-                transition = {
-                    transition_keys.OBSERVATIONS: agent_observation(obs_list[i]),
-                    transition_keys.LATENTS: latents[i],
-                    transition_keys.REWARDS: np.float32(reward),
-                    transition_keys.MASKS: np.float32(0.0 if terminated else 1.0),
-                    transition_keys.DISCOUNTS: np.float32(discount**steps),
-                    transition_keys.NEXT_OBSERVATIONS: agent_observation(res.obs),
-                }
-                for key in transition_spec.policy_observation_keys:
-                    transition[transition_keys.OBSERVATIONS][key] = obs_list[i][key]
-                    transition[transition_keys.NEXT_OBSERVATIONS][key] = res.obs[key]
-                if transition_spec.action_chunks:
-                    transition[transition_keys.ACTION_CHUNKS] = executed[i]
-                    transition[transition_keys.NOISE] = noise[i]
-                if num_aliases:
-                    transition[transition_keys.ALIAS_LATENTS] = alias_latents[i]
-                    transition[transition_keys.ALIAS_CHUNKS] = alias_chunks[i]
-                transitions[i].append(transition)
-            if record_frames:
-                chunk_frames = _frames_to_rgb(res.frames)
-                if chunk_frames is not None:
-                    frames[i].extend(chunk_frames)
             obs_list[i] = res.obs
             if done:
                 active[i] = False
@@ -275,18 +373,4 @@ def run_episodes(
         if on_chunk is not None:
             stopped = bool(on_chunk(chunk_steps, chunk_queries, chunk_ended))
 
-    return [
-        Episode(
-            transitions=transitions[i],
-            env_return=float(returns[i]),
-            max_reward=float(max_rewards[i]) if np.isfinite(max_rewards[i]) else 0.0,
-            success=bool(successes[i]) and not discarded[i],
-            length=int(lengths[i]),
-            num_queries=int(queries[i]),
-            agent_return=float(agent_returns[i]),
-            frames=np.stack(frames[i]).astype(np.uint8) if record_frames and frames[i] else None,
-            discarded=bool(discarded[i]),
-            task_id=None if task_ids[i] is None else int(task_ids[i]),
-        )
-        for i in range(n)
-    ]
+    return [tally.episode(i) for i in range(n)]
