@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+# Keys of the agent's observation: "pixels" is absent for a state-only agent.
+PIXELS, STATE = "pixels", "state"
 # Keys of a stored transition (and of a sampled batch, with leading (K, B) axes).
 OBSERVATIONS = "observations"
 NEXT_OBSERVATIONS = "next_observations"

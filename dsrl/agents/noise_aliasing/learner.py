@@ -41,17 +41,14 @@ import optax
 from flax.training.train_state import TrainState
 
 from dsrl.agents import sac, spec
-from dsrl.agents.common import (
-    PIXELS,
-    STATE,
-    Learner,
-    augment,
+from dsrl.agents.common import PIXELS, STATE, Learner, augment
+from dsrl.agents.execution import BlockRunner
+from dsrl.agents.learner_networks import (
     build_networks,
     critic_module,
     dummy_observation,
     feature_dim,
 )
-from dsrl.agents.execution import BlockRunner
 from dsrl.agents.noise_aliasing import losses
 from dsrl.agents.noise_aliasing.config import NoiseAliasingConfig
 from dsrl.base_policies.base import JaxBasePolicy, as_jax_base_policy

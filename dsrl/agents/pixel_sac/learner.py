@@ -24,8 +24,9 @@ import jax
 from flax.training.train_state import TrainState
 
 from dsrl.agents import sac, spec
-from dsrl.agents.common import Learner, augment, build_networks
+from dsrl.agents.common import Learner, augment
 from dsrl.agents.execution import BlockRunner
+from dsrl.agents.learner_networks import build_networks
 from dsrl.agents.pixel_sac.config import PixelSACConfig
 
 
