@@ -18,7 +18,9 @@ Mapping of the release's values onto this loop:
   (`loop.start_online_updates`, counted in transitions = chunks here too);
 - rewards: `reward_convention="env_sum"` of the env (dsrl.envs.gym_mujoco, dsrl.envs.robomimic).
 The base policy is a state-conditioned one with a (4, action_dim) noise (`base_policy.checkpoint`
-must be given: a flow_mlp directory until the DDIM DiffusionMLP lands).
+must be given). The presets name `flow_mlp`; for the release's DDIM DiffusionMLP pass
+`--config.base_policy.kind=diffusion_mlp` (scripts/run_gym.sh and run_robomimic.sh read the kind
+from the directory).
 """
 
 from __future__ import annotations
