@@ -61,6 +61,43 @@ def _wait_until_gone(temp_dir: str, timeout_s: float = 30.0) -> list[int]:
     return []
 
 
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def _listening_addresses(pids: list[int]) -> list[str]:
+    """The local addresses of the TCP sockets these processes listen on (from /proc/net/tcp*)."""
+    inodes = set()
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        for fd in fd_dir.iterdir() if fd_dir.exists() else ():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    addresses = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(fields[1].split(":")[0])
+            # The kernel prints each 32-bit word of the address in host (little-endian) order.
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, width // 2, 4))
+            addresses.append(_format_ip(words))
+    return addresses
+
+
+def _format_ip(packed: bytes) -> str:
+    import ipaddress
+
+    ip = ipaddress.ip_address(packed)
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return f"::ffff:{ip.ipv4_mapped}"
+    return str(ip)
+
+
 @pytest.mark.slow
 def test_sigkilled_launcher_leaves_no_ray_process_or_file(tmp_path):
     proc, temp_dir = _start(tmp_path, "wait")
@@ -69,6 +106,11 @@ def test_sigkilled_launcher_leaves_no_ray_process_or_file(tmp_path):
         names = b" ".join(Path(f"/proc/{p}/cmdline").read_bytes() for p in pids)
         # The agents rename themselves; they are found by the session files they hold open.
         assert b"DashboardAgent" in names and b"RuntimeEnvAgent" in names
+        # Nothing of a local Ray is reachable from another machine.
+        listening = _listening_addresses([proc.pid, *pids])
+        assert listening, "found no listening socket of the Ray session"
+        exposed = [a for a in listening if a not in LOOPBACK]
+        assert not exposed, f"a local Ray listens beyond loopback: {sorted(set(exposed))}"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -9,10 +9,11 @@ So a local Ray started by dsrl gets:
   * its own temp directory (`dsrl-ray-*` under the system temp dir), so that "this session's
     processes and files" is well defined: every Ray daemon of the session names that directory
     on its command line, and no other Ray on the machine does;
-  * no dashboard UI (Ray's dashboard head listens on 127.0.0.1). Ray 2.60 cannot be made to
-    listen on loopback only: it replaces a node IP of 127.0.0.1 with the machine's address, and
-    its C++ servers (GCS, raylet, every worker's gRPC server) bind all interfaces. What dsrl can
-    guarantee is that none of them outlives the launcher;
+  * no dashboard UI, and loopback only: node IP 127.0.0.1, with Ray's single-machine mode
+    (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, what Ray does by default on macOS and Windows).
+    Without that mode Ray 2.60 on Linux replaces a node IP of 127.0.0.1 with the machine's
+    address and its C++ servers (GCS, raylet, every worker's gRPC server) bind all interfaces;
+    with it, every listening socket of the session is on 127.0.0.1 (tests/test_ray_session.py);
   * a watchdog: a small process in its own session that reads a pipe whose only write end the
     launcher holds. The kernel closes that end when the launcher dies, however it dies, and the
     watchdog then stops every process naming the temp directory and deletes the directory. A
@@ -34,10 +35,19 @@ from pathlib import Path
 _PREFIX = "dsrl-ray-"
 
 
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 def local_ray_kwargs(temp_dir: str) -> dict:
-    """ray.init keyword arguments for a local Ray without dashboard UI, keeping its files in
-    `temp_dir`."""
-    return {"include_dashboard": False, "_temp_dir": temp_dir}
+    """ray.init keyword arguments for a local Ray without dashboard UI, on loopback only, keeping
+    its files in `temp_dir`. Puts this process (and the daemons it starts, which inherit the
+    environment) in Ray's single-machine mode first."""
+    os.environ[_SINGLE_MACHINE_ENV] = "0"
+    # Ray reads the variable when it is first imported; an imported Ray gets the same value.
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+    return {"include_dashboard": False, "_temp_dir": temp_dir, "_node_ip_address": "127.0.0.1"}
 
 
 def _names(entry: Path, needle: str) -> bool:
