@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
         (["--hidden_dims", "64", "x"], "--hidden_dims '64 x': layer widths must be integers"),
         (["--critic_lr", "1e30"], "--critic_lr 1e+30: a learning rate must be in (0, 1]"),
         (["--actor_lr", "5"], "--actor_lr 5: a learning rate must be in (0, 1]"),
+        (["--actor_lr", "nan"], "actor_lr must be a finite number > 0, got nan; set it with"),
         (["--batch_size", "1e12"], "--batch_size 1000000000000: one sampled batch needs"),
         (
             ["--num_envs", "100000", "--config.env.mode=subprocess"],

@@ -5,6 +5,7 @@ update block executes on the backend is not a learning choice: see dsrl.agents.e
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,7 +82,12 @@ class SACConfig:
                 raise ValueError(f"{type(self).__name__}: {msg}")
 
         for name in ("actor_lr", "critic_lr", "temp_lr", "init_temperature"):
-            need(float(getattr(self, name)) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+            value = float(getattr(self, name))
+            need(
+                math.isfinite(value) and value > 0,
+                f"{name} must be a finite number > 0, got {getattr(self, name)}; set it with "
+                f"--{name} (or --config.agent.{name}), e.g. 3e-4 for a learning rate",
+            )
         need(0 < self.tau <= 1, f"tau must be in (0, 1], got {self.tau}")
         need(
             len(self.hidden_dims) > 0 and all(int(h) > 0 for h in self.hidden_dims),
