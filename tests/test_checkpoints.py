@@ -322,7 +322,7 @@ def test_resumed_pixel_sac_learner_continues_bitwise_identically(tmp_path):
     config.num_qs = 2
     config.cnn_features = (4, 4)
     config.cnn_strides = (2, 1)
-    config.latent_dim = 8
+    config.bottleneck_dim = 8  # the reference flag --latent_dim
     config.color_jitter = False  # smaller program, faster compile; not what is under test
     observation_spec = {"pixels": (PIX, np.uint8), "state": ((STATE_D,), np.float32)}
 
