@@ -42,6 +42,7 @@ from dsrl.envs.libero_scripted import (  # noqa: E402
     POLICY_STATE_DIM,
     LiberoPickPlaceEnv,
     ScriptedPickPlace,
+    draw_grasp_offset,
 )
 
 LIBERO_ASSET_DIR = os.path.join(
@@ -68,8 +69,7 @@ def _demo_worker(args: tuple) -> list[tuple[np.ndarray, np.ndarray, bool, tuple]
     out = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        y_low, y_high = offset_y[2 * int(rng.integers(len(offset_y) // 2)) :][:2]
-        offset = (float(rng.uniform(*offset_x)), float(rng.uniform(y_low, y_high)))
+        offset = draw_grasp_offset(rng, offset_x, offset_y)
         demonstrator = ScriptedPickPlace(grasp_offset=offset)
         obs = env.reset(seed=seed)
         states, actions, success = [], [], False

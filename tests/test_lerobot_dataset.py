@@ -197,10 +197,17 @@ def test_finetune_pi0_from_lerobot_dir(tmp_path):
         (tmp_path / "run" / "2" / "assets" / "dataset" / "norm_stats.json").read_text()
     )["norm_stats"]
     assert len(stats["state"]["mean"]) == 8 and len(stats["actions"]["mean"]) == 7
+    # --robot libero (the default): the stats are those of pi0_libero's delta actions.
+    data = lr.LeRobotDataset(tmp_path / "ds", action_horizon=10)
+    chunks = data.actions.astype(np.float64)
+    chunks[..., :6] -= data.state[:, None, :6]
+    np.testing.assert_allclose(stats["actions"]["mean"], chunks.reshape(-1, 7).mean(0), atol=1e-5)
     losses = [r["train/loss"] for r in read_metrics(tmp_path / "run") if "train/loss" in r]
     assert len(losses) == 2 and all(np.isfinite(losses))
     with pytest.raises(SystemExit):  # --data and --dataset together
         ft.parse_args(["--data", "x.npz", "--dataset", str(tmp_path / "ds")])
+    with pytest.raises(SystemExit):  # an unknown robot, before any work
+        ft.parse_args(["--dataset", str(tmp_path / "ds"), "--robot", "franka"])
 
 
 @pytest.mark.slow

@@ -364,3 +364,64 @@ def test_data_parallel_step_matches_one_device():
         [sys.executable, "-c", _DATA_PARALLEL], env=env, cwd=root, capture_output=True, text=True
     )
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_training_targets_come_back_as_the_data_actions_through_the_libero_policy():
+    """What fine-tuning trains on (pi0_libero's DeltaActions, norm stats of the delta actions,
+    normalised and padded) is what `Pi0Policy(robot="libero")` turns back into the recorded robot
+    actions: a model that fits its targets replays the demonstrations. Without the delta transform
+    the policy's AbsoluteActions would shift every position action by the robot's state."""
+    from dsrl.base_policies.pi0 import transforms as tf
+    from dsrl.base_policies.pi0.random_init import random_parts
+    from dsrl.base_policies.pi0.training import data as data_lib
+
+    rng = np.random.default_rng(0)
+    batch = {
+        "images": {"base_0_rgb": rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)},
+        "state": rng.normal(size=(5, 14)).astype("f4") + 3.0,
+        "actions": rng.uniform(-1, 1, size=(5, CFG.action_horizon, 7)).astype("f4"),
+        "prompt": [PROMPT] * 5,
+    }
+    mask = tf.get_robot("libero").delta_action_mask
+    trained_on = data_lib.delta_batch(batch, mask)
+    stats = ns.compute_norm_stats([trained_on])
+    model, tokenizer, _ = random_parts(CFG, "float32", None)
+    obs, targets = data_lib.to_model_inputs(trained_on, CFG, stats, tokenizer)
+    policy = Pi0Policy(model, tokenizer, stats, "libero")
+    replayed = policy.postprocess(np.asarray(targets), np.asarray(obs.state))
+    np.testing.assert_allclose(replayed, batch["actions"], atol=1e-5)
+    assert not np.allclose(trained_on["actions"], batch["actions"])  # the transform did act
+    # The batch itself is not modified, and no mask leaves it as it is.
+    np.testing.assert_array_equal(data_lib.delta_batch(batch, None)["actions"], batch["actions"])
+
+
+def test_remat_gives_the_same_gradients_and_keeps_fewer_activations():
+    """`Pi0Config.remat` (finetune_pi0.py --remat) recomputes each Gemma layer in the backward
+    pass: the loss and gradients are those without it, and the dry run's activation bytes drop."""
+    import dataclasses
+
+    from dsrl.base_policies.pi0.training import memory
+
+    cfg = dataclasses.replace(CFG, action_dim=16)
+    params = model_lib.init_params(cfg, 0)
+    obs = model_lib.fake_observation(cfg, 3, seed=1)
+    actions = np.random.default_rng(2).normal(size=(3, cfg.action_horizon, 16)).astype("f4")
+
+    def grads(config):
+        def loss(p):
+            key = jax.random.key(4)
+            return jax.numpy.mean(loss_lib.compute_loss(config, p, key, obs, actions))
+
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    (plain_loss, plain), (remat_loss, remat) = (
+        grads(cfg),
+        grads(dataclasses.replace(cfg, remat=True)),
+    )
+    np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    full = optim.TrainConfig(trainable="full")
+    kept = memory.training_bytes(cfg, full, 8)["activations"]
+    kept_remat = memory.training_bytes(dataclasses.replace(cfg, remat=True), full, 8)["activations"]
+    assert kept_remat < 0.7 * kept

@@ -32,6 +32,9 @@ from dsrl.envs.base import Observation
 from dsrl.envs.libero import WRIST_CAMERA, LiberoEnv
 
 POLICY_STATE_DIM = 11
+# The small Pi0's state (`pi0_state=True`): LIBERO's 8-d robot state, then the object and the
+# target relative to the gripper (the last 6 entries of "policy_state").
+PI0_STATE_DIM = 14
 # libero_object tasks: the object to pick and the receptacle, as named in the raw observation.
 DEFAULT_TASK = {"suite": "libero_object", "task_id": 8}
 DEFAULT_OBJECTS = {
@@ -60,6 +63,10 @@ class LiberoPickPlaceEnv(LiberoEnv):
     Args (beyond LiberoEnv's): object_name / target_name: the raw-observation names of the
       object to move and the receptacle (defaults known for libero_object tasks 1, 6, 8);
       render_wrist: also render the wrist camera (off: only the agent view is rendered).
+      pi0_state: also return "observation/state" = [LIBERO's 8-d "state", object - eef (3),
+        target - eef (3)] (PI0_STATE_DIM): Pi0's LIBERO transforms read that key before
+        "state", so the small Pi0 (dsrl/assets/pi0_libero_cpu) sees the object poses while the
+        agent keeps the 8-d "state".
     """
 
     def __init__(
@@ -69,6 +76,7 @@ class LiberoPickPlaceEnv(LiberoEnv):
         object_name: str | None = None,
         target_name: str | None = None,
         render_wrist: bool = False,
+        pi0_state: bool = False,
         **kwargs: Any,
     ):
         super().__init__(suite=suite, task_id=task_id, **kwargs)
@@ -83,6 +91,7 @@ class LiberoPickPlaceEnv(LiberoEnv):
             target_name = target_name or default_target
         self.object_name, self.target_name = object_name, target_name
         self._render_wrist = bool(render_wrist)
+        self._pi0_state = bool(pi0_state)
         if not self._render_wrist:
             self._camera_observables = (self._camera_observables[0],)
 
@@ -93,7 +102,22 @@ class LiberoPickPlaceEnv(LiberoEnv):
             raw = {**raw, f"{WRIST_CAMERA}_image": np.zeros_like(raw["agentview_image"])}
         obs = super()._observation(raw, rendered)
         obs["policy_state"] = pick_place_state(raw, self.object_name, self.target_name)
+        if self._pi0_state:
+            obs["observation/state"] = np.concatenate([obs["state"], obs["policy_state"][5:]])
         return obs
+
+
+def draw_grasp_offset(
+    rng: np.random.Generator, offset_x: tuple[float, float], offset_y: tuple[float, ...]
+) -> tuple[float, float]:
+    """One demonstration's grasp offset (m): x uniform in `offset_x`; y uniform in one of the
+    intervals `offset_y` = (lo0, hi0, lo1, hi1, ...), each picked with equal probability. With a
+    centred interval and one 2.5-3.5 cm off (where grasps slip) the demonstrations, and the policy
+    cloned from them, have a mode that succeeds and one that fails."""
+    if len(offset_y) < 2 or len(offset_y) % 2:
+        raise ValueError(f"offset_y takes pairs LO HI (intervals), got {offset_y}.")
+    y_low, y_high = offset_y[2 * int(rng.integers(len(offset_y) // 2)) :][:2]
+    return float(rng.uniform(*offset_x)), float(rng.uniform(y_low, y_high))
 
 
 @dataclasses.dataclass

@@ -40,6 +40,9 @@ GEMMA_VARIANTS: dict[str, GemmaConfig] = {
     # A CPU-sized Pi0 (fine-tuning benchmarks): matmuls large enough to run near the CPU's peak.
     "small": GemmaConfig(256, 4, 1024, 4, 1, 64),
     "small_expert": GemmaConfig(128, 4, 512, 4, 1, 64),
+    # The LIBERO CPU Pi0 (`mini`, dsrl/assets/pi0_libero_cpu): trained and steered on 2 cores.
+    "mini": GemmaConfig(64, 3, 256, 4, 1, 16),
+    "mini_expert": GemmaConfig(128, 3, 512, 4, 1, 16),
 }
 
 
@@ -58,6 +61,7 @@ _VIT_SIZES = {  # name -> (width, depth, mlp_dim, num_heads), from the big_visio
     "So400m": (1152, 27, 4304, 16),
     "mu": (32, 1, 128, 2),
     "S": (384, 12, 1536, 6),
+    "xs": (64, 2, 256, 2),  # not a big_vision size: the `mini` Pi0's encoder
 }
 _VISION_ALIASES = {"tiny": "mu/8"}
 
@@ -102,6 +106,10 @@ class Pi0Config:
     dtype: Dtype = "bfloat16"
     image_keys: tuple[str, ...] = IMAGE_KEYS
     image_resolution: tuple[int, int] = IMAGE_RESOLUTION
+    # Training only: recompute each Gemma layer's activations in the backward pass instead of
+    # keeping them (openpi rematerialises its layers the same way). Same gradients, far less
+    # memory, about a third more compute. Inference does not differentiate: no effect there.
+    remat: bool = False
 
     def __post_init__(self):
         if self.dtype not in ("bfloat16", "float32"):
@@ -202,17 +210,43 @@ class Pi0Config:
         return cls(pi05=pi05, **{**base, **overrides})
 
     @classmethod
+    def mini(cls, *, pi05: bool = False, **overrides) -> Pi0Config:
+        """The LIBERO CPU size (~1M parameters, dsrl/assets/pi0_libero_cpu): a 2-layer ViT of
+        width 64 on 64x64 images in 16x16 patches (16 tokens a camera), two 3-layer Gemmas of
+        width 64 / 128, a 256-token vocabulary, 16-dim actions and state (the LIBERO state plus
+        object poses fits), 16-step chunks, float32. Sized so that a 30-minute CPU run trains it
+        and the DSRL loop's base-policy queries cost little next to rendering."""
+        base = {
+            "paligemma_variant": "mini",
+            "action_expert_variant": "mini_expert",
+            "vision_variant": "xs/16",
+            "vocab_size": 256,
+            "image_resolution": (64, 64),
+            "action_dim": 16,
+            "action_horizon": 16,
+            "max_token_len": 24,
+            "dtype": "float32",
+        }
+        return cls(pi05=pi05, **{**base, **overrides})
+
+    @classmethod
     def from_name(cls, variant: str, **overrides) -> Pi0Config:
-        """`full` (alias `pi0`), `dummy`, `tiny`, and `pi05_full` (alias `pi05`), `pi05_dummy`,
+        """`full` (alias `pi0`), `dummy`, `tiny`, `small`, `mini`, and `pi05_full` (alias `pi05`), `pi05_dummy`,
         `pi05_tiny`; keyword overrides replace fields, e.g. `from_name("full", action_horizon=10)`."""
         name = {"pi0": "full", "pi05": "pi05_full"}.get(variant, variant)
         pi05 = name.startswith("pi05_")
         size = name.removeprefix("pi05_")
-        makers = {"full": cls.full, "dummy": cls.dummy, "tiny": cls.tiny, "small": cls.small}
+        makers = {
+            "full": cls.full,
+            "dummy": cls.dummy,
+            "tiny": cls.tiny,
+            "small": cls.small,
+            "mini": cls.mini,
+        }
         if size not in makers:
             raise ValueError(
                 f"Unknown Pi0 variant {variant!r}; choose one of pi0, full, dummy, tiny, small, "
-                "pi05, pi05_full, pi05_dummy, pi05_tiny, pi05_small."
+                "mini, pi05, pi05_full, pi05_dummy, pi05_tiny, pi05_small, pi05_mini."
             )
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:

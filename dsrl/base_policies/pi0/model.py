@@ -88,7 +88,7 @@ class PrefixCache:
 
 
 def _siglip(config: Pi0Config) -> siglip.SigLIP:
-    return siglip.SigLIP(config.vision, config.paligemma.width, config.dtype)
+    return siglip.SigLIP(config.vision, config.paligemma.width, config.dtype, config.remat)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,10 +185,19 @@ def encode_prefix(
     llm, dtype = params["PaliGemma"]["llm"], config.dtype
     state = jnp.asarray(obs.state, jnp.float32)
     if not with_feature:
-        k, v = gemma.prefix_forward(llm, config.paligemma, tokens, attn, positions, dtype)
+        k, v = gemma.prefix_forward(
+            llm, config.paligemma, tokens, attn, positions, dtype, remat=config.remat
+        )
         return PrefixCache(k=k, v=v, mask=mask, state=state)
     k, v, hidden = gemma.prefix_forward(
-        llm, config.paligemma, tokens, attn, positions, dtype, return_hidden=True
+        llm,
+        config.paligemma,
+        tokens,
+        attn,
+        positions,
+        dtype,
+        return_hidden=True,
+        remat=config.remat,
     )
     return PrefixCache(k=k, v=v, mask=mask, state=state, feature=masked_mean(hidden, mask))
 
@@ -233,6 +242,7 @@ def denoise(
             positions,
             cond,
             config.dtype,
+            remat=config.remat,
         )
         return _dense(params["action_out_proj"], out[:, :, -config.action_horizon :])
 

@@ -78,11 +78,12 @@ class Encoder(nn.Module):
     mlp_dim: int
     num_heads: int
     dtype: str
+    remat: bool = False  # recompute each block in the backward pass (Pi0Config.remat)
 
     @nn.compact
     def __call__(self, x):
         blocks = nn.scan(
-            EncoderBlock,
+            nn.remat(EncoderBlock) if self.remat else EncoderBlock,
             variable_axes={"params": 0},
             split_rngs={"params": True},
             length=self.depth,
@@ -102,6 +103,7 @@ class SigLIP(nn.Module):
     config: VisionConfig
     out_width: int
     dtype: str = "float32"
+    remat: bool = False
 
     @nn.compact
     def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
@@ -113,7 +115,9 @@ class SigLIP(nn.Module):
             (1, x.shape[1], cfg.width),
         )
         x = (x + pos.astype(jnp.float32)).astype(self.dtype)
-        x = Encoder(cfg.depth, cfg.mlp_dim, cfg.num_heads, self.dtype, name="Transformer")(x)
+        x = Encoder(
+            cfg.depth, cfg.mlp_dim, cfg.num_heads, self.dtype, self.remat, name="Transformer"
+        )(x)
         # openpi zero-initialises this head; a random init keeps image content visible in the
         # outputs of randomly initialised test models (checkpoints overwrite it anyway).
         return nn.Dense(self.out_width, dtype=self.dtype, name="head")(x)

@@ -86,6 +86,17 @@ class NpzDataset:
             yield {"state": self.state[sl], "actions": self.actions[sl]}
 
 
+def delta_batch(batch: Mapping[str, Any], mask: tuple[bool, ...] | None) -> dict[str, Any]:
+    """openpi's DeltaActions data transform: action dims where `mask` is True become relative to
+    the state (`transforms.delta_actions`); the policy's AbsoluteActions undoes it at inference
+    (pi0_libero: the first 6 dims). None: the batch unchanged. Applied before norm stats and
+    training, as openpi's data transforms are, so that a fine-tuned model loads with its robot."""
+    if mask is None:
+        return dict(batch)
+    actions = tf.delta_actions(np.asarray(batch["actions"]), np.asarray(batch["state"]), mask)
+    return {**batch, "actions": actions.astype(np.float32)}
+
+
 def _pad(x: np.ndarray, dim: int) -> np.ndarray:
     out = np.zeros((*x.shape[:-1], dim), np.float32)
     out[..., : x.shape[-1]] = x

@@ -71,6 +71,7 @@ def predict_velocity(
         positions,
         cond,
         config.dtype,
+        remat=config.remat,
     )
     return dense(params["action_out_proj"], out[:, 0, -config.action_horizon :])
 

@@ -4,12 +4,13 @@ Per trainable choice: parameter bytes (trained leaves float32, frozen ones in th
 bfloat16 for the released sizes, as openpi casts frozen parameters), AdamW's two moments (float32, trained leaves only), the EMA copy, and
 the activations the backward pass keeps (the residuals JAX saves between the forward and the
 backward pass of the loss, from `jax.ad_checkpoint`'s residual listing, for the given batch;
-this implementation does not rematerialise layers, so they are an upper bound on what XLA keeps
-live, before its buffer reuse).
+without `Pi0Config.remat` every layer's activations are kept, with it only each layer's input;
+an upper bound on what XLA keeps live, before its buffer reuse).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -90,12 +91,24 @@ def training_bytes(
 
 def dry_run_table(config: Pi0Config, batch: int, encoded=None) -> list[dict]:
     """`training_bytes` for full, expert-only and LoRA training (EMA on for full and expert, off
-    for LoRA, as openpi's configs)."""
+    for LoRA, as openpi's configs), with and without layer rematerialisation (`--remat`):
+    "activations" / "total" as `config.remat` says, "activations_remat" / "total_remat" with it on."""
     rows = []
+    remat = dataclasses.replace(config, remat=True)
     for trainable in optim.TRAINABLE:
         train = optim.TrainConfig(
             trainable=trainable, ema_decay=None if trainable == "lora" else 0.99
         )
         row = training_bytes(config, train, batch, encoded)
-        rows.append({"trainable": trainable, **row, "total": sum(row.values())})
+        total = sum(row.values())
+        with_remat = training_bytes(remat, train, batch, encoded)["activations"]
+        rows.append(
+            {
+                "trainable": trainable,
+                **row,
+                "total": total,
+                "activations_remat": with_remat,
+                "total_remat": total - row["activations"] + with_remat,
+            }
+        )
     return rows

@@ -1,0 +1,29 @@
+"""LIBERO on a CPU with Pi0: DSRL steering the small Pi0 this repository fine-tunes itself.
+
+The same task, layouts, agent and loop as `libero_cpu` (libero_object task 8, "pick up the
+chocolate pudding and place it in the basket"; 50 fixed evaluation layouts from robosuite's
+placement sampler, disjoint from the demonstrations'), but the frozen base policy is a Pi0: the
+shipped `dsrl/assets/pi0_libero_cpu` (`Pi0Config.mini`, made by scripts/make_pi0_libero.py from
+scripted demonstrations in LeRobot's layout). Both cameras (64x64) and the prompt go through
+SigLIP and the Gemma prefix, the latent is the action expert's initial noise, and the actions
+come back through pi0_libero's transforms (norm stats, AbsoluteActions). Its state is LIBERO's
+8-d state plus the object and basket relative to the gripper ("observation/state", 14-d): with
+pixels alone a model this size does not learn the grasp in the 30 minutes a CPU allows (see
+docs/finetune_pi0.md). The agent sees what it sees in the LIBERO preset: the 64x64 agent view
+and the 8-d state. One 16-d noise vector is repeated over the 16-step chunk ('repeat', the
+reference's Pi0 mapping); 8 steps of each chunk are executed per query.
+"""
+
+from __future__ import annotations
+
+from dsrl.presets import libero_cpu
+
+
+def get_config():
+    config = libero_cpu.get_config()
+    config.env.kwargs.render_wrist = True  # Pi0 reads both cameras
+    config.env.kwargs.pi0_state = True
+    config.base_policy = {"kind": "pi0", "checkpoint": "libero_cpu"}
+    config.log.prefix = "dsrl_libero_pi0_cpu"
+    config.log.wandb_project = "DSRL_libero_pi0_cpu"
+    return config

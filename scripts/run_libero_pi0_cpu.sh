@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# DSRL on real LIBERO on a CPU with Pi0: steer the shipped small Pi0 (dsrl/assets/pi0_libero_cpu)
+# on libero_object task 8 with the `libero_pi0_cpu` preset (2 env workers, 64x64 agent view + 8-d
+# state), then print base vs steered success and write success_vs_env_steps.png in the run dir.
+# Extra arguments go to the launcher and override the preset, e.g.
+#   bash scripts/run_libero_pi0_cpu.sh --seed 1
+#   bash scripts/run_libero_pi0_cpu.sh --algorithm dsrl_na
+#   bash scripts/run_libero_pi0_cpu.sh --max_steps 3000 --eval_interval 3000 --config.loop.eval_episodes=20   # the CI test
+# Expects an installed environment (bash scripts/setup_env.sh or `source .venv/bin/activate`).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/sim_env.sh"
+export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+LOGDIR="${LOGDIR:-./logs/DSRL_libero_pi0_cpu}"
+
+python examples/launch_train_sim.py --env libero_pi0_cpu --logdir "$LOGDIR" "$@"
