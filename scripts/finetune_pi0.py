@@ -63,6 +63,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wandb_mode", default="offline", choices=["offline", "online", "disabled"])
     p.add_argument("--dry_run", action="store_true", help="print memory needs (shapes only)")
     p.add_argument(
+        "--image_dropout",
+        type=float,
+        default=0.0,
+        help="probability that an example's cameras are all masked (black), so that the model "
+        "also learns from the state alone; a regulariser for small datasets (not openpi's)",
+    )
+    p.add_argument(
+        "--shared_noise",
+        action="store_true",
+        help="one noise row per chunk, repeated over the horizon (Pi0Config.shared_noise; not "
+        "openpi's): load the result with the same setting",
+    )
+    p.add_argument(
         "--remat",
         action="store_true",
         help="recompute each Gemma layer's activations in the backward pass (openpi does): "
@@ -140,7 +153,7 @@ def finetune(args) -> pathlib.Path:
 
     # Compute in the variant's dtype (bfloat16 for the released sizes, as openpi trains); the
     # trained weights stay float32 and the frozen ones are stored in the compute dtype.
-    config = Pi0Config.from_name(args.variant, remat=args.remat)
+    config = Pi0Config.from_name(args.variant, remat=args.remat, shared_noise=args.shared_noise)
     tc = train_config(args)
     if args.dataset is not None:
         from dsrl.data.lerobot import LeRobotDataset
@@ -183,6 +196,8 @@ def finetune(args) -> pathlib.Path:
         bar = tqdm(range(start, stop), initial=start, total=args.steps, desc="finetune")
         for step in bar:
             obs, actions = data_lib.to_model_inputs(delta(next(batches)), config, stats, tokenizer)
+            drop_rng = np.random.default_rng((args.seed, step))  # resumes exactly
+            obs = data_lib.drop_images(obs, args.image_dropout, drop_rng)
             obs, actions = ts.shard_batch((obs, actions), mesh)
             state, info = ts.train_step(state, obs, actions, **kw)
             done = step + 1

@@ -14,7 +14,8 @@
 3. Fine-tuning with `scripts/finetune_pi0.py` (a subprocess, the command a user runs): the
    `mini` Pi0 (`Pi0Config.mini`: both images and the prompt through SigLIP and the Gemma prefix,
    the state token and the action expert as in Pi0) from random weights, openpi's loss,
-   AdamW + warm-up + cosine decay, EMA, pi0_libero's DeltaActions on the first 6 dims.
+   AdamW + warm-up + cosine decay, EMA; LIBERO's transforms without pi0_libero's extra
+   DeltaActions (`libero_no_delta`, see ROBOT).
 4. The checkpoint in openpi's layout (`params/`, `assets/libero_cpu/norm_stats.json`) plus
    tokenizer.model, config.json and SHA256SUMS, written to --out.
 5. Evaluation through `Pi0Policy` and LIBERO's transforms, 8 of the 16 actions executed per
@@ -51,6 +52,11 @@ import numpy as np  # noqa: E402
 from dsrl.envs.libero_scripted import DEFAULT_TASK  # noqa: E402
 
 ASSET_ID = "libero_cpu"
+# LIBERO's transforms without pi0_libero's extra DeltaActions (openpi's extra_delta_transform=
+# False): with the orientation nearly constant in these demos (std 0.003 rad), delta targets made
+# the model hold it by cancelling the state, its small errors turned the gripper, and the state
+# left the data by hundreds of standard deviations (docs/finetune_pi0.md).
+ROBOT = "libero_no_delta"
 LIBERO_FPS = 20
 
 
@@ -152,7 +158,7 @@ def finetune(args, dataset: pathlib.Path, tokenizer: pathlib.Path, out: pathlib.
         f"--tokenizer={tokenizer}",
         f"--out={out}",
         f"--asset_id={ASSET_ID}",
-        "--robot=libero",
+        f"--robot={ROBOT}",
         f"--steps={args.train_steps}",
         f"--batch={args.batch_size}",
         f"--peak_lr={args.lr}",
@@ -162,6 +168,8 @@ def finetune(args, dataset: pathlib.Path, tokenizer: pathlib.Path, out: pathlib.
         "--log_every=100",
         f"--seed={args.seed}",
         "--wandb_mode=disabled",
+        "--shared_noise",
+        f"--image_dropout={args.image_dropout}",
     ]
     print("[make_pi0]", " ".join(cmd), file=sys.stderr)
     subprocess.run(cmd, check=True)
@@ -179,9 +187,11 @@ def assemble(args, ckpt: pathlib.Path, tokenizer: pathlib.Path, made: dict) -> p
     shutil.copy(tokenizer, out / "tokenizer.model")
     config = {
         "variant": "mini",
-        "robot": "libero",
+        "robot": ROBOT,
         "asset_id": ASSET_ID,
         "num_steps": 10,
+        "shared_noise": True,
+        "image_dropout": args.image_dropout,
         "made_by": "python scripts/make_pi0_libero.py " + " ".join(sys.argv[1:]),
         **made,
     }
@@ -192,32 +202,17 @@ def assemble(args, ckpt: pathlib.Path, tokenizer: pathlib.Path, made: dict) -> p
 
 def evaluate(policy, task_id, seeds, query_freq, noise_fn, workers, max_episode_steps):
     """Base success over seeded sampler layouts, one render per chunk, `workers` processes."""
-    from dsrl.envs.vector import VectorEnv
+    from dsrl.envs.libero_scripted import run_seeded_episodes
 
     keys = ("agentview_image", "wrist_image", "observation/state")
-    successes = []
+
+    def act(obs):
+        batch = {k: np.stack([o[k] for o in obs]) for k in keys}
+        batch["prompt"] = obs[0]["prompt"]
+        return policy.sample_actions(batch, noise_fn(workers))
+
     env_fn = functools.partial(_env, task_id, max_episode_steps)
-    with VectorEnv([env_fn] * workers) as vec:
-        for start in range(0, len(seeds), workers):
-            round_seeds = seeds[start : start + workers]
-            obs = vec.reset(seeds=round_seeds, indices=list(range(len(round_seeds))))
-            obs = obs + [obs[0]] * (workers - len(round_seeds))
-            active = np.arange(workers) < len(round_seeds)
-            done = np.zeros(workers, bool)
-            success = np.zeros(workers, bool)
-            while np.any(active & ~done):
-                batch = {k: np.stack([o[k] for o in obs]) for k in keys}
-                batch["prompt"] = obs[0]["prompt"]
-                chunk = policy.sample_actions(batch, noise_fn(workers))
-                results = vec.step_chunk(chunk[:, :query_freq], active=active & ~done)
-                for i, res in enumerate(results):
-                    if res is None:
-                        continue
-                    obs[i] = res.obs
-                    if res.terminated or res.truncated:
-                        done[i], success[i] = True, res.success
-            successes += [bool(s) for s in success[: len(round_seeds)]]
-    return successes
+    return run_seeded_episodes(act, env_fn, seeds, query_freq, workers)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -230,11 +225,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--offset_x", type=float, nargs=2, default=(-0.03, 0.03))
     p.add_argument("--offset_y", type=float, nargs="+", default=(-0.005, 0.005, 0.025, 0.035))
     p.add_argument("--action_noise", type=float, default=0.1)
-    p.add_argument("--train_steps", type=int, default=3000)
+    p.add_argument("--train_steps", type=int, default=6000)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup_steps", type=int, default=200)
     p.add_argument("--ema_decay", type=float, default=0.99)
+    p.add_argument("--image_dropout", type=float, default=0.5, help="finetune_pi0.py's")
     p.add_argument("--query_freq", type=int, default=8)
     p.add_argument("--eval_episodes", type=int, default=50)
     p.add_argument("--max_episode_steps", type=int, default=160, help="demos and evaluation")

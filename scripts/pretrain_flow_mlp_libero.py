@@ -43,6 +43,7 @@ from dsrl.envs.libero_scripted import (  # noqa: E402
     LiberoPickPlaceEnv,
     ScriptedPickPlace,
     draw_grasp_offset,
+    run_seeded_episodes,
 )
 
 LIBERO_ASSET_DIR = os.path.join(
@@ -109,30 +110,13 @@ def evaluate_policy(
     policy, task_id, seeds, query_freq, noise_fn, num_envs, max_episode_steps
 ) -> list[bool]:
     """Episodes on seeded sampler layouts, `num_envs` subprocess workers, one render per chunk."""
-    from dsrl.envs.vector import VectorEnv
 
-    successes = []
+    def act(obs):
+        state = np.stack([o["policy_state"] for o in obs])
+        return policy.sample_actions({"policy_state": state}, noise_fn(num_envs))
+
     env_fn = functools.partial(_env, task_id, max_episode_steps)
-    with VectorEnv([env_fn] * num_envs) as vec:
-        for start in range(0, len(seeds), num_envs):
-            round_seeds = seeds[start : start + num_envs]
-            obs = vec.reset(seeds=round_seeds, indices=list(range(len(round_seeds))))
-            obs = obs + [obs[0]] * (num_envs - len(round_seeds))
-            active = np.arange(num_envs) < len(round_seeds)
-            done = np.zeros(num_envs, bool)
-            success = np.zeros(num_envs, bool)
-            while np.any(active & ~done):
-                state = np.stack([o["policy_state"] for o in obs])
-                chunk = policy.sample_actions({"policy_state": state}, noise_fn(num_envs))
-                results = vec.step_chunk(chunk[:, :query_freq], active=active & ~done)
-                for i, res in enumerate(results):
-                    if res is None:
-                        continue
-                    obs[i] = res.obs
-                    if res.terminated or res.truncated:
-                        done[i], success[i] = True, res.success
-            successes += [bool(s) for s in success[: len(round_seeds)]]
-    return successes
+    return run_seeded_episodes(act, env_fn, seeds, query_freq, num_envs)
 
 
 def main() -> None:

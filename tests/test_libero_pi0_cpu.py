@@ -31,7 +31,7 @@ def _observation(batch: int) -> dict:
 
 def test_shipped_pi0_loads_and_damaged_or_extra_files_are_refused(tmp_path):
     config = shipped.read_config(shipped.LIBERO_CPU_DIR)
-    assert config["variant"] == "mini" and config["robot"] == "libero"
+    assert config["variant"] == "mini" and config["robot"] == "libero_no_delta"
     size = sum(p.stat().st_size for p in shipped.LIBERO_CPU_DIR.rglob("*") if p.is_file())
     assert size <= 20 * 2**20
     policy = shipped.load()

@@ -425,3 +425,56 @@ def test_remat_gives_the_same_gradients_and_keeps_fewer_activations():
     kept = memory.training_bytes(cfg, full, 8)["activations"]
     kept_remat = memory.training_bytes(dataclasses.replace(cfg, remat=True), full, 8)["activations"]
     assert kept_remat < 0.7 * kept
+
+
+def test_shared_noise_uses_row_0_of_the_noise_in_training_and_sampling():
+    """`Pi0Config.shared_noise` (finetune_pi0.py --shared_noise, the small LIBERO Pi0): only the
+    noise's first row counts, repeated over the chunk, in the loss and in sampling; without it
+    every row counts."""
+    import dataclasses
+
+    shared = dataclasses.replace(CFG, shared_noise=True)
+    params = model_lib.init_params(CFG, 0)
+    obs = model_lib.fake_observation(CFG, 2, seed=1)
+    rng = np.random.default_rng(5)
+    noise = rng.normal(size=(2, CFG.action_horizon, CFG.action_dim)).astype("f4")
+    other = noise.copy()
+    other[:, 1:] = rng.normal(size=other[:, 1:].shape)
+    repeated = np.broadcast_to(noise[:, :1], noise.shape)
+    actions = rng.normal(size=noise.shape).astype("f4")
+    time = np.array([0.3, 0.8], "f4")
+
+    def loss(config, n):
+        return np.asarray(loss_lib.flow_matching_loss(config, params, obs, actions, n, time))
+
+    np.testing.assert_array_equal(loss(shared, noise), loss(shared, other))
+    np.testing.assert_allclose(loss(shared, noise), loss(CFG, repeated), rtol=1e-6)
+    assert not np.allclose(loss(CFG, noise), loss(CFG, other))
+    sample = lambda config, n: np.asarray(  # noqa: E731
+        model_lib.Pi0.create(config, params).sample_actions(None, obs, noise=n, num_steps=2)
+    )
+    np.testing.assert_array_equal(sample(shared, noise), sample(shared, other))
+    np.testing.assert_allclose(sample(shared, noise), sample(CFG, repeated), atol=1e-6)
+
+
+def test_image_dropout_masks_whole_examples():
+    """finetune_pi0.py --image_dropout: a dropped example loses every camera (black, mask False,
+    as openpi feeds an absent camera); the others, the state and the prompt are untouched."""
+    from dsrl.base_policies.pi0.training import data as data_lib
+
+    obs = model_lib.fake_observation(CFG, 64, seed=1)
+    obs = model_lib.Observation(
+        {k: np.asarray(v) for k, v in obs.images.items()},
+        {k: np.ones(64, bool) for k in obs.images},
+        np.asarray(obs.state),
+        np.asarray(obs.tokenized_prompt),
+        np.asarray(obs.tokenized_prompt_mask),
+    )
+    assert data_lib.drop_images(obs, 0.0, np.random.default_rng(0)) is obs
+    out = data_lib.drop_images(obs, 0.5, np.random.default_rng(0))
+    masks = np.stack([out.image_masks[k] for k in CFG.image_keys])
+    assert np.all(masks == masks[0]) and 10 < masks[0].sum() < 54  # whole examples, about half
+    for k in CFG.image_keys:
+        np.testing.assert_array_equal(out.images[k][~masks[0]], -1.0)
+        np.testing.assert_array_equal(out.images[k][masks[0]], obs.images[k][masks[0]])
+    np.testing.assert_array_equal(out.state, obs.state)

@@ -110,6 +110,11 @@ class Pi0Config:
     # keeping them (openpi rematerialises its layers the same way). Same gradients, far less
     # memory, about a third more compute. Inference does not differentiate: no effect there.
     remat: bool = False
+    # One noise row for the whole chunk: the flow starts from row 0 of the (H, action_dim) noise
+    # repeated over the horizon, in training and in sampling (the flow MLP's `shared_noise`; not
+    # openpi's, whose noise is i.i.d. per step). Then a latent that 'repeat' steering copies over
+    # the chunk is exactly the model's prior. The small LIBERO Pi0 (`mini`) is trained this way.
+    shared_noise: bool = False
 
     def __post_init__(self):
         if self.dtype not in ("bfloat16", "float32"):

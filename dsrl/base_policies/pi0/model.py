@@ -205,7 +205,10 @@ def encode_prefix(
 def denoise(
     config: Pi0Config, params: Params, cache: PrefixCache, noise: jax.Array, num_steps: int
 ) -> jax.Array:
-    """Euler integration of the flow from x_1 = noise (B, K, H, A) to x_0, against the cache."""
+    """Euler integration of the flow from x_1 = noise (B, K, H, A) to x_0, against the cache
+    (from row 0 of the noise repeated over H when `config.shared_noise`)."""
+    if config.shared_noise:
+        noise = jnp.broadcast_to(noise[..., :1, :], noise.shape)
     expert = config.action_expert
     b, k = noise.shape[:2]
     dt = -1.0 / num_steps  # a Python float: dt * v_t stays in v_t's dtype, as openpi

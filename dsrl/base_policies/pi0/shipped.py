@@ -85,5 +85,6 @@ def load(directory: str | pathlib.Path = LIBERO_CPU_DIR, *, num_steps: int | Non
         tokenizer_path=directory / "tokenizer.model",
         asset_id=config["asset_id"],
         num_steps=int(num_steps or config["num_steps"]),
+        shared_noise=bool(config.get("shared_noise", False)),
         **kw,
     )

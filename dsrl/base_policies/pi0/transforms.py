@@ -279,6 +279,13 @@ ROBOTS: dict[str, RobotTransforms] = {
         "libero", 7, libero_inputs, libero_outputs, make_bool_mask(6, -1),
         "physical-intelligence/libero",
     ),
+    # openpi's LIBERO data config with extra_delta_transform=False: LIBERO's OSC actions are
+    # already deltas, and the model predicts them as they are (no AbsoluteActions). The small
+    # Pi0 made here (dsrl/assets/pi0_libero_cpu) uses it: see docs/finetune_pi0.md for why.
+    "libero_no_delta": RobotTransforms(
+        "libero_no_delta", 7, libero_inputs, libero_outputs, None,
+        "physical-intelligence/libero",
+    ),
     # pi0_aloha_sim: absolute joint actions, default prompt "Transfer cube".
     "aloha": RobotTransforms(
         "aloha", 14, aloha_inputs, aloha_outputs, None,

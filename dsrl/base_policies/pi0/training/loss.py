@@ -85,8 +85,11 @@ def flow_matching_loss(
     time: jax.Array,
     encoded: tuple[str, ...] | None = None,
 ) -> jax.Array:
-    """openpi's `compute_loss` for given noise (B, H, A) and time (B,): float32 (B, H)."""
+    """openpi's `compute_loss` for given noise (B, H, A) and time (B,): float32 (B, H). With
+    `config.shared_noise` the noise's row 0 is used for every step (as sampling does)."""
     actions = jnp.asarray(actions, jnp.float32)
+    if config.shared_noise:
+        noise = jnp.broadcast_to(noise[:, :1], noise.shape)
     t = time[:, None, None]
     x_t = t * noise + (1 - t) * actions
     u_t = noise - actions
