@@ -1,6 +1,6 @@
-"""Make the small Pi0 of the LIBERO CPU proof (dsrl/assets/pi0_libero_cpu), end to end.
+"""Make a small Pi0 for the LIBERO CPU proof, end to end (status: docs/finetune_pi0.md).
 
-  nice python scripts/make_pi0_libero.py            # ~25-30 minutes on 2 CPU cores
+  python scripts/make_pi0_libero.py --out runs/pi0_small   # ~30 minutes on 2 CPU cores
 
 1. Demonstrations: the scripted demonstrator (`dsrl.envs.libero_scripted`) on libero_object
    task 8, layouts from robosuite's placement sampler (seeds disjoint from the evaluation's), both
@@ -217,7 +217,7 @@ def evaluate(policy, task_id, seeds, query_freq, noise_fn, workers, max_episode_
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=str(ROOT / "dsrl" / "assets" / "pi0_libero_cpu"))
+    p.add_argument("--out", default="runs/pi0_libero_cpu", help="the policy directory")
     p.add_argument("--work", default="runs/make_pi0_libero", help="dataset + fine-tuning run")
     p.add_argument("--task_id", type=int, default=DEFAULT_TASK["task_id"])
     p.add_argument("--seed", type=int, default=0)

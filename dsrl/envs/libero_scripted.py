@@ -66,7 +66,7 @@ class LiberoPickPlaceEnv(LiberoEnv):
       render_wrist: also render the wrist camera (off: only the agent view is rendered).
       pi0_state: also return "observation/state" = [LIBERO's 8-d "state", object - eef (3),
         target - eef (3)] (PI0_STATE_DIM): Pi0's LIBERO transforms read that key before
-        "state", so the small Pi0 (dsrl/assets/pi0_libero_cpu) sees the object poses while the
+        "state", so the small Pi0 (scripts/make_pi0_libero.py) sees the object poses while the
         agent keeps the 8-d "state".
     """
 

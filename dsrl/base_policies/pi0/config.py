@@ -40,7 +40,7 @@ GEMMA_VARIANTS: dict[str, GemmaConfig] = {
     # A CPU-sized Pi0 (fine-tuning benchmarks): matmuls large enough to run near the CPU's peak.
     "small": GemmaConfig(256, 4, 1024, 4, 1, 64),
     "small_expert": GemmaConfig(128, 4, 512, 4, 1, 64),
-    # The LIBERO CPU Pi0 (`mini`, dsrl/assets/pi0_libero_cpu): trained and steered on 2 cores.
+    # The LIBERO CPU Pi0 (`mini`, scripts/make_pi0_libero.py): sized to train on 2 cores.
     "mini": GemmaConfig(64, 3, 256, 4, 1, 16),
     "mini_expert": GemmaConfig(128, 3, 512, 4, 1, 16),
 }
@@ -216,7 +216,7 @@ class Pi0Config:
 
     @classmethod
     def mini(cls, *, pi05: bool = False, **overrides) -> Pi0Config:
-        """The LIBERO CPU size (~1M parameters, dsrl/assets/pi0_libero_cpu): a 2-layer ViT of
+        """The LIBERO CPU size (~1M parameters, scripts/make_pi0_libero.py): a 2-layer ViT of
         width 64 on 64x64 images in 16x16 patches (16 tokens a camera), two 3-layer Gemmas of
         width 64 / 128, a 256-token vocabulary, 16-dim actions and state (the LIBERO state plus
         object poses fits), 16-step chunks, float32. Sized so that a 30-minute CPU run trains it

@@ -1,4 +1,7 @@
-"""The small Pi0 shipped with dsrl (dsrl/assets/pi0_libero_cpu) and the hash check of its files.
+"""The small Pi0 directory that scripts/make_pi0_libero.py writes, and the hash check of its files.
+
+It is meant to ship as dsrl/assets/pi0_libero_cpu once a made policy reaches the LIBERO proof's
+band; none does yet (docs/finetune_pi0.md, "A small Pi0 made here"), so nothing is shipped.
 
 `scripts/make_pi0_libero.py` makes it: scripted demonstrations of libero_object task 8 recorded in
 LeRobot's layout, fine-tuned into a `mini` Pi0 (`Pi0Config.mini`) by `scripts/finetune_pi0.py`.
@@ -71,7 +74,8 @@ def read_config(directory: str | pathlib.Path) -> dict[str, Any]:
 
 
 def load(directory: str | pathlib.Path = LIBERO_CPU_DIR, *, num_steps: int | None = None, **kw):
-    """The shipped (or a remade) small Pi0 as a `Pi0Policy`, after checking every file's hash."""
+    """A made small Pi0 as a `Pi0Policy`, after checking every file's hash. `kw` go to
+    `Pi0Policy.from_checkpoint` (e.g. Pi0Config overrides)."""
     from dsrl.base_policies.pi0.policy import Pi0Policy
 
     directory = pathlib.Path(directory)

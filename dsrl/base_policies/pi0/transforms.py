@@ -281,7 +281,7 @@ ROBOTS: dict[str, RobotTransforms] = {
     ),
     # openpi's LIBERO data config with extra_delta_transform=False: LIBERO's OSC actions are
     # already deltas, and the model predicts them as they are (no AbsoluteActions). The small
-    # Pi0 made here (dsrl/assets/pi0_libero_cpu) uses it: see docs/finetune_pi0.md for why.
+    # Pi0 made here (scripts/make_pi0_libero.py) uses it: see docs/finetune_pi0.md for why.
     "libero_no_delta": RobotTransforms(
         "libero_no_delta", 7, libero_inputs, libero_outputs, None,
         "physical-intelligence/libero",
