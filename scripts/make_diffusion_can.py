@@ -18,7 +18,21 @@ two-mode demonstrations on robosuite's PickPlaceCan (robomimic's low-dim state).
 4. Writes the policy (config.json, params.npz, params.sha256, normalization.npz) and recipe.json
    (default: dsrl/assets/diffusion_can), and prints ONE JSON line with every number.
 
-  python scripts/make_diffusion_can.py          # ~10 minutes on 2 CPU cores
+  python scripts/make_diffusion_can.py    # the shipped asset: 15 min on 2 shared CPU cores
+
+The shipped policy (these defaults, seed 0): demos 0.72 successful (120), base success 0.32 with
+i.i.d. noise and 1.00 with the all-zero noise over placements 0-49. The all-zero noise takes the
+majority mode at the grasp decision, and no mix tried made it fail while i.i.d. noise stayed in
+0.3-0.7 (each row one run of this script with the flags shown, all else default):
+
+  miss_fraction  grasp_miss     demos ok   i.i.d.   zero
+  0.5 (halves)   0.055 0.085    0.42       0.14     0.30   (100 demos)
+  0.3            0.055 0.085    0.72       0.32     1.00   shipped
+  0.55           0.07 0.08      0.51       0.14     0.42
+  0.45           0.135 0.15     0.58       0.26     0.98   (closes at the hover point)
+
+The clone closes early more often than its demos (i.i.d. success well below the demos'), so the
+i.i.d. rate follows the share of grasping demos at a steep discount.
 """
 
 from __future__ import annotations
@@ -117,12 +131,12 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--task", default="can", choices=("can",))
     parser.add_argument("--out", default=CAN_ASSET_DIR)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_demos", type=int, default=100)
+    parser.add_argument("--num_demos", type=int, default=120)
     # Grasp heights above the can's centre (m), uniform in LO HI. Above ~4 cm the fingers close
     # over the can's top: one interval that grasps and one that does not make a two-mode policy
     # whose noise picks the mode (module docstring). The cloned policy closes early more often
     # than its demos (0.42 success from half-missing demos gave 0.14 with i.i.d. noise), hence
-    # fewer missing demos than half.
+    # fewer missing demos than half (module docstring).
     parser.add_argument("--grasp_ok", type=float, nargs=2, default=(0.0, 0.02))
     parser.add_argument("--grasp_miss", type=float, nargs=2, default=(0.055, 0.085))
     parser.add_argument("--miss_fraction", type=float, default=0.3)
