@@ -48,7 +48,7 @@ def test_state_presets_have_the_release_values(
 
 
 @pytest.mark.slow  # ~90 s on the shared 2-core machine (compiles of the NA update and acting)
-def test_hopper_run_through_the_launcher_trains_and_writes_metrics(tmp_path):
+def test_hopper_run_through_the_launcher_trains_and_writes_metrics(tmp_path, capsys):
     policy_dir = tmp_path / "hopper_flow"
     cfg = FlowMLPConfig(horizon=4, action_dim=3, noise_dim=3, state_dim=11, hidden_dims=(16,))
     FlowMLPPolicy(cfg, init_params(cfg, 0)).save(policy_dir)
@@ -67,6 +67,12 @@ def test_hopper_run_through_the_launcher_trains_and_writes_metrics(tmp_path):
     assert trained and all(math.isfinite(r["training/critic_loss"]) for r in trained)
     evals = [r for r in rows if "evaluation_mode/avg_return" in r]
     assert evals[-1]["step"] == 8 and evals[-1]["evaluation_mode/avg_num_queries"] >= 1
+    # Locomotion has no success: the closing table and its plot are average returns.
+    out = capsys.readouterr().out
+    steered = evals[-1]["evaluation_mode/avg_return"]
+    assert f"{'DSRL, deterministic (actor mode)':<36} {steered:.1f}" in out
+    assert "avg return" in out and "success" not in out.split("[dsrl] done")[-1]
+    assert (run_dir / "return_vs_env_steps.png").stat().st_size > 1000
 
 
 def test_run_scripts_need_a_base_policy():

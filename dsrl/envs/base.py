@@ -42,6 +42,9 @@ class EnvSpec:
     # rewards summed over the executed chunk, as the authors' Gym/Robomimic release does; only
     # the env's termination ends the episode).
     reward_convention: str = "success"
+    # Whether info["success"] means anything (False for Gym locomotion, measured by its return):
+    # the closing tables then print average returns instead of success rates.
+    has_success: bool = True
 
 
 class Env(abc.ABC):

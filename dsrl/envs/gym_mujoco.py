@@ -60,6 +60,7 @@ class GymMujocoEnv(Env):
             # then has the one row r = 0.
             max_reward=0.0,
             reward_convention="env_sum",
+            has_success=False,
         )
         self._seed = seed
         self._steps = 0

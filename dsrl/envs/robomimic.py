@@ -11,7 +11,9 @@ Reward, as the release defines it: robosuite's sparse reward (1 while the task i
 0) minus `reward_offset` (1), so -1 per step and 0 on solved steps, summed over the executed
 chunk (`reward_convention="env_sum"`). A success does not end the episode: it runs to its time
 limit (300 steps for Lift and Can, 400 for Square), as in the release. info["success"] says
-whether the task is solved at that step.
+whether the task is solved at that step. `end_on_success=True` (the CPU proofs) ends the episode
+at the first solved step instead (terminated, mask 0): the release's remaining steps would earn
+0 each while the object stays put, and a CPU pays for every simulated step.
 
 Observation: {"state": float32 (d,), "policy_state": the same vector for the base policy};
 `normalization_path` (DPPO's normalization.npz) maps it to [-1, 1] and actions from [-1, 1].
@@ -53,6 +55,7 @@ class RobomimicEnv(Env):
         normalization_path: str | None = None,
         reward_offset: float = 1.0,
         seed: int | None = None,
+        end_on_success: bool = False,
     ):
         if task not in ROBOMIMIC_TASKS:
             raise ValueError(
@@ -82,6 +85,7 @@ class RobomimicEnv(Env):
         obs_dim = int(low_dim_state(raw).shape[0])
         self._norm = MinMaxNormalization(normalization_path, obs_dim, ACTION_DIM, task)
         self._reward_offset = float(reward_offset)
+        self._end_on_success = bool(end_on_success)
         self.spec = EnvSpec(
             name=f"robomimic_{task}",
             observation_spec={
@@ -116,10 +120,11 @@ class RobomimicEnv(Env):
         self._steps += 1
         success = bool(self._env._check_success())
         reward = float(success) - self._reward_offset
-        truncated = self._steps >= self.spec.max_episode_steps
-        self._over = truncated
+        terminated = success and self._end_on_success
+        truncated = not terminated and self._steps >= self.spec.max_episode_steps
+        self._over = terminated or truncated
         obs = state_observation(self._norm.observation(low_dim_state(raw)))
-        return obs, reward, False, truncated, {"success": success}
+        return obs, reward, terminated, truncated, {"success": success}
 
     def check_success(self) -> bool:
         return bool(self._env._check_success())

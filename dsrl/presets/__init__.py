@@ -26,6 +26,8 @@ PRESETS = {
     "robomimic_lift": "robomimic_lift",
     "robomimic_can": "robomimic_can",
     "robomimic_square": "robomimic_square",
+    # Can on a CPU with the shipped DDIM DiffusionMLP (dsrl/assets/diffusion_can).
+    "robomimic_can_cpu": "robomimic_can_cpu",
 }
 
 

@@ -192,18 +192,22 @@ def parse_real(argv: Sequence[str] | None = None) -> tuple[RunConfig, argparse.N
     return parse_args(real_parser(), argv, preset="real")
 
 
-def demo_summary(result: Any, run_dir: Path) -> str:
-    """Base vs steered success table (and the success plot written next to it)."""
+def demo_summary(result: Any, run_dir: Path, metric: str = "success_rate") -> str:
+    """Base vs steered table of `metric` ("success_rate", or "avg_return" for an env without a
+    success, e.g. Gym locomotion), and the plot of that metric written next to it."""
     from dsrl.training.plots import plot_success
 
     first, last = result.evaluations[0], result.evaluations[-1]
     rows = [  # the base policy before training, the actor after it
-        (s, (first if s.stream is not None else last).get(s.metric("success_rate")))
+        (s, (first if s.stream is not None else last).get(s.metric(metric)))
         for s in (BASE_IID, BASE_WARMUP, ACTOR_MODE, ACTOR_SAMPLED)
     ]
-    lines = [f"{'policy':<36} success", "-" * 44]
-    lines += [f"{s.label:<36} {value:.2f}" for s, value in rows if value is not None]
-    png = plot_success(run_dir, run_dir / "success_vs_env_steps.png")
+    returns = metric == "avg_return"
+    header, fmt = ("avg return", ".1f") if returns else ("success", ".2f")
+    lines = [f"{'policy':<36} {header}", "-" * 48]
+    lines += [f"{s.label:<36} {value:{fmt}}" for s, value in rows if value is not None]
+    name = "return_vs_env_steps.png" if returns else "success_vs_env_steps.png"
+    png = plot_success(run_dir, run_dir / name, metric=metric)
     lines += [
         f"after {int(last['env_steps'])} env steps, {int(last['step'])} gradient steps, "
         f"{result.time['time/total_s']:.0f} s",
@@ -223,7 +227,8 @@ def main_sim(argv: Sequence[str] | None = None) -> int:
         result = run.train()
     print(f"[dsrl] done in {time.perf_counter() - begin:.0f} s; metrics: {run.run_dir}")
     if result.evaluations:
-        print(demo_summary(result, run.run_dir))
+        has_success = getattr(run.vec_env.spec, "has_success", True)
+        print(demo_summary(result, run.run_dir, "success_rate" if has_success else "avg_return"))
     return 0
 
 

@@ -21,14 +21,18 @@ BASELINES = (
 )
 
 
-def success_curves(records: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
-    """{key: (env_steps, values)} for every curve/baseline key present, one point per step.
+def success_curves(
+    records: list[dict[str, Any]], metric: str = "success_rate"
+) -> dict[str, tuple[list[float], list[float]]]:
+    """{key: (env_steps, values)} for every curve/baseline key present, one point per step; the
+    keys are CURVES' and BASELINES' with `metric` (e.g. "avg_return") for "success_rate".
 
     A resumed run may log a step twice (work redone after the last checkpoint); the later record
     wins."""
     out: dict[str, dict[int, tuple[float, float]]] = {}
+    keys = [_metric_key(key, metric) for key, _, _ in CURVES + BASELINES]
     for record in records:
-        for key, _, _ in CURVES + BASELINES:
+        for key in keys:
             if key in record and "env_steps" in record:
                 out.setdefault(key, {})[int(record["step"])] = (
                     float(record["env_steps"]),
@@ -40,8 +44,17 @@ def success_curves(records: list[dict[str, Any]]) -> dict[str, tuple[list[float]
     }
 
 
-def plot_success(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Draw success vs env steps for `run_dir` into `out` (default run_dir/success.png)."""
+def _metric_key(success_key: str, metric: str) -> str:
+    return success_key.removesuffix("success_rate") + metric
+
+
+def plot_success(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    metric: str = "success_rate",
+) -> Path:
+    """Draw `metric` (success rate, or e.g. "avg_return") vs env steps for `run_dir` into `out`
+    (default run_dir/success_vs_env_steps.png)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,23 +64,27 @@ def plot_success(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "success_vs_env_steps.png"
-    curves = success_curves(read_metrics(run_dir))
-    if not any(key in curves for key, _, _ in CURVES):
+    curves = success_curves(read_metrics(run_dir), metric)
+    curve_keys = [_metric_key(k, metric) for k, _, _ in CURVES]
+    if not any(key in curves for key in curve_keys):
         raise ValueError(
-            f"{run_dir}/metrics.jsonl has no evaluation success rates yet (keys "
-            f"{[k for k, _, _ in CURVES]}); run longer than the first eval_interval."
+            f"{run_dir}/metrics.jsonl has no evaluation {metric} yet (keys {curve_keys}); run "
+            "longer than the first eval_interval."
         )
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for key, label, style in CURVES:
-        if key in curves:
+        if (key := _metric_key(key, metric)) in curves:
             xs, ys = curves[key]
             ax.plot(xs, ys, style, marker="o", markersize=3, label=label)
     for key, label, style in BASELINES:
-        if key in curves:
+        if (key := _metric_key(key, metric)) in curves:
             ax.axhline(curves[key][1][0], linestyle=style, color="grey", label=label)
     ax.set_xlabel("env steps")
-    ax.set_ylabel("success rate")
-    ax.set_ylim(-0.02, 1.02)
+    if metric == "success_rate":
+        ax.set_ylabel("success rate")
+        ax.set_ylim(-0.02, 1.02)
+    else:
+        ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(run_dir.name, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
