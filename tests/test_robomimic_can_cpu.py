@@ -1,6 +1,6 @@
-"""The Can CPU base policy: the scripted two-mode demonstrator on robosuite's PickPlaceCan and the
-shipped DDIM DiffusionMLP (docs/diffusion.md, "Can on a CPU"). No learning test yet: the
-robomimic_can_cpu preset did not hold the target on seed 0 (docs)."""
+"""The Can CPU base policy: the scripted two-mode demonstrator on robosuite's PickPlaceCan (and its
+lift-only path on Lift) and the shipped DDIM DiffusionMLP (docs/diffusion.md, "Can on a CPU").
+No learning test yet: the robomimic_can_cpu preset did not hold the target on seed 0 (docs)."""
 
 from __future__ import annotations
 
@@ -37,10 +37,10 @@ def test_shipped_can_policy_loads_and_a_damaged_checkpoint_is_refused(tmp_path):
         DiffusionMLPPolicy.load(damaged)
 
 
-def _scripted_episode(env, seed: int, grasp_height: float) -> tuple[bool, bool, int]:
+def _scripted_episode(env, seed: int, grasp_height: float, **kwargs) -> tuple[bool, bool, int]:
     from dsrl.envs.robomimic_scripted import ScriptedPickPlace
 
-    demonstrator = ScriptedPickPlace(grasp_height=grasp_height)
+    demonstrator = ScriptedPickPlace(grasp_height=grasp_height, **kwargs)
     obs = env.reset(seed=seed)
     for step in range(1, env.spec.max_episode_steps + 1):
         obs, reward, terminated, truncated, info = env.step(demonstrator.act(obs["state"]))
@@ -60,5 +60,21 @@ def test_scripted_demonstrator_places_the_can_or_misses_it_by_grasp_height():
         assert success and terminated and steps < 200
         success, terminated, steps = _scripted_episode(env, seed=3, grasp_height=0.07)
         assert not success and not terminated and steps == 200
+    finally:
+        env.close()
+
+
+def test_scripted_demonstrator_lifts_the_cube_or_misses_it_by_grasp_height():
+    """Its lift-only path on robosuite's Lift: grasping the cube's centre lifts it (in < 80 steps),
+    closing 5 cm above it grasps air."""
+    from dsrl.envs.robomimic import RobomimicEnv
+
+    env = RobomimicEnv("lift", max_episode_steps=80, end_on_success=True)
+    lift_only = {"place_xy": None, "hover": 0.1}
+    try:
+        success, terminated, steps = _scripted_episode(env, 1, grasp_height=0.0, **lift_only)
+        assert success and terminated and steps < 80
+        success, terminated, steps = _scripted_episode(env, 1, grasp_height=0.05, **lift_only)
+        assert not success and steps == 80
     finally:
         env.close()
