@@ -103,27 +103,14 @@ def collect(task, num_demos, seed, grasp, action_noise, max_steps, workers):
 
 def evaluate(policy, task, seeds, max_episode_steps, noise_fn, num_envs) -> list[bool]:
     """Episodes on seeded placements in `num_envs` subprocess workers, whole chunks executed."""
-    from dsrl.envs.vector import VectorEnv
+    from dsrl.envs.vector import run_seeded_episodes
 
-    successes = []
+    def act(obs):
+        state = np.stack([o["policy_state"] for o in obs])
+        return policy.sample_actions({"policy_state": state}, noise_fn(num_envs))
+
     env_fn = functools.partial(_env, task, max_episode_steps)
-    with VectorEnv([env_fn] * num_envs) as vec:
-        for start in range(0, len(seeds), num_envs):
-            round_seeds = seeds[start : start + num_envs]
-            obs = vec.reset(seeds=round_seeds, indices=list(range(len(round_seeds))))
-            obs = obs + [obs[0]] * (num_envs - len(round_seeds))
-            active = np.arange(num_envs) < len(round_seeds)
-            done, success = np.zeros(num_envs, bool), np.zeros(num_envs, bool)
-            while np.any(active & ~done):
-                state = np.stack([o["policy_state"] for o in obs])
-                chunk = policy.sample_actions({"policy_state": state}, noise_fn(num_envs))
-                for i, res in enumerate(vec.step_chunk(chunk, active=active & ~done)):
-                    if res is not None:
-                        obs[i] = res.obs
-                        success[i] |= res.success
-                        done[i] = res.terminated or res.truncated
-            successes += [bool(s) for s in success[: len(round_seeds)]]
-    return successes
+    return run_seeded_episodes(act, env_fn, seeds, num_envs)
 
 
 def _parse() -> argparse.Namespace:

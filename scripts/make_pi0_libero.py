@@ -202,7 +202,7 @@ def assemble(args, ckpt: pathlib.Path, tokenizer: pathlib.Path, made: dict) -> p
 
 def evaluate(policy, task_id, seeds, query_freq, noise_fn, workers, max_episode_steps):
     """Base success over seeded sampler layouts, one render per chunk, `workers` processes."""
-    from dsrl.envs.libero_scripted import run_seeded_episodes
+    from dsrl.envs.vector import run_seeded_episodes
 
     keys = ("agentview_image", "wrist_image", "observation/state")
 
@@ -212,7 +212,7 @@ def evaluate(policy, task_id, seeds, query_freq, noise_fn, workers, max_episode_
         return policy.sample_actions(batch, noise_fn(workers))
 
     env_fn = functools.partial(_env, task_id, max_episode_steps)
-    return run_seeded_episodes(act, env_fn, seeds, query_freq, workers)
+    return run_seeded_episodes(act, env_fn, seeds, workers, query_freq)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -43,8 +43,8 @@ from dsrl.envs.libero_scripted import (  # noqa: E402
     LiberoPickPlaceEnv,
     ScriptedPickPlace,
     draw_grasp_offset,
-    run_seeded_episodes,
 )
+from dsrl.envs.vector import run_seeded_episodes  # noqa: E402
 
 LIBERO_ASSET_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dsrl", "assets", "flow_mlp_libero"
@@ -116,7 +116,7 @@ def evaluate_policy(
         return policy.sample_actions({"policy_state": state}, noise_fn(num_envs))
 
     env_fn = functools.partial(_env, task_id, max_episode_steps)
-    return run_seeded_episodes(act, env_fn, seeds, query_freq, num_envs)
+    return run_seeded_episodes(act, env_fn, seeds, num_envs, query_freq)
 
 
 def main() -> None:

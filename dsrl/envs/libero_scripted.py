@@ -24,7 +24,6 @@ demonstrations, and the policy cloned from them, are imprecise in a way that noi
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -119,41 +118,6 @@ def draw_grasp_offset(
         raise ValueError(f"offset_y takes pairs LO HI (intervals), got {offset_y}.")
     y_low, y_high = offset_y[2 * int(rng.integers(len(offset_y) // 2)) :][:2]
     return float(rng.uniform(*offset_x)), float(rng.uniform(y_low, y_high))
-
-
-def run_seeded_episodes(
-    act: Callable[[list[Observation]], np.ndarray],
-    env_fn: Callable[[], Any],
-    seeds: list[int],
-    query_freq: int,
-    workers: int,
-) -> list[bool]:
-    """Success of one episode per reset seed, `workers` subprocess envs stepping in parallel:
-    `act(observations)` (one per worker; idle workers repeat the first) returns action chunks
-    (workers, T, A) of which `query_freq` steps are executed, rendering once per chunk. What the
-    LIBERO pretraining scripts evaluate their base policies with."""
-    from dsrl.envs.vector import VectorEnv
-
-    successes = []
-    with VectorEnv([env_fn] * workers) as vec:
-        for start in range(0, len(seeds), workers):
-            round_seeds = seeds[start : start + workers]
-            obs = vec.reset(seeds=round_seeds, indices=list(range(len(round_seeds))))
-            obs = obs + [obs[0]] * (workers - len(round_seeds))
-            active = np.arange(workers) < len(round_seeds)
-            done = np.zeros(workers, bool)
-            success = np.zeros(workers, bool)
-            while np.any(active & ~done):
-                chunk = act(obs)
-                results = vec.step_chunk(chunk[:, :query_freq], active=active & ~done)
-                for i, res in enumerate(results):
-                    if res is None:
-                        continue
-                    obs[i] = res.obs
-                    if res.terminated or res.truncated:
-                        done[i], success[i] = True, res.success
-            successes += [bool(s) for s in success[: len(round_seeds)]]
-    return successes
 
 
 @dataclasses.dataclass

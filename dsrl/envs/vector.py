@@ -28,11 +28,11 @@ import atexit
 import functools
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from dsrl.envs.base import EnvSpec, Observation
+from dsrl.envs.base import Env, EnvSpec, Observation
 from dsrl.envs.chunk import (  # noqa: F401 - the public names of this module
     ChunkResult,
     NonFiniteActionError,
@@ -318,3 +318,35 @@ class VectorEnv:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown; nothing left to report to
             pass
+
+
+def run_seeded_episodes(
+    act: Callable[[list[Observation]], np.ndarray],
+    env_fn: Callable[[], Env],
+    seeds: Sequence[int],
+    workers: int,
+    query_freq: int | None = None,
+) -> list[bool]:
+    """Success of one episode per reset seed, `workers` subprocess envs stepping in parallel
+    (what the base-policy makers in scripts/ evaluate with). `act(observations)` (one per worker;
+    idle workers repeat the first) returns action chunks (workers, T, A), of which the first
+    `query_freq` steps (all T when None) are executed, rendering once per chunk. An episode
+    succeeds if any of its chunks reports a success."""
+    successes = []
+    with VectorEnv([env_fn] * workers) as vec:
+        for start in range(0, len(seeds), workers):
+            round_seeds = list(seeds[start : start + workers])
+            obs = vec.reset(seeds=round_seeds, indices=list(range(len(round_seeds))))
+            obs = obs + [obs[0]] * (workers - len(round_seeds))
+            active = np.arange(workers) < len(round_seeds)
+            done = np.zeros(workers, bool)
+            success = np.zeros(workers, bool)
+            while np.any(active & ~done):
+                chunk = act(obs)[:, :query_freq]
+                for i, res in enumerate(vec.step_chunk(chunk, active=active & ~done)):
+                    if res is not None:
+                        obs[i] = res.obs
+                        success[i] |= res.success
+                        done[i] = res.terminated or res.truncated
+            successes += [bool(s) for s in success[: len(round_seeds)]]
+    return successes
