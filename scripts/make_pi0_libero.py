@@ -1,17 +1,22 @@
 """Make a small Pi0 for the LIBERO CPU proof, end to end (status: docs/finetune_pi0.md).
 
-  python scripts/make_pi0_libero.py --out runs/pi0_small   # ~30 minutes on 2 CPU cores
+  python scripts/make_pi0_libero.py --out runs/pi0_small   # ~55 minutes on 2 CPU cores
+
+It made dsrl/assets/pi0_libero_cpu (docs/finetune_pi0.md, "A small Pi0 made here").
 
 1. Demonstrations: the scripted demonstrator (`dsrl.envs.libero_scripted`) on libero_object
    task 8, layouts from robosuite's placement sampler (seeds disjoint from the evaluation's), both
    cameras rendered at 64x64 on every step, recorded in LeRobot's v2 layout (`dsrl.data.lerobot`:
-   "image", "wrist_image", "state", "actions", the task's prompt). The state is LIBERO's 8-d
-   robot state plus the object and the basket relative to the gripper (14-d, see below). Each
+   "image", "wrist_image", "state", "actions", the task's prompt). The state is the gripper's
+   position and finger joints plus the object and the basket relative to the gripper (11-d,
+   `LiberoPickPlaceEnv(pi0_state=True)`, see below). Each
    demonstration keeps one grasp offset: half grasp centred, half 2.5-3.5 cm off across the
    fingers, where the grasp slips (`draw_grasp_offset`), so the cloned policy has two modes and
    its noise picks one. Failed demonstrations are kept.
 2. A SentencePiece tokenizer trained on the prompt (the PaliGemma one cannot be downloaded here).
-3. Fine-tuning with `scripts/finetune_pi0.py` (a subprocess, the command a user runs): the
+3. Fine-tuning with `scripts/finetune_pi0.py` (subprocesses, the command a user runs), twice:
+   --train_steps at batch 32 and lr 1e-3, then --polish_steps from that checkpoint at batch 64
+   and lr 3e-4 (the first run alone grasped too high and too briefly: 0.00 success). The
    `mini` Pi0 (`Pi0Config.mini`: both images and the prompt through SigLIP and the Gemma prefix,
    the state token and the action expert as in Pi0) from random weights, openpi's loss,
    AdamW + warm-up + cosine decay, EMA; LIBERO's transforms without pi0_libero's extra
@@ -148,31 +153,35 @@ def make_tokenizer(prompt: str, path: pathlib.Path) -> None:
     path.write_bytes(train_sentencepiece_model(corpus * 20, vocab_size=64))
 
 
-def finetune(args, dataset: pathlib.Path, tokenizer: pathlib.Path, out: pathlib.Path) -> None:
+def finetune(args, dataset, tokenizer, out, *, init, steps, batch, lr, warmup) -> pathlib.Path:
+    """One `finetune_pi0.py` run (a subprocess, the command a user runs); its last checkpoint."""
     cmd = [
         sys.executable,
         str(ROOT / "scripts" / "finetune_pi0.py"),
         f"--dataset={dataset}",
         "--variant=mini",
-        "--init=random",
+        f"--init={init}",
         f"--tokenizer={tokenizer}",
         f"--out={out}",
         f"--asset_id={ASSET_ID}",
         f"--robot={ROBOT}",
-        f"--steps={args.train_steps}",
-        f"--batch={args.batch_size}",
-        f"--peak_lr={args.lr}",
-        f"--warmup_steps={args.warmup_steps}",
+        f"--steps={steps}",
+        f"--batch={batch}",
+        f"--peak_lr={lr}",
+        f"--warmup_steps={warmup}",
         f"--ema_decay={args.ema_decay}",
-        f"--save_every={args.train_steps}",
+        f"--save_every={steps}",
         "--log_every=100",
         f"--seed={args.seed}",
         "--wandb_mode=disabled",
         "--shared_noise",
         f"--image_dropout={args.image_dropout}",
     ]
-    print("[make_pi0]", " ".join(cmd), file=sys.stderr)
-    subprocess.run(cmd, check=True)
+    ckpt = out / str(steps)
+    if not (ckpt / "params").is_dir():
+        print("[make_pi0]", " ".join(cmd), file=sys.stderr)
+        subprocess.run(cmd, check=True)
+    return ckpt
 
 
 def assemble(args, ckpt: pathlib.Path, tokenizer: pathlib.Path, made: dict) -> pathlib.Path:
@@ -230,7 +239,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup_steps", type=int, default=200)
     p.add_argument("--ema_decay", type=float, default=0.99)
-    p.add_argument("--image_dropout", type=float, default=0.5, help="finetune_pi0.py's")
+    # A second, gentler run from the first one's checkpoint (its own warm-up and cosine decay,
+    # a larger batch): 0 skips it. With the first run alone the policy came close to the
+    # object but grasped too high and lifted too early (0.00 success over 50 layouts).
+    p.add_argument("--polish_steps", type=int, default=5000)
+    p.add_argument("--polish_batch_size", type=int, default=64)
+    p.add_argument("--polish_lr", type=float, default=3e-4)
+    p.add_argument("--polish_warmup_steps", type=int, default=100)
+    p.add_argument("--image_dropout", type=float, default=0.0, help="finetune_pi0.py's")
     p.add_argument("--query_freq", type=int, default=8)
     p.add_argument("--eval_episodes", type=int, default=50)
     p.add_argument("--max_episode_steps", type=int, default=160, help="demos and evaluation")
@@ -260,11 +276,21 @@ def main(argv=None) -> None:
     print(f"[make_pi0] demos {made} in {demo_seconds:.0f} s", file=sys.stderr)
     tokenizer = work / "tokenizer.model"
     make_tokenizer(made["prompt"], tokenizer)
-    ckpt = run / str(args.train_steps)
-    if not (ckpt / "params").is_dir():
-        finetune(args, dataset, tokenizer, run)
+    ckpt = finetune(
+        args, dataset, tokenizer, run, init="random", steps=args.train_steps,
+        batch=args.batch_size, lr=args.lr, warmup=args.warmup_steps,
+    )  # fmt: skip
+    if args.polish_steps:
+        ckpt = finetune(
+            args, dataset, tokenizer, work / "polish", init=ckpt, steps=args.polish_steps,
+            batch=args.polish_batch_size, lr=args.polish_lr, warmup=args.polish_warmup_steps,
+        )  # fmt: skip
     train_seconds = time.perf_counter() - start - demo_seconds
-    made = {**made, "train_steps": args.train_steps, "batch_size": args.batch_size}
+    made = {
+        **made,
+        "train_steps": [args.train_steps, args.polish_steps],
+        "batch_size": [args.batch_size, args.polish_batch_size],
+    }
     out = assemble(args, ckpt, tokenizer, made)
 
     from dsrl.base_policies.pi0 import shipped

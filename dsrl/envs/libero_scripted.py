@@ -32,9 +32,11 @@ from dsrl.envs.base import Observation
 from dsrl.envs.libero import WRIST_CAMERA, LiberoEnv
 
 POLICY_STATE_DIM = 11
-# The small Pi0's state (`pi0_state=True`): LIBERO's 8-d robot state, then the object and the
-# target relative to the gripper (the last 6 entries of "policy_state").
-PI0_STATE_DIM = 14
+# The small Pi0's state (`pi0_state=True`): "policy_state" itself (eef position, gripper qpos,
+# object and target relative to the gripper). LIBERO's axis-angle is left out: the scripted
+# demonstrations hold the orientation (spread 0.003 rad), so normalised by that spread the
+# physics' jitter alone would move the state by standard deviations (docs/finetune_pi0.md).
+PI0_STATE_DIM = POLICY_STATE_DIM
 # libero_object tasks: the object to pick and the receptacle, as named in the raw observation.
 DEFAULT_TASK = {"suite": "libero_object", "task_id": 8}
 DEFAULT_OBJECTS = {
@@ -63,10 +65,10 @@ class LiberoPickPlaceEnv(LiberoEnv):
     Args (beyond LiberoEnv's): object_name / target_name: the raw-observation names of the
       object to move and the receptacle (defaults known for libero_object tasks 1, 6, 8);
       render_wrist: also render the wrist camera (off: only the agent view is rendered).
-      pi0_state: also return "observation/state" = [LIBERO's 8-d "state", object - eef (3),
-        target - eef (3)] (PI0_STATE_DIM): Pi0's LIBERO transforms read that key before
-        "state", so the small Pi0 (scripts/make_pi0_libero.py) sees the object poses while the
-        agent keeps the 8-d "state".
+      pi0_state: also return "observation/state" = "policy_state" (PI0_STATE_DIM): Pi0's
+        LIBERO transforms read that key before "state", so the small Pi0
+        (dsrl/assets/pi0_libero_cpu) sees the object poses while the agent keeps the 8-d
+        "state".
     """
 
     def __init__(
@@ -103,7 +105,7 @@ class LiberoPickPlaceEnv(LiberoEnv):
         obs = super()._observation(raw, rendered)
         obs["policy_state"] = pick_place_state(raw, self.object_name, self.target_name)
         if self._pi0_state:
-            obs["observation/state"] = np.concatenate([obs["state"], obs["policy_state"][5:]])
+            obs["observation/state"] = obs["policy_state"]
         return obs
 
 

@@ -14,6 +14,7 @@ PRESETS = {
     "demo": "demo",
     "libero": "libero",
     "libero_cpu": "libero_cpu",
+    "libero_pi0_cpu": "libero_pi0_cpu",  # the same proof, steering the shipped small Pi0
     "libero_spatial": "libero_spatial",  # all 10 tasks of the suite in one run
     "aloha": "aloha",
     "aloha_cube": "aloha",

@@ -90,6 +90,10 @@ def _make_local_base_policy(bp: BasePolicySection) -> Any:
         from dsrl.base_policies.diffusion import DiffusionMLPPolicy
 
         return DiffusionMLPPolicy.load(bp.checkpoint)
+    if bp.checkpoint == "libero_cpu":
+        from dsrl.base_policies.pi0 import shipped
+
+        return shipped.load(num_steps=bp.num_steps or None)
     from dsrl.base_policies.pi0 import Pi0Policy
 
     kwargs = {"robot": bp.robot, "variant": bp.variant, "dtype": bp.dtype}
