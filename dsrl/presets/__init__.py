@@ -29,6 +29,8 @@ PRESETS = {
     "robomimic_square": "robomimic_square",
     # Can on a CPU with the shipped DDIM DiffusionMLP (dsrl/assets/diffusion_can).
     "robomimic_can_cpu": "robomimic_can_cpu",
+    # Hopper on a CPU with the shipped DDIM DiffusionMLP (dsrl/assets/diffusion_hopper).
+    "gym_hopper_cpu": "gym_hopper_cpu",
 }
 
 
