@@ -24,6 +24,8 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
+from dsrl.presets.state_dsrl import release_agent
+
 HOPPER_ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "diffusion_hopper"
 ACT_STEPS = 4
 
@@ -39,22 +41,7 @@ def get_config() -> ConfigDict:
             },
             "base_policy": {"kind": "diffusion_mlp", "checkpoint": str(HOPPER_ASSET_DIR)},
             "steering": {"noise_mode": "full", "action_magnitude": 1.5, "query_freq": ACT_STEPS},
-            "agent": {
-                "algorithm": "pixel_sac",
-                "hidden_dims": (128, 128, 128),
-                "activation": "tanh",
-                "critic_layer_norm": True,
-                "actor_layer_norm": True,
-                "num_qs": 2,
-                "critic_reduction": "min",
-                "backup_entropy": True,
-                "target_entropy": 0.0,
-                "init_temperature": 1.0,
-                "actor_lr": 3e-4,
-                "critic_lr": 3e-4,
-                "temp_lr": 3e-4,
-                "tau": 0.005,
-            },
+            "agent": release_agent("pixel_sac", (128, 128, 128)),
             "loop": {
                 "seed": 0,
                 "batch_size": 256,

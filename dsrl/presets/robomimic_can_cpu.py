@@ -35,6 +35,8 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
+from dsrl.presets.state_dsrl import release_agent
+
 CAN_ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "diffusion_can"
 ACT_STEPS = 4
 
@@ -50,22 +52,9 @@ def get_config() -> ConfigDict:
             },
             "base_policy": {"kind": "diffusion_mlp", "checkpoint": str(CAN_ASSET_DIR)},
             "steering": {"noise_mode": "full", "action_magnitude": 1.0, "query_freq": ACT_STEPS},
-            "agent": {
-                "algorithm": "pixel_sac",
-                "hidden_dims": (256, 256),
-                "activation": "tanh",
-                "critic_layer_norm": True,
-                "actor_layer_norm": True,
-                "num_qs": 2,
-                "critic_reduction": "min",
-                "backup_entropy": True,
-                "target_entropy": "auto",
-                "init_temperature": 0.02,
-                "actor_lr": 3e-4,
-                "critic_lr": 3e-4,
-                "temp_lr": 3e-4,
-                "tau": 0.005,
-            },
+            "agent": release_agent(
+                "pixel_sac", (256, 256), target_entropy="auto", init_temperature=0.02
+            ),
             "loop": {
                 "seed": 0,
                 "batch_size": 256,

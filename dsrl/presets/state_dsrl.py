@@ -34,6 +34,28 @@ ACT_STEPS = 4
 NUM_ENVS = 4  # the release's n_envs
 
 
+def release_agent(algorithm: str, hidden_dims: tuple[int, ...], **overrides: Any) -> dict:
+    """The release's actor and critic settings (both DSRL variants) as an `agent` section;
+    `overrides` replace or add entries (the CPU presets' smaller networks, temperatures)."""
+    return {
+        "algorithm": algorithm,
+        "hidden_dims": hidden_dims,
+        "activation": "tanh",
+        "critic_layer_norm": True,
+        "actor_layer_norm": True,
+        "num_qs": 2,
+        "critic_reduction": "min",
+        "backup_entropy": True,
+        "target_entropy": 0.0,
+        "init_temperature": 1.0,
+        "actor_lr": 3e-4,
+        "critic_lr": 3e-4,
+        "temp_lr": 3e-4,
+        "tau": 0.005,
+        **overrides,
+    }
+
+
 def release_config(
     *,
     env: dict[str, Any],
@@ -58,21 +80,8 @@ def release_config(
                 "query_freq": ACT_STEPS,
             },
             "agent": {
-                "algorithm": "dsrl_na",
-                "hidden_dims": (layer_size,) * 3,
-                "activation": "tanh",
-                "critic_layer_norm": True,
-                "actor_layer_norm": True,
-                "num_qs": 2,
-                "critic_reduction": "min",
-                "backup_entropy": True,
-                "target_entropy": 0.0,
-                "init_temperature": 1.0,
-                "actor_lr": 3e-4,
-                "critic_lr": 3e-4,
-                "temp_lr": 3e-4,
+                **release_agent("dsrl_na", (layer_size,) * 3),
                 "noise_critic_lr": 3e-4,
-                "tau": 0.005,
                 "utd": utd,
                 "noise_critic_grad_steps": 10,
                 "distill_target": "per_head",
