@@ -82,38 +82,26 @@ def _env(task_id: int, max_episode_steps: int | None = None):
 
 
 def _demo_worker(args: tuple) -> list[tuple[dict, bool]]:
-    from dsrl.envs.libero_scripted import ScriptedPickPlace, draw_grasp_offset
+    from dsrl.envs.libero_scripted import record_demo
 
     task_id, seeds, offset_x, offset_y, action_noise, max_steps = args
     env = _env(task_id, max_steps)
+    keys = {"image": "agentview_image", "wrist_image": "wrist_image", "state": "observation/state"}
     out = []
     for seed in seeds:
-        rng = np.random.default_rng(seed)
-        demonstrator = ScriptedPickPlace(grasp_offset=draw_grasp_offset(rng, offset_x, offset_y))
-        obs = env.reset(seed=seed)
-        frames = {"image": [], "wrist_image": [], "state": [], "actions": []}
-        success = False
-        for _ in range(env.spec.max_episode_steps):
-            action = demonstrator.act(obs["policy_state"])
-            action[:3] = np.clip(action[:3] + action_noise * rng.standard_normal(3), -1, 1)
-            frames["image"].append(obs["agentview_image"])
-            frames["wrist_image"].append(obs["wrist_image"])
-            frames["state"].append(obs["observation/state"])
-            frames["actions"].append(action.astype(np.float32))
-            obs, _, terminated, truncated, _ = env.step(action, render=True)
-            if terminated or truncated:
-                success = bool(terminated)
-                break
-        out.append(({k: np.asarray(v) for k, v in frames.items()}, success))
-    prompt = env.spec.prompt
+        frames, actions, success, _ = record_demo(
+            env, seed, offset_x, offset_y, action_noise, keys, render=True
+        )
+        out.append((frames | {"actions": actions, "prompt": env.spec.prompt}, success))
     env.close()
-    return [(frames | {"prompt": prompt}, ok) for frames, ok in out]
+    return out
 
 
 def record_demos(args, dataset: pathlib.Path) -> dict:
     from dsrl.data import lerobot as lr
+    from dsrl.envs.libero_scripted import demo_seeds
 
-    seeds = [1_000_000 + args.seed * 10_007 + i for i in range(args.num_demos)]
+    seeds = demo_seeds(args.seed, args.num_demos)
     parts = [
         (
             args.task_id,

@@ -41,8 +41,8 @@ from dsrl.envs.libero_scripted import (  # noqa: E402
     DEFAULT_TASK,
     POLICY_STATE_DIM,
     LiberoPickPlaceEnv,
-    ScriptedPickPlace,
-    draw_grasp_offset,
+    demo_seeds,
+    record_demo,
 )
 from dsrl.envs.vector import run_seeded_episodes  # noqa: E402
 
@@ -69,27 +69,16 @@ def _demo_worker(args: tuple) -> list[tuple[np.ndarray, np.ndarray, bool, tuple]
     env = _env(task_id)
     out = []
     for seed in seeds:
-        rng = np.random.default_rng(seed)
-        offset = draw_grasp_offset(rng, offset_x, offset_y)
-        demonstrator = ScriptedPickPlace(grasp_offset=offset)
-        obs = env.reset(seed=seed)
-        states, actions, success = [], [], False
-        for _ in range(env.spec.max_episode_steps):
-            action = demonstrator.act(obs["policy_state"])
-            action[:3] = np.clip(action[:3] + action_noise * rng.standard_normal(3), -1, 1)
-            states.append(obs["policy_state"])
-            actions.append(action.astype(np.float32))
-            obs, _, terminated, truncated, _ = env.step(action, render=False)
-            if terminated or truncated:
-                success = bool(terminated)
-                break
-        out.append((np.asarray(states), np.asarray(actions), success, offset))
+        frames, actions, success, offset = record_demo(
+            env, seed, offset_x, offset_y, action_noise, {"state": "policy_state"}, render=False
+        )
+        out.append((frames["state"], actions, success, offset))
     env.close()
     return out
 
 
 def collect(task_id, num_demos, seed, offset_x, offset_y, action_noise, workers):
-    seeds = [1_000_000 + seed * 10_007 + i for i in range(num_demos)]
+    seeds = demo_seeds(seed, num_demos)
     parts = [(task_id, seeds[w::workers], offset_x, offset_y, action_noise) for w in range(workers)]
     with mp.get_context("spawn").Pool(workers) as pool:
         results = [demo for part in pool.map(_demo_worker, parts) for demo in part]

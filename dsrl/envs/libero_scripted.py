@@ -24,6 +24,7 @@ demonstrations, and the policy cloned from them, are imprecise in a way that noi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -179,3 +180,41 @@ class ScriptedPickPlace:
         action[:3] = np.clip(self.gain * (goal - eef), -1.0, 1.0)
         action[6] = gripper
         return action
+
+
+def demo_seeds(seed: int, num_demos: int) -> list[int]:
+    """Reset seeds of the demonstrations: far from the evaluation layouts (seeds 0..N-1)."""
+    return [1_000_000 + seed * 10_007 + i for i in range(num_demos)]
+
+
+def record_demo(
+    env: LiberoPickPlaceEnv,
+    seed: int,
+    offset_x: tuple[float, float],
+    offset_y: tuple[float, ...],
+    action_noise: float,
+    keys: Mapping[str, str],
+    render: bool,
+) -> tuple[dict[str, np.ndarray], np.ndarray, bool, tuple[float, float]]:
+    """One scripted demonstration from layout `seed`: the grasp offset (`draw_grasp_offset`) and
+    Gaussian noise of std `action_noise` on the motion actions, both from the seed's generator.
+    Returns ({name: observation[key] at each step for name, key in keys}, the executed actions
+    float32 (T, 7), success, the grasp offset); the episode ends at success or at the env's
+    step limit. `render`: render the cameras on every step (only when `keys` read images)."""
+    rng = np.random.default_rng(seed)
+    offset = draw_grasp_offset(rng, offset_x, offset_y)
+    demonstrator = ScriptedPickPlace(grasp_offset=offset)
+    obs = env.reset(seed=seed)
+    frames: dict[str, list] = {name: [] for name in keys}
+    actions, success = [], False
+    for _ in range(env.spec.max_episode_steps):
+        action = demonstrator.act(obs["policy_state"])
+        action[:3] = np.clip(action[:3] + action_noise * rng.standard_normal(3), -1, 1)
+        for name, key in keys.items():
+            frames[name].append(obs[key])
+        actions.append(action.astype(np.float32))
+        obs, _, terminated, truncated, _ = env.step(action, render=render)
+        if terminated or truncated:
+            success = bool(terminated)
+            break
+    return {k: np.asarray(v) for k, v in frames.items()}, np.asarray(actions), success, offset
