@@ -76,6 +76,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "openpi's): load the result with the same setting",
     )
     p.add_argument(
+        "--cache_prefix",
+        action="store_true",
+        help="with --trainable expert: encode every example's prefix (images, prompt) once with "
+        "the frozen weights and train the action expert against it (training/prefix_cache.py): "
+        "the same loss and gradients, without SigLIP and the prefix Gemma in every step",
+    )
+    p.add_argument(
         "--remat",
         action="store_true",
         help="recompute each Gemma layer's activations in the backward pass (openpi does): "
@@ -84,6 +91,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.dry_run and (args.data is None) == (args.dataset is None):
         p.error("pass one of --data (.npz) and --dataset (LeRobot dir), or --dry_run")
+    if args.cache_prefix and (args.trainable != "expert" or args.image_dropout > 0):
+        p.error(
+            "--cache_prefix needs --trainable expert and no --image_dropout: the prefix must be "
+            "the same at every step (full and LoRA training move it, dropout changes it)"
+        )
     from dsrl.base_policies.pi0 import transforms as tf
 
     if args.robot != "none" and args.robot not in tf.ROBOTS:
@@ -190,15 +202,30 @@ def finetune(args) -> pathlib.Path:
     cams = tuple(k for k in config.image_keys if k in dataset.images)
     kw = {"model_config": config, "config": tc, "encoded": cams}
     run_config = {**vars(args), "train_config": dataclasses.asdict(tc), "start_step": start}
-    batches = dataset.batches(args.batch, seed=args.seed, start=start)
+
+    def to_inputs(batch):
+        return data_lib.to_model_inputs(delta(batch), config, stats, tokenizer)
+
+    if args.cache_prefix:
+        from dsrl.base_policies.pi0.training import prefix_cache
+
+        cached = prefix_cache.encode_dataset(
+            dataset, config, state.params(use_ema=False), to_inputs, cams
+        )
+        batches = cached.batches(args.batch, seed=args.seed, start=start)
+    else:
+        batches = dataset.batches(args.batch, seed=args.seed, start=start)
     stop = args.steps if args.stop_after is None else min(args.steps, start + args.stop_after)
     with RunLogger(args.out, run_config, "dsrl-pi0-finetune", args.wandb_mode) as logger:
         bar = tqdm(range(start, stop), initial=start, total=args.steps, desc="finetune")
         for step in bar:
-            obs, actions = data_lib.to_model_inputs(delta(next(batches)), config, stats, tokenizer)
-            drop_rng = np.random.default_rng((args.seed, step))  # resumes exactly
-            obs = data_lib.drop_images(obs, args.image_dropout, drop_rng)
-            obs, actions = ts.shard_batch((obs, actions), mesh)
+            if args.cache_prefix:  # a PrefixCache stands in for the Observation
+                obs, actions = prefix_cache.shard_batch(*next(batches), mesh)
+            else:
+                obs, actions = to_inputs(next(batches))
+                drop_rng = np.random.default_rng((args.seed, step))  # resumes exactly
+                obs = data_lib.drop_images(obs, args.image_dropout, drop_rng)
+                obs, actions = ts.shard_batch((obs, actions), mesh)
             state, info = ts.train_step(state, obs, actions, **kw)
             done = step + 1
             if done % args.log_every == 0 or done == args.steps:

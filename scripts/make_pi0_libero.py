@@ -84,13 +84,13 @@ def _env(task_id: int, max_episode_steps: int | None = None):
 def _demo_worker(args: tuple) -> list[tuple[dict, bool]]:
     from dsrl.envs.libero_scripted import record_demo
 
-    task_id, seeds, offset_x, offset_y, action_noise, max_steps = args
+    task_id, seeds, offset_x, offset_y, action_noise, max_steps, scripted = args
     env = _env(task_id, max_steps)
     keys = {"image": "agentview_image", "wrist_image": "wrist_image", "state": "observation/state"}
     out = []
     for seed in seeds:
         frames, actions, success, _ = record_demo(
-            env, seed, offset_x, offset_y, action_noise, keys, render=True
+            env, seed, offset_x, offset_y, action_noise, keys, render=True, scripted=scripted
         )
         out.append((frames | {"actions": actions, "prompt": env.spec.prompt}, success))
     env.close()
@@ -110,6 +110,7 @@ def record_demos(args, dataset: pathlib.Path) -> dict:
             args.offset_y,
             args.action_noise,
             args.max_episode_steps,
+            {"dwell_steps": args.dwell_steps, "close_steps": args.close_steps},
         )
         for w in range(args.workers)
     ]
@@ -222,6 +223,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--offset_x", type=float, nargs=2, default=(-0.03, 0.03))
     p.add_argument("--offset_y", type=float, nargs="+", default=(-0.005, 0.005, 0.025, 0.035))
     p.add_argument("--action_noise", type=float, default=0.1)
+    p.add_argument(
+        "--dwell_steps",
+        type=int,
+        default=6,
+        help="the demonstrator holds still at grasp height this long before closing",
+    )
+    p.add_argument("--close_steps", type=int, default=20, help="the demonstrator's closing time")
     p.add_argument("--train_steps", type=int, default=6000)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -237,7 +245,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image_dropout", type=float, default=0.0, help="finetune_pi0.py's")
     p.add_argument("--query_freq", type=int, default=8)
     p.add_argument("--eval_episodes", type=int, default=50)
-    p.add_argument("--max_episode_steps", type=int, default=160, help="demos and evaluation")
+    p.add_argument("--max_episode_steps", type=int, default=180, help="demos and evaluation")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--reuse", action="store_true", help="reuse --work's dataset / checkpoint")
     args = p.parse_args(argv)

@@ -68,6 +68,23 @@ def test_scripted_demonstrator_places_the_pudding_from_suite_initial_states():
         env.close()
 
 
+def test_scripted_dwell_holds_open_at_grasp_height_before_closing():
+    """`dwell_steps` (the small Pi0's demonstrations): at grasp height the demonstrator holds
+    still and open that many steps, then closes in place for `close_steps`, then lifts; with no
+    dwell it closes at once (the flow MLP's demonstrations, unchanged)."""
+    state = np.zeros(POLICY_STATE_DIM)
+    state[2] = 0.05 + 0.015  # the gripper at grasp height right above the object
+    state[5:8] = [0.0, 0.0, -0.015]  # object - eef
+    state[8:11] = [0.2, 0.0, -0.1]
+    for dwell in (0, 3):
+        demonstrator = ScriptedPickPlace(dwell_steps=dwell, close_steps=5, phase=1)
+        actions = np.array([demonstrator.act(state) for _ in range(dwell + 8)])
+        gripper, lift = actions[:, 6], actions[:, 2] > 0.5
+        assert (gripper[:dwell] == -1).all() and (gripper[dwell:] == 1).all()
+        assert not lift[: dwell + 4].any() and lift[dwell + 4 :].all()
+        assert np.abs(actions[: dwell + 4, :3]).max() < 1e-9  # no motion while holding
+
+
 # The shortest budget of `bash scripts/run_libero_cpu.sh` that shows the lift: seed 0 of the
 # preset reached 1.00 on 20 evaluation layouts at 2016 gradient steps and stayed there through
 # 4000 (README); 3000 leaves a margin. About 6 minutes on a quiet 2-core machine.

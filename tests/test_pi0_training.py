@@ -478,3 +478,54 @@ def test_image_dropout_masks_whole_examples():
         np.testing.assert_array_equal(out.images[k][~masks[0]], -1.0)
         np.testing.assert_array_equal(out.images[k][masks[0]], obs.images[k][masks[0]])
     np.testing.assert_array_equal(out.state, obs.state)
+
+
+def test_cached_prefix_training_equals_the_uncached_steps(tmp_path):
+    """`finetune_pi0.py --trainable expert --cache_prefix` (each example's prefix encoded once,
+    training/prefix_cache.py) takes the same steps as without the cache: the same losses and
+    the same weights after 4 steps; and the flag is refused where the prefix would move."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "finetune_pi0", pathlib.Path(__file__).parents[1] / "scripts" / "finetune_pi0.py"
+    )
+    ft = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ft)
+    rng = np.random.default_rng(1)
+    n = 10
+    data = tmp_path / "demos.npz"
+    np.savez(
+        data,
+        **{
+            "images/base_0_rgb": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+            "images/left_wrist_0_rgb": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+            "state": rng.normal(size=(n, 8)).astype("f4"),
+            "actions": rng.normal(size=(n, 10, 7)).astype("f4"),
+            "prompt": np.array(["pick up the bowl", "put it in the tray"] * (n // 2)),
+        },
+    )
+    tok = tmp_path / "tok.model"
+    tok.write_bytes(train_sentencepiece_model([PROMPT, "put it in the tray"] * 50, vocab_size=30))
+    common = [
+        *("--data", str(data), "--variant", "tiny", "--tokenizer", str(tok), "--steps", "4"),
+        *("--batch", "4", "--warmup_steps", "1", "--peak_lr", "3e-3", "--trainable", "expert"),
+        *("--wandb_mode", "disabled", "--log_every", "1", "--ema_decay", "-1"),
+    ]
+    assert ft.main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert ft.main([*common, "--out", str(tmp_path / "cached"), "--cache_prefix"]) == 0
+    losses = {
+        run: [r["train/loss"] for r in read_metrics(tmp_path / run) if "train/loss" in r]
+        for run in ("plain", "cached")
+    }
+    assert len(losses["plain"]) == 4
+    np.testing.assert_allclose(losses["cached"], losses["plain"], rtol=1e-5)
+    read = lambda d: checkpoint.flatten(checkpoint.restore_params(d, dtype=None, to_device=False))  # noqa: E731
+    plain, cached = read(tmp_path / "plain" / "4"), read(tmp_path / "cached" / "4")
+    init = checkpoint.flatten(jax.tree.map(np.asarray, model_lib.init_params(CFG, 0)))
+    moved = [k for k in plain if not np.array_equal(plain[k], init[k])]
+    assert moved and all(optim.is_trainable(k, "expert") for k in moved)
+    for key in plain:
+        np.testing.assert_allclose(cached[key], plain[key], rtol=1e-4, atol=1e-6)
+    for bad in (["--trainable", "full"], ["--image_dropout", "0.5"]):
+        with pytest.raises(SystemExit):
+            ft.parse_args([*common, "--cache_prefix", *bad])

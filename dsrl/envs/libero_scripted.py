@@ -127,8 +127,11 @@ def draw_grasp_offset(
 class ScriptedPickPlace:
     """Pick the object, place it in the target, from poses (OSC_POSE delta actions, 7-d).
 
-    Phases: 0 above the object, 1 descend, 2 close, 3 lift, 4 carry above the target,
-    5 lower, 6 open (and stay). Positions are servoed with a clipped proportional law.
+    Phases: 0 above the object, 1 descend (and hold there `dwell_steps`, open), 2 close (for
+    `close_steps`), 3 lift, 4 carry above the target, 5 lower, 6 open (and stay). Positions are
+    servoed with a clipped proportional law. A dwell and a longer close make the demonstrations
+    forgiving of a clone that closes or lifts a few steps early (the small Pi0's failure,
+    docs/finetune_pi0.md).
     """
 
     grasp_offset: tuple[float, float] = (0.0, 0.0)
@@ -138,6 +141,7 @@ class ScriptedPickPlace:
     release_height: float = 0.14
     gain: float = 12.0
     close_steps: int = 12
+    dwell_steps: int = 0
     phase: int = 0
     _count: int = 0
 
@@ -156,7 +160,9 @@ class ScriptedPickPlace:
         if self.phase == 1:
             goal = grasp + [0, 0, self.grasp_height]
             if abs(goal[2] - eef[2]) < 0.008:
-                self.phase, self._count = 2, 0
+                self._count += 1
+                if self._count > self.dwell_steps:
+                    self.phase, self._count = 2, 0
         if self.phase == 2:
             goal, gripper = grasp + [0, 0, self.grasp_height], 1.0
             self._count += 1
@@ -195,15 +201,17 @@ def record_demo(
     action_noise: float,
     keys: Mapping[str, str],
     render: bool,
+    scripted: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, bool, tuple[float, float]]:
     """One scripted demonstration from layout `seed`: the grasp offset (`draw_grasp_offset`) and
     Gaussian noise of std `action_noise` on the motion actions, both from the seed's generator.
     Returns ({name: observation[key] at each step for name, key in keys}, the executed actions
     float32 (T, 7), success, the grasp offset); the episode ends at success or at the env's
-    step limit. `render`: render the cameras on every step (only when `keys` read images)."""
+    step limit. `render`: render the cameras on every step (only when `keys` read images).
+    `scripted`: other `ScriptedPickPlace` fields (e.g. dwell_steps, close_steps)."""
     rng = np.random.default_rng(seed)
     offset = draw_grasp_offset(rng, offset_x, offset_y)
-    demonstrator = ScriptedPickPlace(grasp_offset=offset)
+    demonstrator = ScriptedPickPlace(grasp_offset=offset, **(scripted or {}))
     obs = env.reset(seed=seed)
     frames: dict[str, list] = {name: [] for name in keys}
     actions, success = [], False

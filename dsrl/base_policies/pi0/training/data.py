@@ -68,23 +68,32 @@ class NpzDataset:
 
     def batches(self, batch_size: int, seed: int = 0, start: int = 0) -> Iterator[Batch]:
         """Endless batches from batch number `start` on (a resumed run gets exactly the batches
-        the uninterrupted one would have); every example once per epoch, the last partial batch
-        dropped, a new permutation per epoch."""
-        if batch_size > len(self):
-            raise ValueError(f"batch_size {batch_size} > {len(self)} examples in {self.path}.")
-        per_epoch = len(self) // batch_size
-        epoch, skip = divmod(start, per_epoch)
-        while True:
-            order = np.random.default_rng((seed, epoch)).permutation(len(self))
-            for i in range(skip, per_epoch):
-                yield self.take(order[i * batch_size : (i + 1) * batch_size])
-            epoch, skip = epoch + 1, 0
+        the uninterrupted one would have); see `batch_indices`."""
+        for index in batch_indices(len(self), batch_size, seed, start, self.path):
+            yield self.take(index)
 
     def all(self, batch_size: int = 1024) -> Iterator[Mapping[str, np.ndarray]]:
         """state / actions of every example, in order (for norm stats)."""
         for start in range(0, len(self), batch_size):
             sl = slice(start, start + batch_size)
             yield {"state": self.state[sl], "actions": self.actions[sl]}
+
+
+def batch_indices(
+    num_examples: int, batch_size: int, seed: int = 0, start: int = 0, source: Any = "dataset"
+) -> Iterator[np.ndarray]:
+    """The example indices of every batch from batch number `start` on: every example once per
+    epoch, the last partial batch dropped, a new permutation per epoch (seeded by (seed,
+    epoch), so a resumed run gets exactly the batches the uninterrupted one would have)."""
+    if batch_size > num_examples:
+        raise ValueError(f"batch_size {batch_size} > {num_examples} examples in {source}.")
+    per_epoch = num_examples // batch_size
+    epoch, skip = divmod(start, per_epoch)
+    while True:
+        order = np.random.default_rng((seed, epoch)).permutation(num_examples)
+        for i in range(skip, per_epoch):
+            yield order[i * batch_size : (i + 1) * batch_size]
+        epoch, skip = epoch + 1, 0
 
 
 def delta_batch(batch: Mapping[str, Any], mask: tuple[bool, ...] | None) -> dict[str, Any]:

@@ -29,21 +29,27 @@ BETA_A, BETA_B = 1.5, 1.0  # openpi's time distribution Beta(1.5, 1)
 def predict_velocity(
     config: Pi0Config,
     params: Params,
-    obs: pi0_model.Observation,
+    obs: pi0_model.Observation | pi0_model.PrefixCache,
     x_t: jax.Array,
     time: jax.Array,
     encoded: tuple[str, ...] | None = None,
 ) -> jax.Array:
     """The model's velocity v_t for noisy actions x_t (B, H, A) at per-sample times (B,).
 
-    `encoded`: the cameras to run through SigLIP (default all of `config.image_keys`; masked
-    ones are excluded by their mask, as openpi). Leaving out a camera masked in the whole batch
-    is exact and saves its SigLIP pass. LoRA leaves, if present, are merged in first.
+    `obs`: an Observation, or its prefix already encoded (a `PrefixCache` from
+    `model.encode_prefix` with these params: exact, and what expert-only training on a fixed
+    dataset reuses, see `training.prefix_cache`). `encoded`: the cameras to run through SigLIP
+    (default all of `config.image_keys`; masked ones are excluded by their mask, as openpi).
+    Leaving out a camera masked in the whole batch is exact and saves its SigLIP pass. LoRA
+    leaves, if present, are merged in first.
     """
     params = lora.merge(params)
     expert = config.action_expert
-    encoded = tuple(config.image_keys) if encoded is None else encoded
-    cache = pi0_model.encode_prefix(config, params, obs, encoded)
+    if isinstance(obs, pi0_model.PrefixCache):
+        cache = obs
+    else:
+        encoded = tuple(config.image_keys) if encoded is None else encoded
+        cache = pi0_model.encode_prefix(config, params, obs, encoded)
     positions = jnp.sum(cache.mask, axis=-1, dtype=jnp.int32)[:, None] + jnp.arange(
         config.suffix_len, dtype=jnp.int32
     )
@@ -79,7 +85,7 @@ def predict_velocity(
 def flow_matching_loss(
     config: Pi0Config,
     params: Params,
-    obs: pi0_model.Observation,
+    obs: pi0_model.Observation | pi0_model.PrefixCache,
     actions: jax.Array,
     noise: jax.Array,
     time: jax.Array,
@@ -110,7 +116,7 @@ def compute_loss(
     config: Pi0Config,
     params: Params,
     rng: jax.Array,
-    obs: pi0_model.Observation,
+    obs: pi0_model.Observation | pi0_model.PrefixCache,
     actions: jax.Array,
     encoded: tuple[str, ...] | None = None,
 ) -> jax.Array:
