@@ -1,6 +1,7 @@
 """Benchmark one Pi0 fine-tuning step on this CPU; prints ONE JSON line.
 
   python scripts/bench_pi0_train.py --variant small --batch 32 --trainable full
+  python scripts/bench_pi0_train.py --variant mini --batch 128 --trainable expert --cache_prefix
 
 The step's matmul FLOPs are counted from its jaxpr (every dot_general, times the trip count of
 each enclosing scan); XLA's cost analysis is printed too but counts a loop body once, not once per
@@ -77,7 +78,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--trainable", default="full", choices=optim.TRAINABLE)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--cache_prefix",
+        action="store_true",
+        help="time the step on an encoded prefix (finetune_pi0.py --cache_prefix; expert only)",
+    )
     args = parser.parse_args()
+    if args.cache_prefix and args.trainable != "expert":
+        parser.error("--cache_prefix times expert-only training: add --trainable expert")
 
     cfg = Pi0Config.from_name(args.variant)
     matmul_before = matmul_gflops()
@@ -90,6 +98,10 @@ def main() -> None:
     tc = optim.TrainConfig(trainable=args.trainable)
     state = ts.init_train_state(params, tc)
     kw = {"model_config": cfg, "config": tc, "encoded": encoded}
+    if args.cache_prefix:  # what the step reads instead of the images and the prompt
+        from dsrl.base_policies.pi0.training import prefix_cache
+
+        obs = prefix_cache.encode_batch(params, obs, config=cfg, encoded=encoded)
 
     t0 = time.perf_counter()
     compiled = ts.train_step.lower(state, obs, actions, **kw).compile()
@@ -120,6 +132,7 @@ def main() -> None:
             {
                 "variant": args.variant,
                 "trainable": args.trainable,
+                "cache_prefix": args.cache_prefix,
                 "batch": args.batch,
                 "params_m": round(n_params / 1e6, 2),
                 "compile_s": round(compile_s, 1),

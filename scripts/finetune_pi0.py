@@ -60,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num_devices", type=int, default=0, help="data parallel; 0: all")
     p.add_argument("--resume", action="store_true", help="continue from the latest <out>/<step>")
     p.add_argument("--stop_after", type=int, help="stop after this many steps of this invocation")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars (for log files)")
     p.add_argument("--wandb_mode", default="offline", choices=["offline", "online", "disabled"])
     p.add_argument("--dry_run", action="store_true", help="print memory needs (shapes only)")
     p.add_argument(
@@ -210,14 +211,25 @@ def finetune(args) -> pathlib.Path:
         from dsrl.base_policies.pi0.training import prefix_cache
 
         cached = prefix_cache.encode_dataset(
-            dataset, config, state.params(use_ema=False), to_inputs, cams
+            dataset,
+            config,
+            state.params(use_ema=False),
+            to_inputs,
+            cams,
+            progress=not args.no_progress,
         )
         batches = cached.batches(args.batch, seed=args.seed, start=start)
     else:
         batches = dataset.batches(args.batch, seed=args.seed, start=start)
     stop = args.steps if args.stop_after is None else min(args.steps, start + args.stop_after)
     with RunLogger(args.out, run_config, "dsrl-pi0-finetune", args.wandb_mode) as logger:
-        bar = tqdm(range(start, stop), initial=start, total=args.steps, desc="finetune")
+        bar = tqdm(
+            range(start, stop),
+            initial=start,
+            total=args.steps,
+            desc="finetune",
+            disable=args.no_progress,
+        )
         for step in bar:
             if args.cache_prefix:  # a PrefixCache stands in for the Observation
                 obs, actions = prefix_cache.shard_batch(*next(batches), mesh)

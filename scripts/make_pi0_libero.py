@@ -1,8 +1,9 @@
 """Make a small Pi0 for the LIBERO CPU proof, end to end (status: docs/finetune_pi0.md).
 
-  python scripts/make_pi0_libero.py --out runs/pi0_small   # ~55 minutes on 2 CPU cores
+  python scripts/make_pi0_libero.py --out runs/pi0_small   # ~65 minutes on 2 CPU cores
 
-It made dsrl/assets/pi0_libero_cpu (docs/finetune_pi0.md, "A small Pi0 made here").
+The shipped dsrl/assets/pi0_libero_cpu was made by this recipe in pieces (docs/finetune_pi0.md, "A
+small Pi0 made here": its first two runs were on demonstrations without the dwell).
 
 1. Demonstrations: the scripted demonstrator (`dsrl.envs.libero_scripted`) on libero_object
    task 8, layouts from robosuite's placement sampler (seeds disjoint from the evaluation's), both
@@ -14,13 +15,17 @@ It made dsrl/assets/pi0_libero_cpu (docs/finetune_pi0.md, "A small Pi0 made here
    fingers, where the grasp slips (`draw_grasp_offset`), so the cloned policy has two modes and
    its noise picks one. Failed demonstrations are kept.
 2. A SentencePiece tokenizer trained on the prompt (the PaliGemma one cannot be downloaded here).
-3. Fine-tuning with `scripts/finetune_pi0.py` (subprocesses, the command a user runs), twice:
-   --train_steps at batch 32 and lr 1e-3, then --polish_steps from that checkpoint at batch 64
-   and lr 3e-4 (the first run alone grasped too high and too briefly: 0.00 success). The
-   `mini` Pi0 (`Pi0Config.mini`: both images and the prompt through SigLIP and the Gemma prefix,
-   the state token and the action expert as in Pi0) from random weights, openpi's loss,
-   AdamW + warm-up + cosine decay, EMA; LIBERO's transforms without pi0_libero's extra
-   DeltaActions (`libero_no_delta`, see ROBOT).
+3. Fine-tuning with `scripts/finetune_pi0.py` (subprocesses, the command a user runs), three
+   runs: --train_steps at batch 32 and lr 1e-3 from random weights, then --polish_steps from
+   that checkpoint at batch 64 and lr 3e-4, then the action expert alone on the cached prefix
+   (`--trainable expert --cache_prefix`) for --expert_steps at batch 128 (the first run alone
+   grasped too high and too briefly: 0.00 success). The demonstrator holds still at grasp height
+   (--dwell_steps) and closes longer (--close_steps) than the flow MLP's: with those, the clone
+   no longer closes on air (docs/finetune_pi0.md, run i). The `mini` Pi0
+   (`Pi0Config.mini`: both images and the prompt through SigLIP and the Gemma prefix, the state
+   token and the action expert as in Pi0) from random weights, openpi's loss, AdamW + warm-up +
+   cosine decay, EMA; LIBERO's transforms without pi0_libero's extra DeltaActions
+   (`libero_no_delta`, see ROBOT).
 4. The checkpoint in openpi's layout (`params/`, `assets/libero_cpu/norm_stats.json`) plus
    tokenizer.model, config.json and SHA256SUMS, written to --out.
 5. Evaluation through `Pi0Policy` and LIBERO's transforms, 8 of the 16 actions executed per
@@ -142,8 +147,12 @@ def make_tokenizer(prompt: str, path: pathlib.Path) -> None:
     path.write_bytes(train_sentencepiece_model(corpus * 20, vocab_size=64))
 
 
-def finetune(args, dataset, tokenizer, out, *, init, steps, batch, lr, warmup) -> pathlib.Path:
-    """One `finetune_pi0.py` run (a subprocess, the command a user runs); its last checkpoint."""
+def finetune(
+    args, dataset, tokenizer, out, *, init, steps, batch, lr, warmup, extra=(), save_at=None
+) -> pathlib.Path:
+    """One `finetune_pi0.py` run (a subprocess, the command a user runs): `steps` of its
+    schedule, stopped after `save_at` (default all of them); that checkpoint."""
+    save_at = save_at or steps
     cmd = [
         sys.executable,
         str(ROOT / "scripts" / "finetune_pi0.py"),
@@ -159,14 +168,16 @@ def finetune(args, dataset, tokenizer, out, *, init, steps, batch, lr, warmup) -
         f"--peak_lr={lr}",
         f"--warmup_steps={warmup}",
         f"--ema_decay={args.ema_decay}",
-        f"--save_every={steps}",
+        f"--save_every={save_at}",
+        f"--stop_after={save_at}",
         "--log_every=100",
         f"--seed={args.seed}",
         "--wandb_mode=disabled",
         "--shared_noise",
         f"--image_dropout={args.image_dropout}",
+        *extra,
     ]
-    ckpt = out / str(steps)
+    ckpt = out / str(save_at)
     if not (ckpt / "params").is_dir():
         print("[make_pi0]", " ".join(cmd), file=sys.stderr)
         subprocess.run(cmd, check=True)
@@ -242,6 +253,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--polish_batch_size", type=int, default=64)
     p.add_argument("--polish_lr", type=float, default=3e-4)
     p.add_argument("--polish_warmup_steps", type=int, default=100)
+    p.add_argument(
+        "--expert_steps",
+        type=int,
+        default=2000,
+        help="a third run, the action expert alone on the cached prefix (0: none)",
+    )
+    p.add_argument(
+        "--expert_schedule_steps",
+        type=int,
+        default=6000,
+        help="the third run's cosine schedule length (it stops after --expert_steps)",
+    )
+    p.add_argument("--expert_batch_size", type=int, default=128)
+    p.add_argument("--expert_lr", type=float, default=5e-4)
     p.add_argument("--image_dropout", type=float, default=0.0, help="finetune_pi0.py's")
     p.add_argument("--query_freq", type=int, default=8)
     p.add_argument("--eval_episodes", type=int, default=50)
@@ -281,11 +306,19 @@ def main(argv=None) -> None:
             args, dataset, tokenizer, work / "polish", init=ckpt, steps=args.polish_steps,
             batch=args.polish_batch_size, lr=args.polish_lr, warmup=args.polish_warmup_steps,
         )  # fmt: skip
+    if args.expert_steps:
+        ckpt = finetune(
+            args, dataset, tokenizer, work / "expert", init=ckpt,
+            steps=args.expert_schedule_steps, save_at=args.expert_steps,
+            batch=args.expert_batch_size, lr=args.expert_lr, warmup=100,
+            extra=("--trainable=expert", "--cache_prefix", "--image_dropout=0"),
+        )  # fmt: skip
     train_seconds = time.perf_counter() - start - demo_seconds
     made = {
         **made,
-        "train_steps": [args.train_steps, args.polish_steps],
-        "batch_size": [args.batch_size, args.polish_batch_size],
+        "train_steps": [args.train_steps, args.polish_steps, args.expert_steps],
+        "batch_size": [args.batch_size, args.polish_batch_size, args.expert_batch_size],
+        "trainable": ["full", "full", "expert"],
     }
     out = assemble(args, ckpt, tokenizer, made)
 

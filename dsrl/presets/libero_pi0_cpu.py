@@ -25,6 +25,9 @@ def get_config():
     config = libero_cpu.get_config()
     config.env.kwargs.render_wrist = True  # Pi0 reads both cameras
     config.env.kwargs.pi0_state = True
+    # Its demonstrations hold still before closing and close longer (scripts/make_pi0_libero.py
+    # --dwell_steps 6 --close_steps 20): ~15 steps more than the flow MLP's.
+    config.env.kwargs.max_episode_steps = 180
     config.base_policy = {"kind": "pi0", "checkpoint": "libero_cpu"}
     config.log.prefix = "dsrl_libero_pi0_cpu"
     config.log.wandb_project = "DSRL_libero_pi0_cpu"

@@ -61,7 +61,8 @@ class CachedPrefixDataset:
 
 
 @functools.partial(jax.jit, static_argnames=("config", "encoded"))
-def _encode(params, obs, *, config, encoded):
+def encode_batch(params, obs, *, config, encoded):
+    """One batch's prefix cache (jitted `model.encode_prefix`)."""
     return pi0_model.encode_prefix(config, params, obs, encoded)
 
 
@@ -89,7 +90,7 @@ def encode_dataset(
         starts = tqdm(starts, desc="encode prefixes", total=-(-n // batch_size))
     for start in starts:
         obs, actions = to_inputs(dataset.take(np.arange(start, min(start + batch_size, n))))
-        cache = _encode(params, obs, config=config, encoded=encoded)
+        cache = encode_batch(params, obs, config=config, encoded=encoded)
         parts["k"].append(np.asarray(cache.k))
         parts["v"].append(np.asarray(cache.v))
         parts["mask"].append(np.asarray(cache.mask))
