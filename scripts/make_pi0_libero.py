@@ -273,16 +273,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_episode_steps", type=int, default=180, help="demos and evaluation")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--reuse", action="store_true", help="reuse --work's dataset / checkpoint")
+    p.add_argument(
+        "--eval_only",
+        action="store_true",
+        help="only evaluate the policy at --out (e.g. the shipped dsrl/assets/pi0_libero_cpu)",
+    )
     args = p.parse_args(argv)
     if len(args.offset_y) < 2 or len(args.offset_y) % 2:
         p.error(f"--offset_y takes pairs LO HI (intervals), got {args.offset_y}")
-    if not args.reuse and pathlib.Path(args.work).exists():
+    if not args.reuse and not args.eval_only and pathlib.Path(args.work).exists():
         p.error(f"--work {args.work} exists: pass --reuse to continue from it, or a new path.")
     return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.eval_only:
+        iid, zero = evaluate_base(args, pathlib.Path(args.out))
+        print(json.dumps({"out": args.out, "base_success_iid": iid,
+                          "base_success_zero_noise": zero, "eval_episodes": args.eval_episodes}))  # fmt: skip
+        return
     start = time.perf_counter()
     work = pathlib.Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -321,7 +331,32 @@ def main(argv=None) -> None:
         "trainable": ["full", "full", "expert"],
     }
     out = assemble(args, ckpt, tokenizer, made)
+    iid, zero = evaluate_base(args, out)
+    asset_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    result = {
+        "base_success_iid": iid,
+        "base_success_zero_noise": zero,
+        "eval_episodes": args.eval_episodes,
+        **made,
+        "demo_seconds": round(demo_seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.perf_counter() - start, 1),
+        "asset_bytes": asset_bytes,
+        "out": str(out),
+    }
+    from dsrl.base_policies.pi0 import shipped
 
+    config = shipped.read_config(out)
+    config.update({k: result[k] for k in ("base_success_iid", "base_success_zero_noise")})
+    config["eval_episodes"] = args.eval_episodes
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    shipped.write_sha256sums(out)
+    print(json.dumps(result))
+
+
+def evaluate_base(args, out: pathlib.Path) -> tuple[float, float]:
+    """Success of the policy at `out` with i.i.d. N(0, I) noise and with the all-zero noise, on
+    layouts 0..eval_episodes-1."""
     from dsrl.base_policies.pi0 import shipped
 
     policy = shipped.load(out)
@@ -338,24 +373,7 @@ def main(argv=None) -> None:
     )
     iid = evaluate_with(lambda n: rng.standard_normal((n, *shape)).astype(np.float32))
     zero = evaluate_with(lambda n: np.zeros((n, *shape), np.float32))
-    asset_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    result = {
-        "base_success_iid": float(np.mean(iid)),
-        "base_success_zero_noise": float(np.mean(zero)),
-        "eval_episodes": args.eval_episodes,
-        **made,
-        "demo_seconds": round(demo_seconds, 1),
-        "train_seconds": round(train_seconds, 1),
-        "total_seconds": round(time.perf_counter() - start, 1),
-        "asset_bytes": asset_bytes,
-        "out": str(out),
-    }
-    config = shipped.read_config(out)
-    config.update({k: result[k] for k in ("base_success_iid", "base_success_zero_noise")})
-    config["eval_episodes"] = args.eval_episodes
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    shipped.write_sha256sums(out)
-    print(json.dumps(result))
+    return float(np.mean(iid)), float(np.mean(zero))
 
 
 if __name__ == "__main__":

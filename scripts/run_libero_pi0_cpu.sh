@@ -5,8 +5,8 @@
 # Extra arguments go to the launcher and override the preset, e.g.
 #   bash scripts/run_libero_pi0_cpu.sh --seed 1
 #   bash scripts/run_libero_pi0_cpu.sh --algorithm dsrl_na
-# Status: the base succeeds 0.16 (i.i.d. noise) on the preset's layouts, and DSRL-SAC seed 0 had
-# not lifted it by 4000 gradient steps (mode 0.02): docs/finetune_pi0.md, "Steering it".
+# Status: the base succeeds 0.46-0.60 (i.i.d. noise) on the preset's layouts; DSRL-SAC seeds 0-1
+# rose 0.2-0.3 and fell back within 4000 gradient steps: docs/finetune_pi0.md, "Steering it".
 # Expects an installed environment (bash scripts/setup_env.sh or `source .venv/bin/activate`).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/sim_env.sh"
