@@ -2,7 +2,7 @@
 medium-level Hopper-v5 dataset made here.
 
 1. The dataset (scripts/make_hopper_dataset.py, unless --dataset names one it made): SAC in the
-   action space stopped when its sampled policy first returns ~1.5k, then 100k transitions of
+   action space stopped when its sampled policy first returns ~1k, then 100k transitions of
    that sampled policy, like D4RL's hopper-medium.
 2. DDPM behaviour cloning with `python -m dsrl.base_policies.diffusion.make` (the release's
    Hopper network and sampler, `release_config("hopper")`: DiffusionMLP 3 x 512 ReLU residual,
@@ -39,7 +39,7 @@ def parse(argv):
     parser.add_argument("--dataset", default="", help="a train.npz from make_hopper_dataset.py")
     parser.add_argument("--dataset-out", default="/tmp/hopper_medium.npz")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target-return", type=float, default=1500.0)
+    parser.add_argument("--target-return", type=float, default=1000.0)
     parser.add_argument("--dataset-steps", type=int, default=100_000)
     parser.add_argument("--train-steps", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=128)

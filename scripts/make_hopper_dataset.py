@@ -26,7 +26,7 @@ def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="the .npz to write (must not exist)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target-return", type=float, default=1500.0)
+    parser.add_argument("--target-return", type=float, default=1000.0)
     parser.add_argument("--max-env-steps", type=int, default=300_000)
     parser.add_argument("--dataset-steps", type=int, default=100_000)
     args = parser.parse_args(argv)

@@ -41,7 +41,7 @@ class ActionSACConfig:
     init_temperature: float = 1.0
     random_steps: int = 5_000  # uniform actions before the first update
     block: int = 50  # env steps collected, then as many gradient steps in one scan
-    target_return: float = 1500.0  # stop when the sampled policy's eval mean first passes it
+    target_return: float = 1000.0  # stop when the sampled policy's eval mean first passes it
     eval_every: int = 5_000
     eval_episodes: int = 5
     max_env_steps: int = 300_000

@@ -3,7 +3,7 @@
 The base policy is the shipped `dsrl/assets/diffusion_hopper` (scripts/make_diffusion_hopper.py):
 the release's Hopper DiffusionMLP (3 x 512 ReLU residual, 4-step chunks, 20 denoising steps
 sampled by 5 DDIM steps, eta 0) cloned from a medium-level dataset made here (SAC in the action
-space stopped at a return of ~1.5k, scripts/make_hopper_dataset.py). It reads the raw Hopper-v5
+space stopped at a return of ~1k, scripts/make_hopper_dataset.py). It reads the raw Hopper-v5
 observation and writes raw actions (it carries its own normalization), so the env is unnormalized.
 
 What differs from the release's `gym_hopper` preset, to fit a CPU and a 100k-env-step budget:
