@@ -268,10 +268,9 @@ def test_export_loads_in_pi0_policy(setup, tmp_path):
     np.testing.assert_array_equal(policy.norm_stats["actions"].q01, stats["actions"].q01)
 
 
-def test_finetune_script_resumes_exactly(tmp_path):
-    """scripts/finetune_pi0.py stopped after 3 steps and resumed reaches the same weights as one
-    uninterrupted 6-step run (LoRA kept in the checkpoint), and writes a checkpoint Pi0Policy
-    loads. Reuses the file's compiled LoRA step when run with the other tests."""
+def _finetune_script_and_data(tmp_path, n: int, seed: int, prompts: list[str]):
+    """scripts/finetune_pi0.py as a module, a random .npz dataset of n examples (prompts cycled)
+    and a SentencePiece tokenizer trained on the prompts."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -279,8 +278,7 @@ def test_finetune_script_resumes_exactly(tmp_path):
     )
     ft = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ft)
-    rng = np.random.default_rng(0)
-    n = 12
+    rng = np.random.default_rng(seed)
     data = tmp_path / "demos.npz"
     np.savez(
         data,
@@ -289,11 +287,19 @@ def test_finetune_script_resumes_exactly(tmp_path):
             "images/left_wrist_0_rgb": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
             "state": rng.normal(size=(n, 8)).astype("f4"),
             "actions": rng.normal(size=(n, 10, 7)).astype("f4"),
-            "prompt": np.array(["pick up the bowl"] * n),
+            "prompt": np.array([prompts[i % len(prompts)] for i in range(n)]),
         },
     )
     tok = tmp_path / "tok.model"
     tok.write_bytes(train_sentencepiece_model([PROMPT, "put it in the tray"] * 50, vocab_size=30))
+    return ft, data, tok
+
+
+def test_finetune_script_resumes_exactly(tmp_path):
+    """scripts/finetune_pi0.py stopped after 3 steps and resumed reaches the same weights as one
+    uninterrupted 6-step run (LoRA kept in the checkpoint), and writes a checkpoint Pi0Policy
+    loads. Reuses the file's compiled LoRA step when run with the other tests."""
+    ft, data, tok = _finetune_script_and_data(tmp_path, 12, 0, [PROMPT])
     common = [
         *("--data", str(data), "--variant", "tiny", "--tokenizer", str(tok), "--steps", "6"),
         *("--batch", "4", "--warmup_steps", "1", "--peak_lr", "3e-3", "--trainable", "lora"),
@@ -484,28 +490,7 @@ def test_cached_prefix_training_equals_the_uncached_steps(tmp_path):
     """`finetune_pi0.py --trainable expert --cache_prefix` (each example's prefix encoded once,
     training/prefix_cache.py) takes the same steps as without the cache: the same losses and
     the same weights after 4 steps; and the flag is refused where the prefix would move."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "finetune_pi0", pathlib.Path(__file__).parents[1] / "scripts" / "finetune_pi0.py"
-    )
-    ft = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ft)
-    rng = np.random.default_rng(1)
-    n = 10
-    data = tmp_path / "demos.npz"
-    np.savez(
-        data,
-        **{
-            "images/base_0_rgb": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-            "images/left_wrist_0_rgb": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-            "state": rng.normal(size=(n, 8)).astype("f4"),
-            "actions": rng.normal(size=(n, 10, 7)).astype("f4"),
-            "prompt": np.array(["pick up the bowl", "put it in the tray"] * (n // 2)),
-        },
-    )
-    tok = tmp_path / "tok.model"
-    tok.write_bytes(train_sentencepiece_model([PROMPT, "put it in the tray"] * 50, vocab_size=30))
+    ft, data, tok = _finetune_script_and_data(tmp_path, 10, 1, [PROMPT, "put it in the tray"])
     common = [
         *("--data", str(data), "--variant", "tiny", "--tokenizer", str(tok), "--steps", "4"),
         *("--batch", "4", "--warmup_steps", "1", "--peak_lr", "3e-3", "--trainable", "expert"),
