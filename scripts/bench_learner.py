@@ -42,21 +42,16 @@ import numpy as np  # noqa: E402
 from dsrl.agents import ExecutionConfig, PixelSACLearner  # noqa: E402
 from dsrl.agents.pixel_sac import learner as learner_lib  # noqa: E402
 from dsrl.networks.conv import OPT_OUT_VAR, fast_path_enabled  # noqa: E402
+from dsrl.presets.state_dsrl import release_agent  # noqa: E402
 from dsrl.utils.hugepages import TUNABLE  # noqa: E402
 from dsrl.utils.jit import jit  # noqa: E402
 
 # The authors' Robomimic Can sizes (cfg/robomimic/dsrl_can.yaml) for `--observation state`.
 STATE_SIZES = {"state_dim": 23, "latent_dim": 4 * 7}
+# The release's state agent (state_dsrl.release_agent) at Can's width; its other entries
+# (temperature, learning rates, tau) are the learner's defaults.
 STATE_CONFIG = {
-    "hidden_dims": (2048, 2048, 2048),
-    "activation": "tanh",
-    "critic_layer_norm": True,
-    "actor_layer_norm": True,
-    "num_qs": 2,
-    "critic_reduction": "min",
-    "backup_entropy": True,
-    "target_entropy": 0.0,
-    "actor_lr": 3e-4,
+    k: v for k, v in release_agent("dsrl_sac", (2048, 2048, 2048)).items() if k != "algorithm"
 }
 
 

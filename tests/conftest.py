@@ -37,3 +37,20 @@ def _release_compiled_code():
     if jax is not None:
         jax.clear_caches()
         gc.collect()
+
+
+@pytest.fixture
+def damaged_copy(tmp_path):
+    """copy(asset_dir, filename) -> a copy of `asset_dir` under tmp_path with one byte of
+    `filename` flipped (mid-file): what a truncated download or a bad disk leaves behind."""
+    import shutil
+
+    def copy(asset_dir, filename: str):
+        damaged = tmp_path / "damaged"
+        shutil.copytree(asset_dir, damaged)
+        data = bytearray((damaged / filename).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (damaged / filename).write_bytes(bytes(data))
+        return damaged
+
+    return copy

@@ -5,7 +5,6 @@ the `gym_hopper_cpu` preset that steers it, and the lift summary of a run (docs/
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED_SHA256 = "4f6a635776a0d60e66c96bf341abb3133d33c6afd40b7babf70e1b34a86cb01a"
 
 
-def test_shipped_hopper_policy_loads_and_a_damaged_checkpoint_is_refused(tmp_path):
+def test_shipped_hopper_policy_loads_and_a_damaged_checkpoint_is_refused(damaged_copy):
     recorded = (HOPPER_ASSET_DIR / "params.sha256").read_text().split()[0]
     assert recorded == SHIPPED_SHA256
     policy = DiffusionMLPPolicy.load(HOPPER_ASSET_DIR)
@@ -34,11 +33,7 @@ def test_shipped_hopper_policy_loads_and_a_damaged_checkpoint_is_refused(tmp_pat
         {"policy_state": np.zeros((2, 11), np.float32)}, np.zeros((2, 4, 3), np.float32)
     )
     assert chunk.shape == (2, 4, 3) and np.all(np.isfinite(chunk))
-    damaged = tmp_path / "policy"
-    shutil.copytree(HOPPER_ASSET_DIR, damaged)
-    data = bytearray((damaged / "params.npz").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (damaged / "params.npz").write_bytes(bytes(data))
+    damaged = damaged_copy(HOPPER_ASSET_DIR, "params.npz")
     with pytest.raises(ValueError, match="sha256"):
         DiffusionMLPPolicy.load(damaged)
 

@@ -5,7 +5,6 @@ CPU")."""
 from __future__ import annotations
 
 import os
-import shutil
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -22,7 +21,7 @@ from dsrl.utils.logging import read_metrics  # noqa: E402
 SHIPPED_SHA256 = "48b5bdb98016528714bbebef70b63d6093dfe6ef787f20f8d35d7b563170d88e"
 
 
-def test_shipped_libero_policy_loads_and_a_damaged_checkpoint_is_refused(tmp_path):
+def test_shipped_libero_policy_loads_and_a_damaged_checkpoint_is_refused(damaged_copy):
     recorded = (LIBERO_ASSET_DIR / "params.sha256").read_text().split()[0]
     assert recorded == SHIPPED_SHA256
     policy = FlowMLPPolicy.load_libero()
@@ -34,11 +33,7 @@ def test_shipped_libero_policy_loads_and_a_damaged_checkpoint_is_refused(tmp_pat
         np.zeros((2, *policy.noise_shape), np.float32),
     )
     assert chunk.shape == (2, 16, 7) and np.all(np.isfinite(chunk))
-    damaged = tmp_path / "policy"
-    shutil.copytree(LIBERO_ASSET_DIR, damaged)
-    data = bytearray((damaged / "params.npz").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (damaged / "params.npz").write_bytes(bytes(data))
+    damaged = damaged_copy(LIBERO_ASSET_DIR, "params.npz")
     with pytest.raises(ValueError, match="sha256"):
         FlowMLPPolicy.load(damaged)
 

@@ -4,8 +4,6 @@ No learning test yet: the robomimic_can_cpu preset did not hold the target on se
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -17,7 +15,7 @@ from dsrl.presets.robomimic_can_cpu import CAN_ASSET_DIR
 SHIPPED_SHA256 = "93018fd2ff05793f77e4f9c08b62c6243d93bfe68942e26fc2d7e7dae791dae0"
 
 
-def test_shipped_can_policy_loads_and_a_damaged_checkpoint_is_refused(tmp_path):
+def test_shipped_can_policy_loads_and_a_damaged_checkpoint_is_refused(damaged_copy):
     recorded = (CAN_ASSET_DIR / "params.sha256").read_text().split()[0]
     assert recorded == SHIPPED_SHA256
     policy = DiffusionMLPPolicy.load(CAN_ASSET_DIR)
@@ -28,11 +26,7 @@ def test_shipped_can_policy_loads_and_a_damaged_checkpoint_is_refused(tmp_path):
         {"policy_state": np.zeros((2, 23), np.float32)}, np.zeros((2, 4, 7), np.float32)
     )
     assert chunk.shape == (2, 4, 7) and np.all(np.isfinite(chunk))
-    damaged = tmp_path / "policy"
-    shutil.copytree(CAN_ASSET_DIR, damaged)
-    data = bytearray((damaged / "params.npz").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (damaged / "params.npz").write_bytes(bytes(data))
+    damaged = damaged_copy(CAN_ASSET_DIR, "params.npz")
     with pytest.raises(ValueError, match="sha256"):
         DiffusionMLPPolicy.load(damaged)
 
