@@ -218,6 +218,10 @@ def finetune(args) -> pathlib.Path:
             cams,
             progress=not args.no_progress,
         )
+        print(
+            f"prefix cache: {cached.nbytes / 2**20:.0f} MiB, {len(cached)} examples",
+            file=sys.stderr,
+        )
         batches = cached.batches(args.batch, seed=args.seed, start=start)
     else:
         batches = dataset.batches(args.batch, seed=args.seed, start=start)

@@ -9,7 +9,7 @@ step exactly; only the work differs. Not for image augmentation or image dropout
 the prefix per step), nor for full or LoRA training (the prefix's weights move).
 
 Memory: L * P * Kv * head_dim * 2 values an example, in the compute dtype (the float32 `mini`
-LIBERO size: 21.5 kB, so 9k frames take ~190 MB); `encode_dataset` prints the total after its first batch.
+LIBERO size: 21.5 kB, so 9k frames take ~190 MB); `nbytes` is the total.
 """
 
 from __future__ import annotations
@@ -96,9 +96,6 @@ def encode_dataset(
         parts["mask"].append(np.asarray(cache.mask))
         parts["state"].append(np.asarray(cache.state, np.float32))
         parts["act"].append(np.asarray(actions, np.float32))
-        if progress and start == 0:
-            per_example = sum(x[0].nbytes for x in parts.values()) / len(parts["state"][0])
-            print(f"prefix cache: {per_example * n / 2**20:.0f} MiB for {n} examples")
     return CachedPrefixDataset(
         k=np.concatenate(parts["k"], axis=1),
         v=np.concatenate(parts["v"], axis=1),
