@@ -143,6 +143,22 @@ def test_unknown_learner_option_names_the_valid_ones():
         assert na.learner_config().discount == 0.9
 
 
+def test_algorithm_flag_switches_a_release_preset_to_the_other_learner():
+    """The release presets are DSRL-NA with its noise-critic options; `--algorithm pixel_sac`
+    runs DSRL-SAC with the preset's shared settings (networks, lr, magnitude) instead of failing
+    on the NA-only options. The same options given explicitly are still refused."""
+    na = load_config("robomimic_can")
+    sac = load_config("robomimic_can", flags={"algorithm": "pixel_sac"})
+    assert na.agent.algorithm == "dsrl_na" and sac.agent.algorithm == "pixel_sac"
+    assert tuple(sac.learner_config().hidden_dims) == tuple(na.learner_config().hidden_dims)
+    assert sac.learner_config().critic_reduction == na.learner_config().critic_reduction
+    assert sac.steering == na.steering and sac.loop == na.loop
+    with pytest.raises(ValueError, match=r"utd is an option of dsrl_na only"):
+        load_config(
+            "robomimic_can", flags={"algorithm": "pixel_sac"}, overrides=[("agent.utd", "5")]
+        )
+
+
 def test_dsrl_na_is_built_with_the_steering():
     from dsrl.agents.noise_aliasing import NoiseAliasingLearner
     from dsrl.envs.demo import DemoEnv

@@ -175,6 +175,21 @@ def _flag_value(name: str, value: Any) -> Any:
     return value
 
 
+def _drop_other_algorithm_options(tree: dict[str, Any], algorithm: str) -> None:
+    """A preset written for one algorithm, run with `--algorithm` another: its agent options
+    that only the preset's algorithm has (e.g. DSRL-NA's `utd` and noise-critic settings in the
+    release presets) are dropped, so `--algorithm pixel_sac` runs SAC with the preset's shared
+    settings. Options given with --config are still checked against the new algorithm."""
+    agent = tree.get("agent", {})
+    old = agent.get("algorithm")
+    if old == algorithm or old not in registry.NAMES or algorithm not in registry.NAMES:
+        return
+    keep = set(typing.get_type_hints(registry.get(algorithm).config))
+    only_old = set(typing.get_type_hints(registry.get(old).config)) - keep
+    for name in sorted(only_old & set(agent)):
+        del agent[name]
+
+
 def load_config(
     preset: str | None = None,
     *,
@@ -193,6 +208,8 @@ def load_config(
             raise ConfigError(f"--env {preset} does not match the resumed run's env {saved_env!r}")
     else:
         tree = canonical_tree(presets.get_preset(preset).to_dict())
+        if (flags or {}).get("algorithm") is not None:
+            _drop_other_algorithm_options(tree, str(flags["algorithm"]))
     # The algorithm first: it decides which learner options exist.
     ordered = sorted((flags or {}).items(), key=lambda kv: kv[0] != "algorithm")
     for name, value in ordered:
