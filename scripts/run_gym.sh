@@ -9,21 +9,5 @@
 #   TASK=walker2d BASE_POLICY=... bash scripts/run_gym.sh --config.env.num_envs=8
 # Expects an installed environment (bash scripts/setup_env.sh or `source .venv/bin/activate`).
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/sim_env.sh"
-export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
-TASK="${TASK:-hopper}"
-LOGDIR="${LOGDIR:-./logs/DSRL_gym_${TASK}}"
-if [ -z "${BASE_POLICY:-}" ]; then
-  echo "run_gym.sh: set BASE_POLICY=<base policy directory> (state_dim and action_dim of $TASK)" >&2
-  exit 2
-fi
-
-# The kind follows the directory: DiffusionMLPPolicy.save writes a "sampler" section (DDIM).
-if [ -z "${BASE_POLICY_KIND:-}" ]; then
-  if grep -q '"sampler"' "$BASE_POLICY/config.json" 2>/dev/null; then BASE_POLICY_KIND=diffusion_mlp
-  else BASE_POLICY_KIND=flow_mlp; fi
-fi
-
-python examples/launch_train_sim.py --env "gym_${TASK}" --logdir "$LOGDIR" \
-  --config.base_policy.kind="$BASE_POLICY_KIND" \
-  --config.base_policy.checkpoint="$BASE_POLICY" "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/state_release.sh"
+run_state_release gym hopper "$@"
