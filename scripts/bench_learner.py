@@ -36,13 +36,13 @@ if __name__ == "__main__":
     restart_with_hugepages()
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dsrl.agents import ExecutionConfig, PixelSACLearner  # noqa: E402
 from dsrl.agents.pixel_sac import learner as learner_lib  # noqa: E402
 from dsrl.networks.conv import OPT_OUT_VAR, fast_path_enabled  # noqa: E402
 from dsrl.presets.state_dsrl import release_agent  # noqa: E402
+from dsrl.utils.flops import matmul_gflops  # noqa: E402
 from dsrl.utils.hugepages import TUNABLE  # noqa: E402
 from dsrl.utils.jit import jit  # noqa: E402
 
@@ -53,19 +53,6 @@ STATE_SIZES = {"state_dim": 23, "latent_dim": 4 * 7}
 STATE_CONFIG = {
     k: v for k, v in release_agent("dsrl_sac", (2048, 2048, 2048)).items() if k != "algorithm"
 }
-
-
-def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    f = jax.jit(jnp.dot)
-    f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def make_batches(rng: np.random.Generator, k: int, b: int, hw: int, d: int, a: int) -> dict:

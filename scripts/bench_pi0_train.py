@@ -21,55 +21,13 @@ import time
 
 import jax
 import jax.extend
-import jax.numpy as jnp
 import numpy as np
 
 from dsrl.base_policies.pi0 import model as pi0_model
 from dsrl.base_policies.pi0.config import Pi0Config
 from dsrl.base_policies.pi0.training import optim
 from dsrl.base_policies.pi0.training import train_state as ts
-
-
-def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    f = jax.jit(jnp.dot)
-    f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
-
-
-def _sub_jaxprs(params):
-    for value in params.values():
-        for v in value if isinstance(value, list | tuple) else (value,):
-            if isinstance(v, jax.extend.core.ClosedJaxpr):
-                yield v.jaxpr
-            elif isinstance(v, jax.extend.core.Jaxpr):
-                yield v
-
-
-def matmul_flops(jaxpr) -> float:
-    """2 * M * N * K summed over every dot_general, scans counted `length` times (a cond counts
-    its costliest branch; a while loop, whose trip count is unknown, once)."""
-    total = 0.0
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            (contract, _), _ = eqn.params["dimension_numbers"]
-            k = np.prod([eqn.invars[0].aval.shape[d] for d in contract])
-            total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * k
-            continue
-        subs = [matmul_flops(j) for j in _sub_jaxprs(eqn.params)]
-        if not subs:
-            continue
-        if eqn.primitive.name == "cond":
-            total += max(subs)
-        else:
-            total += sum(subs) * eqn.params.get("length", 1)
-    return total
+from dsrl.utils.flops import matmul_flops, matmul_gflops
 
 
 def main() -> None:
