@@ -71,6 +71,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "also learns from the state alone; a regulariser for small datasets (not openpi's)",
     )
     p.add_argument(
+        "--augment",
+        action="store_true",
+        help="openpi's training-time image augmentation (crop 95 %%, resize, rotate +-5 degrees "
+        "on non-wrist cameras, colour jitter on all; loss.augment_images); openpi always uses it",
+    )
+    p.add_argument(
         "--shared_noise",
         action="store_true",
         help="one noise row per chunk, repeated over the horizon (Pi0Config.shared_noise; not "
@@ -92,10 +98,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.dry_run and (args.data is None) == (args.dataset is None):
         p.error("pass one of --data (.npz) and --dataset (LeRobot dir), or --dry_run")
-    if args.cache_prefix and (args.trainable != "expert" or args.image_dropout > 0):
+    if args.cache_prefix and (args.trainable != "expert" or args.image_dropout > 0 or args.augment):
         p.error(
-            "--cache_prefix needs --trainable expert and no --image_dropout: the prefix must be "
-            "the same at every step (full and LoRA training move it, dropout changes it)"
+            "--cache_prefix needs --trainable expert and neither --image_dropout nor --augment: "
+            "the prefix must be the same at every step (full and LoRA training move it, dropout "
+            "and augmentation change it)"
         )
     from dsrl.base_policies.pi0 import transforms as tf
 
@@ -111,6 +118,7 @@ def train_config(args) -> optim.TrainConfig:
         warmup_steps=min(args.warmup_steps, max(args.steps - 1, 0)),
         decay_steps=max(args.steps, 2),
         ema_decay=None if args.ema_decay < 0 else args.ema_decay,
+        augment=args.augment,
     )
 
 

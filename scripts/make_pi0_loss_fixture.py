@@ -6,7 +6,7 @@ Two stages, because openpi pins jax 0.5 / flax 0.10 and dsrl needs newer ones:
        python scripts/make_pi0_loss_fixture.py export --work /tmp/pi0_fixture
   2. In a venv with openpi's JAX model (no GPU, no checkpoint needed), e.g.
        python3.11 -m venv /tmp/openpi-venv && /tmp/openpi-venv/bin/pip install jax==0.5.3 \
-         jaxlib==0.5.3 flax==0.10.2 augmax jaxtyping==0.2.36 beartype==0.19.0 einops \
+         jaxlib==0.5.3 flax==0.10.2 augmax==0.4.1 jaxtyping==0.2.36 beartype==0.19.0 einops \
          "numpy<2" orbax-checkpoint==0.11.13 safetensors ml_collections typing_extensions
        PYTHONPATH=<openpi checkout>/src /tmp/openpi-venv/bin/python \
          scripts/make_pi0_loss_fixture.py openpi --work /tmp/pi0_fixture \
@@ -14,7 +14,8 @@ Two stages, because openpi pins jax 0.5 / flax 0.10 and dsrl needs newer ones:
      It builds openpi's `Pi0` at our tiny size (its Gemma config, SigLIP variant and vocabulary
      size are swapped for the tiny ones; torch, which openpi imports but the JAX model never
      uses, is stubbed), loads our parameters, and records `compute_loss(rng, obs, actions)` with
-     the noise and time openpi drew from rng.
+     the noise and time openpi drew from rng, and for Pi0 also with train=True (openpi's image
+     augmentation, augmax 0.4.1 as openpi's uv.lock pins).
 
 The fixture holds the batch, the key, openpi's noise, time and loss; the test rebuilds the
 parameters from the seed. Nothing from openpi is stored in this repository.
@@ -36,6 +37,11 @@ VARIANTS = {"pi0": False, "pi05": True, "pi0_lora": False}
 LORA = {"vlm_rank": 4, "vlm_alpha": 4.0, "expert_rank": 2, "expert_alpha": 2.0, "init_stddev": 0.1}
 # Our tiny sizes with 224x224 images (openpi resizes anything else) and 32-pixel patches.
 TINY = {"image_resolution": (224, 224), "vision_variant": "mu/32"}
+# openpi's compute_loss(train=True) (image augmentation) is recorded for these variants, with a
+# 32x32 centre patch of the augmented images (a whole 224x224 image would not compress).
+AUGMENTED = ("pi0",)
+AUGMENTED_CAMERAS = ("base_0_rgb", "left_wrist_0_rgb")
+CENTRE = (slice(96, 128), slice(96, 128))
 
 
 def tiny_config(pi05: bool):
@@ -188,6 +194,15 @@ def run_openpi(work: pathlib.Path, out: pathlib.Path) -> None:
             loss = model.compute_loss(key, obs, arrays["actions"], train=False)
         finally:
             jax.random.normal, jax.random.beta = real_normal, real_beta
+        if name in AUGMENTED:  # openpi's train=True: augmax on the images first
+            loss_aug = model.compute_loss(key, obs, arrays["actions"], train=True)
+            prep = o_model.preprocess_observation(jax.random.split(key, 3)[0], obs, train=True)
+            fixture[f"{name}/loss_augmented"] = np.asarray(loss_aug)
+            for cam in AUGMENTED_CAMERAS:
+                fixture[f"{name}/augmented/{cam}"] = np.asarray(prep.images[cam])[
+                    (slice(None), *CENTRE)
+                ]
+            print(name, "openpi loss, train=True", np.asarray(loss_aug).mean())
         fixture |= {f"{name}/{k}": v for k, v in batch.items()}
         fixture[f"{name}/noise"] = np.asarray(drawn["noise"])
         fixture[f"{name}/time"] = np.asarray(drawn["beta"]) * 0.999 + 0.001

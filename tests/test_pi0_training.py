@@ -79,6 +79,35 @@ def test_loss_equals_openpi_compute_loss(name):
     assert np.all((g["time"] >= 0.001) & (g["time"] <= 1.0))
 
 
+def test_augmented_loss_equals_openpi_compute_loss_with_train_true():
+    """openpi's `compute_loss(..., train=True)`: augmax's crop / resize / rotate on the base
+    camera and colour jitter on every camera, drawn from the key's first third; the images match
+    openpi's (a centre patch is stored) and so does the loss. The wrist camera is at most
+    recoloured (pixelwise), so it keeps its 8x8 blocks; the base camera is warped, so it does
+    not."""
+    fx = dict(np.load(FIXTURE))
+    cfg = Pi0Config.tiny(image_resolution=(224, 224), vision_variant="mu/32")
+    params = model_lib.init_params(cfg, int(fx["seed"]))
+    obs, g = _fixture_batch(fx, "pi0")
+    key = jax.random.wrap_key_data(g["key"])
+    augmented = loss_lib.augment_images(jax.random.split(key, 3)[0], obs)
+    centre = (slice(None), slice(96, 128), slice(96, 128))
+    for cam in ("base_0_rgb", "left_wrist_0_rgb"):
+        ours = np.asarray(augmented.images[cam])
+        np.testing.assert_allclose(ours[centre], g[f"augmented/{cam}"], atol=1e-5)
+        if "wrist" not in cam:  # (the jitter, all a wrist camera gets, has p = 0.5)
+            assert np.abs(ours - obs.images[cam]).max() > 0.05
+        blocks = ours[:, ::8, ::8]  # an 8x8 block's pixels all equal its corner's
+        same_as_block = np.abs(np.repeat(np.repeat(blocks, 8, 1), 8, 2) - ours).max() < 1e-6
+        assert same_as_block == ("wrist" in cam)
+    loss_fn = jax.jit(loss_lib.compute_loss, static_argnums=0, static_argnames="augment")
+    ours = np.asarray(loss_fn(cfg, params, key, obs, g["actions"], augment=True))
+    np.testing.assert_allclose(ours, g["loss_augmented"], rtol=1e-5, atol=1e-5)
+    plain = np.asarray(loss_fn(cfg, params, key, obs, g["actions"]))
+    np.testing.assert_allclose(plain, g["loss"], rtol=1e-5, atol=1e-5)
+    assert np.abs(ours - plain).max() > 1e-3
+
+
 def test_time_is_beta_1_5_1_scaled():
     _, time = loss_lib.sample_noise_and_time(jax.random.key(0), (4000, 1, 1))
     time = (np.asarray(time) - 0.001) / 0.999
@@ -511,6 +540,6 @@ def test_cached_prefix_training_equals_the_uncached_steps(tmp_path):
     assert moved and all(optim.is_trainable(k, "expert") for k in moved)
     for key in plain:
         np.testing.assert_allclose(cached[key], plain[key], rtol=1e-4, atol=1e-6)
-    for bad in (["--trainable", "full"], ["--image_dropout", "0.5"]):
+    for bad in (["--trainable", "full"], ["--image_dropout", "0.5"], ["--augment"]):
         with pytest.raises(SystemExit):
             ft.parse_args([*common, "--cache_prefix", *bad])

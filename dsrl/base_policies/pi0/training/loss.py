@@ -12,6 +12,7 @@ to the suffix, so the two are the same function, and gradients flow through the 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -112,6 +113,32 @@ def sample_noise_and_time(rng: jax.Array, actions_shape: tuple[int, ...]):
     return noise, time
 
 
+def augment_images(rng: jax.Array, obs: pi0_model.Observation) -> pi0_model.Observation:
+    """openpi's training-time image augmentation (`preprocess_observation(..., train=True)`),
+    with the augmax release openpi locks (0.4.1): every camera whose name has no "wrist" is
+    cropped to 95 % at a random offset, resized back and rotated by up to 5 degrees; every camera
+    then gets augmax's ColorJitter(brightness=0.3, contrast=0.4, saturation=0.5) with its other
+    defaults. Each example draws from `rng` split over the batch, the same split for every
+    camera, as openpi does. Images stay in [-1, 1]; masks, state and prompt are unchanged."""
+    import augmax  # only training with augmentation needs it
+
+    images = {}
+    for key, image in obs.images.items():
+        unit = image / 2.0 + 0.5  # augmax works on [0, 1]
+        ops = []
+        if "wrist" not in key:
+            height, width = unit.shape[1:3]
+            ops += [
+                augmax.RandomCrop(int(width * 0.95), int(height * 0.95)),
+                augmax.Resize(width, height),
+                augmax.Rotate((-5, 5)),
+            ]
+        ops.append(augmax.ColorJitter(brightness=0.3, contrast=0.4, saturation=0.5))
+        per_example = jax.random.split(rng, unit.shape[0])
+        images[key] = jax.vmap(augmax.Chain(*ops))(per_example, unit) * 2.0 - 1.0
+    return dataclasses.replace(obs, images=images)
+
+
 def compute_loss(
     config: Pi0Config,
     params: Params,
@@ -119,7 +146,17 @@ def compute_loss(
     obs: pi0_model.Observation | pi0_model.PrefixCache,
     actions: jax.Array,
     encoded: tuple[str, ...] | None = None,
+    augment: bool = False,
 ) -> jax.Array:
-    """openpi's `compute_loss(rng, observation, actions)` (without image augmentation): (B, H)."""
+    """openpi's `compute_loss(rng, observation, actions, train=augment)`: (B, H). The key's
+    first third augments the images (`augment_images`, openpi's train=True), the other two draw
+    the noise and time, so one key gives openpi's loss with or without augmentation."""
+    if augment:
+        if isinstance(obs, pi0_model.PrefixCache):
+            raise ValueError(
+                "image augmentation changes the prefix: it cannot train on a cached prefix "
+                "(drop --cache_prefix or --augment)"
+            )
+        obs = augment_images(jax.random.split(rng, 3)[0], obs)
     noise, time = sample_noise_and_time(rng, actions.shape)
     return flow_matching_loss(config, params, obs, actions, noise, time, encoded)

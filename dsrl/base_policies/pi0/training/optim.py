@@ -42,6 +42,9 @@ class TrainConfig:
     weight_decay: float = 1e-10
     clip_gradient_norm: float = 1.0
     ema_decay: float | None = 0.99
+    # openpi's training-time image augmentation (loss.augment_images; openpi always trains with
+    # it). Off by default here: the shipped small Pi0 was trained without it.
+    augment: bool = False
 
     def __post_init__(self):
         if self.trainable not in TRAINABLE:

@@ -89,7 +89,10 @@ def _step(
     def loss_fn(trained):
         params = optim.combine(trained, state.frozen)
         params = lora_lib.merge(params, config.lora)
-        return jnp.mean(loss_lib.compute_loss(model_config, params, rng, obs, actions, encoded))
+        loss = loss_lib.compute_loss(
+            model_config, params, rng, obs, actions, encoded, augment=config.augment
+        )
+        return jnp.mean(loss)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.trained)
     tx = optim.make_optimizer(config)
