@@ -38,16 +38,16 @@ def test_shipped_hopper_policy_loads_and_a_damaged_checkpoint_is_refused(damaged
         DiffusionMLPPolicy.load(damaged)
 
 
-def test_preset_steers_the_shipped_policy_with_dsrl_sac_and_na_is_one_flag_away():
+def test_preset_steers_the_shipped_policy_with_dsrl_na_and_sac_is_one_flag_away():
     from dsrl.training.cli import parse_sim
 
     config, _ = parse_sim(["--env", "gym_hopper_cpu"])
-    assert config.agent.algorithm == "pixel_sac"
+    assert config.agent.algorithm == "dsrl_na"
     assert config.base_policy.kind == "diffusion_mlp"
     assert Path(config.base_policy.checkpoint) == HOPPER_ASSET_DIR
     assert config.loop.max_env_steps == 100_000
-    config, _ = parse_sim(["--env", "gym_hopper_cpu", "--algorithm", "dsrl_na", "--seed", "2"])
-    assert config.agent.algorithm == "dsrl_na" and config.loop.seed == 2
+    config, _ = parse_sim(["--env", "gym_hopper_cpu", "--algorithm", "pixel_sac", "--seed", "2"])
+    assert config.agent.algorithm == "pixel_sac" and config.loop.seed == 2
 
 
 def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
@@ -74,3 +74,35 @@ def test_return_lift_reports_env_steps_to_the_target_or_null(tmp_path):
     # Not a run directory: one clear error, status 2.
     bad = subprocess.run(script[:2] + [str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 2 and "no metrics.jsonl" in bad.stderr
+
+
+# DSRL-NA on seed 1 first returned +40 % over the base at 18.3k env steps in the documented run
+# (docs/diffusion.md, "DSRL on the shipped base": seeds 0-2 of both algorithms), and this test
+# retraced that run's evaluations exactly on the 2-core machine. The cut keeps the test under
+# 10 minutes on one core and leaves the final evaluation (21k) as a second chance.
+CI_ENV_STEPS = 21_000
+
+
+@pytest.mark.slow
+def test_dsrl_na_lifts_the_shipped_hopper_policy_by_40_percent(tmp_path, capsys):
+    """The preset (DSRL-NA), through the launcher users run, cut to
+    CI_ENV_STEPS: the base policy's i.i.d.-noise return is the shipped one's (~0.95k) and the
+    actor's mode returns at least 40 % more at some evaluation (return_lift.py's summary)."""
+    from dsrl.training.cli import main_sim
+
+    argv = [
+        "--env", "gym_hopper_cpu", "--seed", "1",
+        "--logdir", str(tmp_path), "--no_progress", "--wandb_mode", "disabled",
+        "--max_env_steps", str(CI_ENV_STEPS), "--config.loop.checkpoint_interval=1000000",
+    ]  # fmt: skip
+    assert main_sim(argv) == 0
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    script = [sys.executable, str(REPO / "scripts" / "return_lift.py"), str(run_dir)]
+    out = subprocess.run(script, capture_output=True, text=True, check=True).stdout
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert 800 <= summary["base_iid_return"] <= 1200, f"not the shipped base policy? {summary}"
+    assert summary["env_steps_to_target"] is not None, (
+        f"DSRL-NA did not lift the return by 40 % in {summary['last_env_steps']} env steps: "
+        f"base {summary['base_iid_return']}, best {summary['best_return']}, {summary['curve']}"
+    )
+    assert "DSRL, deterministic (actor mode)" in capsys.readouterr().out

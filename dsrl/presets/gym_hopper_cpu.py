@@ -7,8 +7,10 @@ space stopped at a return of ~1k, scripts/make_hopper_dataset.py). It reads the 
 observation and writes raw actions (it carries its own normalization), so the env is unnormalized.
 
 What differs from the release's `gym_hopper` preset, to fit a CPU and a 100k-env-step budget:
-- DSRL-SAC (`pixel_sac`, the release's Gym default is NA; `--algorithm dsrl_na` runs NA with
-  the same networks and the release's 10 distillation steps);
+- DSRL-NA (`dsrl_na`, the release's Gym default, with its 10 distillation steps per update);
+  `--algorithm pixel_sac` runs DSRL-SAC with the same networks. On seeds 0-2 NA first returned
+  +40 % over the base at 21.8k / 18.3k / 18.6k env steps and mostly held it; SAC reached it
+  once (seed 0, 22.3k, not held) and never on seeds 1-2 in 40k (docs/diffusion.md);
 - 2 in-process envs (release 4 subprocess envs): a Hopper step costs microseconds, a pipe more;
 - 5 gradient steps per collected chunk (release: utd 20 per 2 steps of 4 envs = 2.5), batch 256;
 - 500 warm-up chunks of the base policy with i.i.d. noise (release 2001);
@@ -41,7 +43,7 @@ def get_config() -> ConfigDict:
             },
             "base_policy": {"kind": "diffusion_mlp", "checkpoint": str(HOPPER_ASSET_DIR)},
             "steering": {"noise_mode": "full", "action_magnitude": 1.5, "query_freq": ACT_STEPS},
-            "agent": release_agent("pixel_sac", (128, 128, 128)),
+            "agent": release_agent("dsrl_na", (128, 128, 128)),
             "loop": {
                 "seed": 0,
                 "batch_size": 256,
