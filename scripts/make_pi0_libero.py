@@ -278,7 +278,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="only evaluate the policy at --out (e.g. the shipped dsrl/assets/pi0_libero_cpu)",
     )
+    p.add_argument(
+        "--fixed_latents",
+        type=int,
+        default=0,
+        help="with --eval_only: also evaluate this many constant latents (one vector drawn "
+        "uniformly from the steering box [-1, 1]^action_dim, the same at every query) and print "
+        "the layouts each one and any one of them solves",
+    )
     args = p.parse_args(argv)
+    if args.fixed_latents and not args.eval_only:
+        p.error("--fixed_latents goes with --eval_only")
     if len(args.offset_y) < 2 or len(args.offset_y) % 2:
         p.error(f"--offset_y takes pairs LO HI (intervals), got {args.offset_y}")
     if not args.reuse and not args.eval_only and pathlib.Path(args.work).exists():
@@ -292,6 +302,8 @@ def main(argv=None) -> None:
         iid, zero = evaluate_base(args, pathlib.Path(args.out))
         print(json.dumps({"out": args.out, "base_success_iid": iid,
                           "base_success_zero_noise": zero, "eval_episodes": args.eval_episodes}))  # fmt: skip
+        if args.fixed_latents:
+            print(json.dumps(evaluate_fixed_latents(args, pathlib.Path(args.out))))
         return
     start = time.perf_counter()
     work = pathlib.Path(args.work)
@@ -374,6 +386,42 @@ def evaluate_base(args, out: pathlib.Path) -> tuple[float, float]:
     iid = evaluate_with(lambda n: rng.standard_normal((n, *shape)).astype(np.float32))
     zero = evaluate_with(lambda n: np.zeros((n, *shape), np.float32))
     return float(np.mean(iid)), float(np.mean(zero))
+
+
+def evaluate_fixed_latents(args, out: pathlib.Path) -> dict:
+    """Per-layout success of the policy at `out` under constant latents: the zero latent and
+    --fixed_latents vectors drawn uniformly from [-1, 1]^action_dim (latent k from
+    default_rng(1000 + k)), each repeated over the chunk and used at every query of every
+    episode, on layouts 0..eval_episodes-1. What a steering that cannot react to the state
+    could reach: the layouts any of them solves."""
+    from dsrl.base_policies.pi0 import shipped
+
+    policy = shipped.load(out)
+    horizon, dim = policy.noise_shape
+    layouts = list(range(args.eval_episodes))
+    rows = {}
+    for k in range(args.fixed_latents + 1):
+        z = np.zeros(dim, np.float32)
+        if k:
+            z = np.random.default_rng(1000 + k).uniform(-1.0, 1.0, dim).astype(np.float32)
+        noise = np.broadcast_to(z, (horizon, dim))
+        solved = evaluate(
+            policy,
+            args.task_id,
+            layouts,
+            args.query_freq,
+            lambda n, noise=noise: np.broadcast_to(noise, (n, horizon, dim)).copy(),
+            args.workers,
+            args.max_episode_steps,
+        )
+        rows[f"latent_{k}"] = [int(x) for x in solved]
+    any_solved = np.max(np.array(list(rows.values())), axis=0)
+    return {
+        "layouts": layouts,
+        "success": {name: float(np.mean(v)) for name, v in rows.items()},
+        "per_layout": rows,
+        "solved_by_any": float(np.mean(any_solved)),
+    }
 
 
 if __name__ == "__main__":
