@@ -51,7 +51,7 @@ STATE_SIZES = {"state_dim": 23, "latent_dim": 4 * 7}
 # The release's state agent (state_dsrl.release_agent) at Can's width; its other entries
 # (temperature, learning rates, tau) are the learner's defaults.
 STATE_CONFIG = {
-    k: v for k, v in release_agent("dsrl_sac", (2048, 2048, 2048)).items() if k != "algorithm"
+    k: v for k, v in release_agent("pixel_sac", (2048, 2048, 2048)).items() if k != "algorithm"
 }
 
 

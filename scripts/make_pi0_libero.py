@@ -298,12 +298,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    from dsrl.base_policies.pi0 import shipped
+
     if args.eval_only:
-        iid, zero = evaluate_base(args, pathlib.Path(args.out))
-        print(json.dumps({"out": args.out, "base_success_iid": iid,
-                          "base_success_zero_noise": zero, "eval_episodes": args.eval_episodes}))  # fmt: skip
+        policy = shipped.load(pathlib.Path(args.out))
+        iid, zero = evaluate_base(args, policy)
+        print(json.dumps({"out": args.out, "base_success_iid": float(np.mean(iid)),
+                          "base_success_zero_noise": float(np.mean(zero)),
+                          "eval_episodes": args.eval_episodes}))  # fmt: skip
         if args.fixed_latents:
-            print(json.dumps(evaluate_fixed_latents(args, pathlib.Path(args.out))))
+            print(json.dumps(evaluate_fixed_latents(args, policy, zero)))
         return
     start = time.perf_counter()
     work = pathlib.Path(args.work)
@@ -343,7 +347,7 @@ def main(argv=None) -> None:
         "trainable": ["full", "full", "expert"],
     }
     out = assemble(args, ckpt, tokenizer, made)
-    iid, zero = evaluate_base(args, out)
+    iid, zero = (float(np.mean(v)) for v in evaluate_base(args, shipped.load(out)))
     asset_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     result = {
         "base_success_iid": iid,
@@ -356,8 +360,6 @@ def main(argv=None) -> None:
         "asset_bytes": asset_bytes,
         "out": str(out),
     }
-    from dsrl.base_policies.pi0 import shipped
-
     config = shipped.read_config(out)
     config.update({k: result[k] for k in ("base_success_iid", "base_success_zero_noise")})
     config["eval_episodes"] = args.eval_episodes
@@ -366,15 +368,9 @@ def main(argv=None) -> None:
     print(json.dumps(result))
 
 
-def evaluate_base(args, out: pathlib.Path) -> tuple[float, float]:
-    """Success of the policy at `out` with i.i.d. N(0, I) noise and with the all-zero noise, on
-    layouts 0..eval_episodes-1."""
-    from dsrl.base_policies.pi0 import shipped
-
-    policy = shipped.load(out)
-    rng = np.random.default_rng(args.seed)
-    shape = policy.noise_shape
-    evaluate_with = functools.partial(
+def _evaluator(args, policy):
+    """`evaluate` of `policy` on layouts 0..eval_episodes-1: noise_fn -> per-layout successes."""
+    return functools.partial(
         evaluate,
         policy,
         args.task_id,
@@ -383,41 +379,35 @@ def evaluate_base(args, out: pathlib.Path) -> tuple[float, float]:
         workers=args.workers,
         max_episode_steps=args.max_episode_steps,
     )
+
+
+def evaluate_base(args, policy) -> tuple[list[bool], list[bool]]:
+    """Per-layout success of `policy` with i.i.d. N(0, I) noise and with the all-zero noise, on
+    layouts 0..eval_episodes-1."""
+    rng = np.random.default_rng(args.seed)
+    shape = policy.noise_shape
+    evaluate_with = _evaluator(args, policy)
     iid = evaluate_with(lambda n: rng.standard_normal((n, *shape)).astype(np.float32))
     zero = evaluate_with(lambda n: np.zeros((n, *shape), np.float32))
-    return float(np.mean(iid)), float(np.mean(zero))
+    return iid, zero
 
 
-def evaluate_fixed_latents(args, out: pathlib.Path) -> dict:
-    """Per-layout success of the policy at `out` under constant latents: the zero latent and
-    --fixed_latents vectors drawn uniformly from [-1, 1]^action_dim (latent k from
-    default_rng(1000 + k)), each repeated over the chunk and used at every query of every
+def evaluate_fixed_latents(args, policy, zero: list[bool]) -> dict:
+    """Per-layout success of `policy` under constant latents: the zero latent (`zero`, from
+    `evaluate_base`) and --fixed_latents vectors drawn uniformly from [-1, 1]^action_dim (latent
+    k from default_rng(1000 + k)), each repeated over the chunk and used at every query of every
     episode, on layouts 0..eval_episodes-1. What a steering that cannot react to the state
     could reach: the layouts any of them solves."""
-    from dsrl.base_policies.pi0 import shipped
-
-    policy = shipped.load(out)
     horizon, dim = policy.noise_shape
-    layouts = list(range(args.eval_episodes))
-    rows = {}
-    for k in range(args.fixed_latents + 1):
-        z = np.zeros(dim, np.float32)
-        if k:
-            z = np.random.default_rng(1000 + k).uniform(-1.0, 1.0, dim).astype(np.float32)
-        noise = np.broadcast_to(z, (horizon, dim))
-        solved = evaluate(
-            policy,
-            args.task_id,
-            layouts,
-            args.query_freq,
-            lambda n, noise=noise: np.broadcast_to(noise, (n, horizon, dim)).copy(),
-            args.workers,
-            args.max_episode_steps,
-        )
+    evaluate_with = _evaluator(args, policy)
+    rows = {"latent_0": [int(x) for x in zero]}
+    for k in range(1, args.fixed_latents + 1):
+        z = np.random.default_rng(1000 + k).uniform(-1.0, 1.0, dim).astype(np.float32)
+        solved = evaluate_with(lambda n, z=z: np.broadcast_to(z, (n, horizon, dim)).copy())
         rows[f"latent_{k}"] = [int(x) for x in solved]
     any_solved = np.max(np.array(list(rows.values())), axis=0)
     return {
-        "layouts": layouts,
+        "layouts": list(range(args.eval_episodes)),
         "success": {name: float(np.mean(v)) for name, v in rows.items()},
         "per_layout": rows,
         "solved_by_any": float(np.mean(any_solved)),
