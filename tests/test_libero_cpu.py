@@ -80,6 +80,42 @@ def test_scripted_dwell_holds_open_at_grasp_height_before_closing():
         assert np.abs(actions[: dwell + 4, :3]).max() < 1e-9  # no motion while holding
 
 
+def test_agent_obs_policy_state_gives_the_agent_the_policy_state_and_no_pixels():
+    """`agent_obs="policy_state"`: the agent's spec and observation hold only "state", which is
+    the base policy's own 11-d vector (object and basket relative to the gripper), while the
+    cameras the base policy reads are still rendered on query steps and withheld on others. A
+    misspelt choice is refused before the simulator is built."""
+    from dsrl.envs.libero_scripted import LiberoPickPlaceEnv
+
+    with pytest.raises(ValueError, match="agent_obs='pixels' is not one of"):
+        LiberoPickPlaceEnv(agent_obs="pixels")
+    env = LiberoPickPlaceEnv(
+        init_state="sampler",
+        camera_size=64,
+        policy_image_size=64,
+        render_wrist=True,
+        pi0_state=True,
+        agent_obs="policy_state",
+        max_episode_steps=20,
+    )
+    try:
+        assert env.spec.observation_spec == {"state": ((POLICY_STATE_DIM,), np.float32)}
+        obs = env.reset(seed=3)
+        assert "pixels" not in obs
+        assert obs["state"].shape == (POLICY_STATE_DIM,)
+        np.testing.assert_array_equal(obs["state"], obs["observation/state"])
+        first, z0 = obs["agentview_image"].copy(), float(obs["state"][2])
+        assert first.shape == (64, 64, 3) and first.std() > 0  # rendered for the base policy
+        for _ in range(3):
+            obs, *_ = env.step(np.array([0, 0, 1, 0, 0, 0, -1], np.float32), render=False)
+        np.testing.assert_array_equal(obs["agentview_image"], first)  # skipped steps: no render
+        assert obs["state"][2] > z0 + 0.005  # the agent's state follows the arm up
+        obs, *_ = env.step(np.zeros(7, np.float32), render=True)
+        assert not np.array_equal(obs["agentview_image"], first)  # the arm moved up
+    finally:
+        env.close()
+
+
 # The shortest budget of `bash scripts/run_libero_cpu.sh` that shows the lift: seed 0 of the
 # preset reached 1.00 on 20 evaluation layouts at 2016 gradient steps and stayed there through
 # 4000 (README); 3000 leaves a margin. About 6 minutes on a quiet 2-core machine.

@@ -38,6 +38,8 @@ POLICY_STATE_DIM = 11
 # demonstrations hold the orientation (spread 0.003 rad), so normalised by that spread the
 # physics' jitter alone would move the state by standard deviations (docs/finetune_pi0.md).
 PI0_STATE_DIM = POLICY_STATE_DIM
+# What the DSRL agent may see (`agent_obs`): see LiberoPickPlaceEnv.
+AGENT_OBS = ("pixels_state", "policy_state")
 # libero_object tasks: the object to pick and the receptacle, as named in the raw observation.
 DEFAULT_TASK = {"suite": "libero_object", "task_id": 8}
 DEFAULT_OBJECTS = {
@@ -70,6 +72,12 @@ class LiberoPickPlaceEnv(LiberoEnv):
         LIBERO transforms read that key before "state", so the small Pi0
         (dsrl/assets/pi0_libero_cpu) sees the object poses while the agent keeps the 8-d
         "state".
+      agent_obs: what the DSRL agent sees. "pixels_state" (default): the 64x64 agent view and
+        LiberoEnv's 8-d robot "state". "policy_state": no pixels, and "state" is the base
+        policy's own "policy_state" (POLICY_STATE_DIM: eef position, gripper, object and target
+        relative to the gripper), so the agent reads exactly what the base policy reads about
+        the scene and the learner builds state-only networks. The cameras the base policy needs
+        are rendered either way.
     """
 
     def __init__(
@@ -80,9 +88,21 @@ class LiberoPickPlaceEnv(LiberoEnv):
         target_name: str | None = None,
         render_wrist: bool = False,
         pi0_state: bool = False,
+        agent_obs: str = "pixels_state",
         **kwargs: Any,
     ):
+        if agent_obs not in AGENT_OBS:
+            raise ValueError(
+                f"LiberoPickPlaceEnv: agent_obs={agent_obs!r} is not one of {AGENT_OBS} "
+                "('pixels_state': agent view + robot state; 'policy_state': the base policy's "
+                "state vector alone)."
+            )
         super().__init__(suite=suite, task_id=task_id, **kwargs)
+        self.agent_obs = agent_obs
+        if agent_obs == "policy_state":
+            self.spec = dataclasses.replace(
+                self.spec, observation_spec={"state": ((POLICY_STATE_DIM,), np.float32)}
+            )
         if object_name is None or target_name is None:
             if (suite, task_id) not in DEFAULT_OBJECTS:
                 raise ValueError(
@@ -107,6 +127,9 @@ class LiberoPickPlaceEnv(LiberoEnv):
         obs["policy_state"] = pick_place_state(raw, self.object_name, self.target_name)
         if self._pi0_state:
             obs["observation/state"] = obs["policy_state"]
+        if self.agent_obs == "policy_state":
+            obs.pop("pixels", None)
+            obs["state"] = obs["policy_state"]
         return obs
 
 
