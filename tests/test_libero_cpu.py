@@ -114,6 +114,19 @@ def test_agent_obs_policy_state_gives_the_agent_the_policy_state_and_no_pixels()
         assert not np.array_equal(obs["agentview_image"], first)  # the arm moved up
     finally:
         env.close()
+    # Without pi0_state, a Pi0 base still reads the 8-d robot state, not the agent's new one.
+    env = LiberoPickPlaceEnv(
+        init_state="sampler",
+        camera_size=64,
+        policy_image_size=64,
+        agent_obs="policy_state",
+        max_episode_steps=20,
+    )
+    try:
+        obs = env.reset(seed=3)
+        assert obs["observation/state"].shape == (8,) and obs["state"].shape == (POLICY_STATE_DIM,)
+    finally:
+        env.close()
 
 
 # The shortest budget of `bash scripts/run_libero_cpu.sh` that shows the lift: seed 0 of the

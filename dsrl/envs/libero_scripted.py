@@ -128,6 +128,9 @@ class LiberoPickPlaceEnv(LiberoEnv):
         if self._pi0_state:
             obs["observation/state"] = obs["policy_state"]
         if self.agent_obs == "policy_state":
+            # The base policy keeps reading the state it read before (Pi0's LIBERO transforms
+            # take "observation/state" first): the agent's view changes, the policy's does not.
+            obs.setdefault("observation/state", obs["state"])
             obs.pop("pixels", None)
             obs["state"] = obs["policy_state"]
         return obs
