@@ -128,6 +128,10 @@ def test_encoder_flags_reach_the_learner(capsys):
     with pytest.raises(SystemExit):
         cli.main_sim(["--env", "demo", "--num_cameras", "3", "--logdir", "/tmp/unused_dsrl_runs"])
     assert "--num_cameras 3 expects 9 pixel channels" in capsys.readouterr().err
+    # A state-based env without its state would leave the agent nothing to read.
+    with pytest.raises(SystemExit):
+        cli.main_sim(["--env", "gym_hopper_cpu", "--add_states", "0", "--logdir", "/tmp/unused_dsrl_runs"])  # fmt: skip
+    assert "--add_states 0 drops the agent's state" in capsys.readouterr().err
 
 
 def test_add_states_0_drops_the_agent_state_but_not_the_base_policys(tmp_path):

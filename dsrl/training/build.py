@@ -107,8 +107,15 @@ def _make_local_base_policy(bp: BasePolicySection) -> Any:
 
 
 def check_num_cameras(config: RunConfig, observation_spec: Mapping[str, Any]) -> None:
-    """The reference's --num_cameras against the channels of the env's agent pixels."""
+    """The reference's --num_cameras against the channels of the env's agent pixels, and its
+    --add_states 0 against an agent observation with no pixels."""
     want = config.env.num_cameras
+    if "pixels" not in observation_spec and not config.env.add_states:
+        raise ConfigError(
+            f"--add_states 0 drops the agent's state, but the {config.env.name} env gives the "
+            "agent no images (a state-based env, or LIBERO's agent_obs='policy_state'): it would "
+            "see nothing; leave --add_states out"
+        )
     if "pixels" not in observation_spec:  # a state-based env
         if want:
             raise ConfigError(
