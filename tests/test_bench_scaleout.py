@@ -31,5 +31,6 @@ def test_bench_scaleout_prints_both_backends_and_the_two_device_learner():
         assert row["bound"] in ("base_policy", "cores", "env")
     assert figures["ray_over_subprocess"]["1"] > 0
     learner = figures["learner"]
+    assert "error" not in learner, learner["error"]  # the learner child's last stderr line
     assert learner["local_devices"] == 2  # the forced host devices reached the child
     assert learner["updates_per_s_1_devices"] > 0 and learner["speedup_2_devices"] > 0
