@@ -26,6 +26,8 @@ from dsrl.steering import Steering, make_noise_param
 from dsrl.training import cli, loop
 from dsrl.training.build import make_agent, make_steering
 from dsrl.training.config_io import load_config
+from dsrl.training.evaluation import discounted_return
+from dsrl.training.returns import n_step_transitions
 from dsrl.training.rollout import run_episodes
 from dsrl.utils.checkpoints import RunCheckpointer
 from dsrl.utils.logging import RunLogger, read_metrics
@@ -119,6 +121,10 @@ def test_steered_rollout_stores_one_transition_per_query(base_policy):
             )
         latents = np.stack([t["latents"] for t in ts])
         assert latents.shape == (len(ts), 2) and np.all(np.abs(latents) <= AM)
+        # The eval's discounted return is the stored rewards under the stored discounts.
+        weights = np.cumprod([1.0] + [t["discounts"] for t in ts[:-1]])
+        assert discounted_return(e, gamma) == pytest.approx(float(rewards @ weights), rel=1e-6)
+        assert discounted_return(e, 1.0) == e.agent_return == rewards.sum()
 
 
 def test_rollout_with_chunks_and_episode_replay_matches_single_env(base_policy):
@@ -417,3 +423,58 @@ def test_dsrl_lifts_demo_success_above_the_base_policy(tmp_path, capsys):
     assert 0.25 <= base[0] <= 0.75
     assert steered[-1] >= 0.8, steered
     assert (run_dir / "success_vs_env_steps.png").stat().st_size > 0
+
+
+def test_n_step_transitions_chain_to_the_whole_return(base_policy):
+    """On real demo episodes (successes and time-outs): an n-step transition's reward plus its
+    discount times the rest of the episode's return is transition t's whole discounted return
+    (the eval's `discounted_return` of the same episode at t = 0), its mask and next observation
+    are those n queries on (the episode's last past the end), and other fields are t's own."""
+    steering = _steering(base_policy)
+    gamma = 0.95
+    with _vec(4) as vec:
+        episodes = run_episodes(
+            vec, steering, steering.warmup_source(np.random.default_rng(2)), [0, 1, 2, 3],
+            discount=gamma,
+        )  # fmt: skip
+    assert {e.success for e in episodes} == {True, False}  # both endings are covered
+    for e in episodes:
+        ts = e.transitions
+        whole = n_step_transitions(ts, len(ts))
+        assert float(whole[0]["rewards"]) == pytest.approx(discounted_return(e, gamma), rel=1e-5)
+        assert n_step_transitions(ts, 1) == ts
+        for n in (2, 3, 5):
+            short = n_step_transitions(ts, n)
+            assert len(short) == len(ts)
+            for t, tr in enumerate(short):
+                last = min(t + n, len(ts)) - 1
+                assert tr["masks"] == ts[last]["masks"]
+                assert tr["next_observations"] is ts[last]["next_observations"]
+                assert tr["observations"] is ts[t]["observations"]
+                np.testing.assert_array_equal(tr["latents"], ts[t]["latents"])
+                rest = float(whole[t + n]["rewards"]) if t + n < len(ts) else 0.0
+                chained = float(tr["rewards"]) + float(tr["discounts"]) * rest
+                assert chained == pytest.approx(float(whole[t]["rewards"]), rel=1e-5)
+        assert float(whole[0]["masks"]) == (0.0 if e.success else 1.0)
+    with pytest.raises(ValueError, match="n_step must be an integer >= 1"):
+        n_step_transitions(episodes[0].transitions, 0)
+    success = next(e for e in episodes if e.success)  # ends with a terminal transition
+    with pytest.raises(ValueError, match="ONE episode in order"):
+        n_step_transitions(success.transitions + episodes[0].transitions, 3)
+    with pytest.raises(ValueError, match=r"n_step must be a positive integer.*--n_step"):
+        _loop_config(n_step=0)
+
+
+def test_loop_with_n_step_stores_summed_rewards(tmp_path, base_policy):
+    """loop.n_step = 4 stores 4-query returns: rewards below -1 (four -1 penalties summed under
+    the discount), which one-step transitions (-1 or 0) never hold, and still trains."""
+    vec, steering, agent, buffer, logger, ckpt = _components(tmp_path, base_policy)
+    cfg = _loop_config(max_steps=4, eval_interval=100, n_step=4, final_eval=False)
+    result = loop.train(
+        env=vec, steering=steering, agent=agent, buffer=buffer, config=cfg, logger=logger
+    )
+    logger.close()
+    vec.close()
+    assert result.state.grad_steps == 4
+    rewards = buffer.get(np.arange(len(buffer)))["rewards"]
+    assert rewards.min() < -3.0 and set(np.unique(rewards)) - {-1.0, 0.0}

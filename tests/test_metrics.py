@@ -126,10 +126,52 @@ def test_a_short_demo_run_logs_the_metric_set(tmp_path):
         "replay_buffer/utilization", "replay_buffer_size", "is_success (exploration)",
         "evaluation/env/success_once", "evaluation_mode/env/episode_len",
         "evaluation_mode/env/return", "evaluation_base_iid/env/success_once",
-        "evaluation_mode/success_rate",
+        "evaluation_mode/success_rate", "evaluation_mode/critic_q_start",
+        "evaluation_mode/discounted_return",
     ):  # fmt: skip
         assert key in keys, key
+    for row in (r for r in rows if "evaluation_mode/critic_q_error" in r):
+        q, ret = row["evaluation_mode/critic_q_start"], row["evaluation_mode/discounted_return"]
+        assert row["evaluation_mode/critic_q_error"] == pytest.approx(q - ret)
+        assert 0.0 <= ret <= row["evaluation_mode/success_rate"]  # +1 at success, discounted
     last = [r for r in rows if "replay_buffer/utilization" in r][-1]
     assert last["replay_buffer/utilization"] == last["replay_buffer/size"] / 50_000
     assert last["training/actor_updated"] == 1.0
     assert all(0.0 <= r["env/return"] <= 1.0 for r in rows if "env/return" in r)  # no penalty
+
+
+def _terminal_batches(batches: dict, reward: float) -> dict:
+    """Every transition terminal with the same reward: the critic's target is `reward` alone."""
+    batches["rewards"] = np.full_like(batches["rewards"], reward)
+    batches["masks"] = np.zeros_like(batches["masks"])
+    return batches
+
+
+@pytest.mark.parametrize("algorithm", ["dsrl_sac", "dsrl_na"])
+def test_latent_q_reads_the_critic_the_actor_maximises(algorithm):
+    """`latent_q` (the eval's critic_q_start) is the trained critic of latents: for SAC its
+    critic, for NA the noise critic distilled from the action critic. Trained on terminal
+    transitions worth -3, both move from their initial ~0 to -3 on unseen states and latents."""
+    import test_noise_aliasing as na
+
+    rng = np.random.default_rng(0)
+    if algorithm == "dsrl_sac":
+        learner = PixelSACLearner.create(0, SPEC, A, tiny_config())
+        batches = lambda: _terminal_batches(random_batches(rng, 25), -3.0)  # noqa: E731
+        latent_dim, blocks = A, 12
+    else:
+        learner = na.make_learner()
+        batches = lambda: _terminal_batches(na.make_batch(rng, (25, 16)), -3.0)  # noqa: E731
+        latent_dim, blocks = learner.latent_dim, 40  # Q^W follows Q^A a step behind
+    probe = jax.tree.map(lambda x: x[0, :8], batches()["observations"])
+    latents = rng.uniform(-1, 1, (8, latent_dim)).astype(np.float32)
+    before = learner.latent_q(probe, latents)
+    assert before.shape == (8,) and np.all(np.abs(before) < 1.0)
+    for _ in range(blocks):
+        learner, _ = learner.update(batches())
+    after = learner.latent_q(probe, latents)
+    np.testing.assert_allclose(after, -3.0, atol=0.6)
+    single = learner.latent_q(jax.tree.map(lambda x: x[0], probe), latents[0])
+    assert np.ndim(single) == 0 and single == pytest.approx(after[0], abs=1e-5)
+    with pytest.raises(ValueError, match="3 latents for a batch of 8"):
+        learner.latent_q(probe, latents[:3])

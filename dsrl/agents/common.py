@@ -18,7 +18,7 @@ from dsrl.agents import sac, spec
 from dsrl.agents.config import SACConfig
 from dsrl.agents.execution import ExecutionConfig
 from dsrl.data.augmentations import ColorJitterConfig, augment_pixels
-from dsrl.networks import pixels_to_float
+from dsrl.networks import pixels_to_float, reduce_ensemble
 from dsrl.steering import check_action_magnitude
 from dsrl.utils.jit import jit
 
@@ -268,6 +268,25 @@ class Learner(flax.struct.PyTreeNode):
         latents = np.asarray(_mode_jit(self, obs))
         return latents[0] if unbatched else latents
 
+    def latent_q_heads(self, observations: Any, latents: jax.Array) -> jax.Array:
+        """The critic that scores latents, Q(s, z) per head (num_qs, B), on batched agent
+        observations (inside jit; the subclass says which critic that is)."""
+        raise NotImplementedError
+
+    def latent_q(self, observations: Mapping[str, Any], latents: Any) -> np.ndarray:
+        """Q(s, z) as the actor maximises it (its heads reduced by `config.critic_reduction`):
+        (B,) float, or a scalar for an unbatched observation. A diagnostic: the loop compares it
+        with the discounted return that followed (`evaluation.critic_calibration`)."""
+        obs, unbatched = self._batched_observations(observations)
+        latents = np.asarray(latents, np.float32).reshape(-1, self.latent_dim)
+        if len(latents) != len(next(iter(obs.values()))):
+            raise ValueError(
+                f"latent_q: {len(latents)} latents for a batch of "
+                f"{len(next(iter(obs.values())))} observations"
+            )
+        q = np.asarray(_latent_q_jit(self, obs, latents))
+        return q[0] if unbatched else q
+
     @property
     def has_pixels(self) -> bool:
         """False for a state-only agent (MLP networks on "state", no encoder)."""
@@ -352,6 +371,13 @@ def _sample_jit(learner: Learner, observations):
 @jit
 def _mode_jit(learner: Learner, observations):
     return learner.policy(observations).mode()
+
+
+@jit
+def _latent_q_jit(learner: Learner, observations, latents):
+    return reduce_ensemble(
+        learner.latent_q_heads(observations, latents), learner.config.critic_reduction
+    )
 
 
 def acting_compile_count() -> int:

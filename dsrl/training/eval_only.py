@@ -47,6 +47,7 @@ from dsrl.training.evaluation import (
     BASE_WARMUP,
     EVAL_SOURCES,
     EvalResult,
+    critic_calibration,
     eval_seeds,
     evaluate,
     iid_episode_noise,
@@ -332,6 +333,7 @@ def _evaluate_sources(vec_env, steering, agent, seeds, cfg) -> dict[str, EvalRes
             source,
             seeds,
             num_video_episodes=videos,
+            step_penalty=cfg.use_step_penalty,
             on_chunk=lambda steps, queries, ended: bar.update(ended),
         )
 
@@ -339,7 +341,10 @@ def _evaluate_sources(vec_env, steering, agent, seeds, cfg) -> dict[str, EvalRes
     if agent is not None:
         # The loop's per-episode noise: the run's evaluation of this checkpoint, exactly.
         run_source(ACTOR_SAMPLED.key, sampled_episode_noise(steering, agent), videos)
-        run_source(ACTOR_MODE.key, mode_episode_noise(steering, agent))
+        first_q: dict[int, float] = {}
+        run_source(ACTOR_MODE.key, mode_episode_noise(steering, agent, first_q))
+        mode = results[ACTOR_MODE.key]
+        mode.metrics |= critic_calibration(mode.episodes, first_q, cfg.discount)
         videos = 0
     run_source(BASE_IID.key, iid_episode_noise(steering, cfg.seed, BASE_IID.stream), videos)
     run_source(BASE_WARMUP.key, warmup_episode_noise(steering, cfg.seed, BASE_WARMUP.stream))

@@ -91,9 +91,28 @@ def warmup_episode_noise(steering: Steering, seed: int, stream: int) -> EpisodeN
     return EpisodeNoise(lambda k: steering.warmup_source(np.random.default_rng([seed, stream, k])))
 
 
-def mode_episode_noise(steering: Steering, agent: Any) -> EpisodeNoise:
-    """The actor's distribution mode (deterministic), one episode per agent call."""
-    return EpisodeNoise(lambda k: steering.agent_source(agent.mode_latents))
+def mode_episode_noise(
+    steering: Steering, agent: Any, first_q: dict[int, float] | None = None
+) -> EpisodeNoise:
+    """The actor's distribution mode (deterministic), one episode per agent call. With a dict
+    `first_q`, episode k also records there the critic's Q(s_0, z_0) of its first query
+    (`agent.latent_q`; a re-run episode overwrites its entry), for `critic_calibration`."""
+    if first_q is None:
+        return EpisodeNoise(lambda k: steering.agent_source(agent.mode_latents))
+
+    def make(k: int) -> NoiseSource:
+        first = [True]
+
+        def act(obs: AgentObservation) -> np.ndarray:
+            latents = agent.mode_latents(obs)
+            if first[0]:
+                first[0] = False
+                first_q[k] = float(np.asarray(agent.latent_q(obs, latents)).reshape(-1)[0])
+            return latents
+
+        return steering.agent_source(act)
+
+    return EpisodeNoise(make)
 
 
 def sampled_episode_noise(steering: Steering, agent: Any) -> EpisodeNoise:
@@ -129,6 +148,35 @@ def _round_source(source: NoiseSource | EpisodeNoise, episodes: Sequence[int]) -
         return latents, np.concatenate([r[1] for r in rows] + [rows[-1][1]] * pad)
 
     return batched
+
+
+def discounted_return(episode: Episode, discount: float) -> float:
+    """The agent's return from the episode's first query, each query's reward discounted by
+    `discount` (per env step) to the power of the env steps before it, as the buffer's
+    per-transition discounts do. An episode cut by its time limit is summed only to there."""
+    steps_before = np.concatenate([[0], np.cumsum(episode.query_steps)[:-1]])
+    rewards = np.asarray(episode.agent_rewards, np.float64)
+    return float(np.sum(rewards * float(discount) ** steps_before)) if rewards.size else 0.0
+
+
+def critic_calibration(
+    episodes: Sequence[Episode], first_q: dict[int, float], discount: float
+) -> dict[str, float]:
+    """How the critic's value of the actor's own choice compares with what followed, over the
+    episodes (by index) whose first-query Q is in `first_q`:
+      critic_q_start        mean Q(s_0, z_0) (heads reduced as the actor maximises them),
+      discounted_return     mean discounted agent return from s_0 (`discounted_return`),
+      critic_q_error        their difference: > 0 means the critic promised more than came.
+    An episode that ends by its time limit is summed to there while the critic bootstraps past
+    it (mask 1), so with rewards <= 0 (the step penalty) the return is an upper bound on the
+    policy's value and a positive error is overestimation for certain; with the 0 / +1 reward
+    a failed episode's return of 0 is its value."""
+    kept = [k for k, e in enumerate(episodes) if k in first_q and not e.discarded]
+    if not kept:
+        return {}
+    q = float(np.mean([first_q[k] for k in kept]))
+    ret = float(np.mean([discounted_return(episodes[k], discount) for k in kept]))
+    return {"critic_q_start": q, "discounted_return": ret, "critic_q_error": q - ret}
 
 
 def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:

@@ -51,6 +51,7 @@ from dsrl.training.evaluation import (
     BASE_IID,
     BASE_WARMUP,
     EvalResult,
+    critic_calibration,
     episode_metrics,
     eval_seeds,
     evaluate,
@@ -66,6 +67,7 @@ from dsrl.training.loop_config import (  # noqa: F401 - re-exported
     Stopwatch,
 )
 from dsrl.training.progress import Progress
+from dsrl.training.returns import n_step_transitions
 from dsrl.training.rollout import Episode, run_episodes
 from dsrl.utils.interrupt import StopRequested, StopSignals
 
@@ -196,11 +198,13 @@ class _Trainer:
                 sampled_episode_noise(self.steering, self.agent), cfg.num_video_episodes
             )
             row |= _prefixed(ACTOR_SAMPLED.prefix, with_videos.metrics)
+        first_q: dict[int, float] = {}
         mode = self._run_eval(
-            mode_episode_noise(self.steering, self.agent),
+            mode_episode_noise(self.steering, self.agent, first_q),
             0 if with_videos else cfg.num_video_episodes,
         )
-        row |= _prefixed(ACTOR_MODE.prefix, mode.metrics)
+        calibration = critic_calibration(mode.episodes, first_q, cfg.discount)
+        row |= _prefixed(ACTOR_MODE.prefix, mode.metrics | calibration)
         with_videos = with_videos or mode
         if include_base:
             # Fixed generators: the same base-policy noise at every evaluation, like the
@@ -264,7 +268,7 @@ class _Trainer:
         num_transitions = 0
         with self.watch.section("io"):
             for episode in episodes:
-                for transition in episode.transitions:
+                for transition in n_step_transitions(episode.transitions, cfg.n_step):
                     self.buffer.insert(transition)
                 self.buffer.end_trajectory()
                 num_transitions += len(episode.transitions)

@@ -28,6 +28,9 @@ class LoopConfig:
     start_online_trajs: int = 0  # ... and at least this many trajectories were collected
     first_update_grad_steps: int = 0  # extra gradient steps at the first update (real: 5000)
     discount: float = 0.999  # per env step; a transition's discount is discount**steps
+    # Queries summed into each stored transition before the critic bootstraps (1: one-step TD;
+    # n > 1: dsrl.training.returns). Fixed for a run: a resumed buffer keeps what it stored.
+    n_step: int = 1
     # Reward per query: -1, 0 on success (True, the reference); 0, +1 on success (False).
     use_step_penalty: bool = True
     eval_interval: int = 10_000
@@ -53,7 +56,7 @@ class LoopConfig:
                     f"{name} must be {rule}, got {getattr(self, name)!r}: {fix} (--{name})"
                 )
 
-        for name in ("batch_size", "multi_grad_step", "eval_interval", "log_interval"):
+        for name in ("batch_size", "multi_grad_step", "eval_interval", "log_interval", "n_step"):
             need(_is_int(getattr(self, name), 1), name, "a positive integer", "pass a count >= 1")
         need(_is_int(self.max_steps, 0), "max_steps", ">= 0", "the gradient-step budget, e.g. 1e6")
         need(

@@ -77,6 +77,10 @@ class Episode:
     discarded: bool = False
     # The env's "task_id" observation (dsrl.envs.libero_suite), None for a single-task env.
     task_id: int | None = None
+    # Per query: the agent's reward and the env steps its chunk executed (stored or not), so a
+    # discounted return can be computed afterwards (evaluation.discounted_return).
+    agent_rewards: tuple[float, ...] = ()
+    query_steps: tuple[int, ...] = ()
 
 
 def agent_observation(obs: Observation) -> AgentObservation:
@@ -239,6 +243,8 @@ class _Tally:
         self.lengths = np.zeros(n, dtype=np.int64)
         self.queries = np.zeros(n, dtype=np.int64)
         self.discarded = np.zeros(n, dtype=bool)
+        self.agent_rewards: list[list[float]] = [[] for _ in range(n)]
+        self.query_steps: list[list[int]] = [[] for _ in range(n)]
 
     def add(self, i: int, obs: Observation, res: Any, query: _Query) -> bool:
         """Books env i's chunk result; True when its episode is over."""
@@ -266,6 +272,8 @@ class _Tally:
         else:
             reward = rules.penalty + (1.0 if success else 0.0)
         self.agent_returns[i] += reward
+        self.agent_rewards[i].append(reward)
+        self.query_steps[i].append(steps)
         if rules.store:
             self.transitions[i].append(_transition(query, i, obs, res, reward, terminated, rules))
         if self.record_frames:
@@ -288,6 +296,8 @@ class _Tally:
             frames=np.stack(frames).astype(np.uint8) if self.record_frames and frames else None,
             discarded=bool(self.discarded[i]),
             task_id=None if task_id is None else int(task_id),
+            agent_rewards=tuple(self.agent_rewards[i]),
+            query_steps=tuple(self.query_steps[i]),
         )
 
 

@@ -244,6 +244,11 @@ class NoiseAliasingLearner(Learner):
         chunks = self.base_policy.apply_fn(bp_params, policy_obs, noise)
         return jax.lax.stop_gradient(losses.executed_chunk(chunks, self.query_freq))
 
+    def latent_q_heads(self, observations, latents):
+        """Q^W(s, z): the noise critic the actor maximises."""
+        features = self.critic_features(self.action_critic.params, observations)
+        return self.noise_qs(self.noise_critic.params, observations, features, latents)
+
     def noise_qs(self, qw_params, observations, qa_features, latents) -> jax.Array:
         """Q^W(s, z): (num_qs, B). With a shared encoder Q^W reads Q^A's features."""
         if self.config.noise_critic_encoder == "separate":

@@ -73,6 +73,12 @@ class PixelSACLearner(Learner):
     def batch_fields(self) -> dict[str, tuple[int, ...]]:
         return {spec.LATENTS: (self.latent_dim,)}
 
+    def latent_q_heads(self, observations, latents):
+        features = self.critic_features(self.critic.params, observations)
+        return self.critic_def.apply(
+            {"params": self.critic.params}, features, latents, method="head"
+        )
+
     def _update(self, batches):
         return UPDATE(self, batches, self.execution)
 
