@@ -267,6 +267,8 @@ def test_learner_solves_a_pixel_bandit():  # ~15 s on 2 busy cores
         ({}, {"pixels": ((16, 16, 3), np.float32), "state": ((3,), np.float32)}, "uint8"),
         ({}, {"pixels": ((16, 16), np.uint8), "state": ((3,), np.float32)}, r"\(H, W, C\)"),
         ({"cnn_features": (8, 8, 8, 8, 8), "cnn_strides": (2,) * 5}, SPEC, "cannot build"),
+        ({"cql_alpha": -1.0}, SPEC, "cql_alpha must be a finite number >= 0"),
+        ({"cql_samples": 0}, SPEC, "cql_samples must be >= 1"),
     ],
 )
 def test_bad_configs_raise_clear_errors(overrides, spec, match):
@@ -313,3 +315,38 @@ def test_learner_asks_the_loop_to_store_only_its_latents(learner):
     spec = learner.transition_spec()
     assert spec.action_chunks is False and spec.policy_observation_keys == ()
     assert learner.batch_fields() == {"latents": (A,)}
+
+
+def test_conservative_term_pushes_the_critic_down_away_from_the_data():
+    """cql_alpha > 0 (CQL's term): trained on terminal transitions worth -1 whose latents all
+    lie near 0, the critic keeps about -1 there but values the box's far corners well below
+    what the plain critic of the same seed and batches gives them; the penalty is logged;
+    cql_alpha = 0 leaves the update bit-identical to a config without the fields set."""
+    rng = np.random.default_rng(0)
+    blocks = []
+    for _ in range(8):
+        batch = random_batches(rng, 25)
+        batch["latents"] = rng.uniform(-0.1, 0.1, batch["latents"].shape).astype(np.float32)
+        batch["rewards"] = np.full_like(batch["rewards"], -1.0)
+        batch["masks"] = np.zeros_like(batch["masks"])
+        blocks.append(batch)
+    probe = jax.tree.map(lambda x: x[0, :16], random_batches(rng, 1)["observations"])
+    corners = np.sign(rng.normal(size=(16, A))).astype(np.float32)
+    near = rng.uniform(-0.1, 0.1, (16, A)).astype(np.float32)
+    trained = {}
+    for alpha in (0.0, 2.0):
+        learner = PixelSACLearner.create(0, SPEC, A, tiny_config(cql_alpha=alpha))
+        for batch in blocks:
+            learner, metrics = learner.update(batch)
+        trained[alpha] = learner
+        assert ("critic_penalty" in metrics) == (alpha > 0)
+    for learner in trained.values():
+        np.testing.assert_allclose(learner.latent_q(probe, near), -1.0, atol=0.35)
+    plain, conservative = (trained[a].latent_q(probe, corners) for a in (0.0, 2.0))
+    assert np.mean(conservative) < np.mean(plain) - 0.3, (plain, conservative)
+    default = PixelSACLearner.create(0, SPEC, A, tiny_config())
+    default, _ = default.update(blocks[0])
+    off = PixelSACLearner.create(0, SPEC, A, tiny_config(cql_alpha=0.0))
+    off, _ = off.update(blocks[0])
+    for x, y in zip(jax.tree.leaves(default.critic), jax.tree.leaves(off.critic), strict=True):
+        np.testing.assert_array_equal(x, y)

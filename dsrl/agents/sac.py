@@ -88,16 +88,23 @@ def soft_td_target(
 
 
 def critic_step(
-    critic: TrainState, q_fn: Callable[[Any], jax.Array], target: jax.Array
+    critic: TrainState,
+    q_fn: Callable[[Any], jax.Array],
+    target: jax.Array,
+    penalty_fn: Callable[[Any], jax.Array] | None = None,
 ) -> tuple[TrainState, Metrics]:
-    """One gradient step of the critic: q_fn(params) -> (num_qs, B) regresses on `target` (B,)."""
+    """One gradient step of the critic: q_fn(params) -> (num_qs, B) regresses on `target` (B,),
+    plus `penalty_fn(params)` (a scalar, e.g. the conservative term) when given."""
 
     def loss_fn(params):
         qs = q_fn(params)
-        return critic_loss(qs, target), qs
+        penalty = penalty_fn(params) if penalty_fn is not None else jnp.zeros(())
+        return critic_loss(qs, target) + penalty, (qs, penalty)
 
-    (loss, qs), grads = jax.value_and_grad(loss_fn, has_aux=True)(critic.params)
+    (loss, (qs, penalty)), grads = jax.value_and_grad(loss_fn, has_aux=True)(critic.params)
     metrics = {"critic_loss": loss, "q": qs.mean(), "critic_grad_norm": optax.global_norm(grads)}
+    if penalty_fn is not None:
+        metrics["critic_penalty"] = penalty
     return critic.apply_gradients(grads=grads), metrics
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax.training.train_state import TrainState
 
 from dsrl.agents import sac, spec
@@ -87,6 +88,7 @@ def update_step(learner: PixelSACLearner, batch: dict[str, Any]):
     """One SAC gradient step on one batch (B, ...). Returns (learner, metrics)."""
     cfg = learner.config
     rng, k_aug, k_aug_next, k_next, k_redq, k_pi, k_drop = jax.random.split(learner.rng, 7)
+    k_cql = jax.random.fold_in(k_drop, 1)  # the split above is unchanged: cql off is bit-exact
     obs = augment(cfg, k_aug, batch[spec.OBSERVATIONS])
     next_obs = augment(cfg, k_aug_next, batch[spec.NEXT_OBSERVATIONS], cfg.aug_next)
     temperature = sac.temperature(learner.temp)
@@ -101,10 +103,15 @@ def update_step(learner: PixelSACLearner, batch: dict[str, Any]):
         {"params": learner.target_critic_params}, target_features, next_latents, method="head"
     )
     target_q = sac.soft_td_target(cfg, batch, next_qs, next_log_probs, temperature, k_redq)
+
+    def penalty_fn(p):
+        return cfg.cql_alpha * conservative_penalty(learner, p, obs, batch[spec.LATENTS], k_cql)
+
     critic, critic_metrics = sac.critic_step(
         learner.critic,
         lambda p: head({"params": p}, obs, batch[spec.LATENTS], True, rngs={"dropout": k_drop}),
         target_q,
+        penalty_fn if cfg.cql_alpha > 0 else None,
     )
     target_params = sac.target_update(critic.params, learner.target_critic_params, cfg.tau)
 
@@ -135,6 +142,25 @@ def update_step(learner: PixelSACLearner, batch: dict[str, Any]):
         actor=actor, critic=critic, target_critic_params=target_params, temp=temp, rng=rng
     )
     return new, metrics
+
+
+def conservative_penalty(learner: PixelSACLearner, params, obs, data_latents, key) -> jax.Array:
+    """CQL's term without its alpha (see PixelSACConfig): logsumexp of the critic over M
+    uniform and M actor latents, less log(2M), less its value at the data's latents; a scalar,
+    mean over heads and batch, differentiable in the critic's `params`."""
+    m = learner.config.cql_samples
+    head = learner.critic_def.apply
+    features = head({"params": params}, obs, method="encode")
+    b, bound = data_latents.shape[0], learner.action_magnitude
+    k_uniform, k_actor = jax.random.split(key)
+    uniform = jax.random.uniform(k_uniform, (m, b, learner.latent_dim), minval=-bound, maxval=bound)
+    dist = learner.actor_distribution(learner.actor.params, obs, jax.lax.stop_gradient(features))
+    drawn = jax.lax.stop_gradient(jax.vmap(dist.sample)(jax.random.split(k_actor, m)))
+    latents = jnp.concatenate([uniform, drawn])  # (2M, B, L)
+    sampled = jax.vmap(lambda z: head({"params": params}, features, z, method="head"))(latents)
+    data = head({"params": params}, features, data_latents, method="head")  # (N, B)
+    soft_max = jax.nn.logsumexp(sampled, axis=0) - jnp.log(2.0 * m)  # (N, B)
+    return jnp.mean(soft_max - data)
 
 
 UPDATE = BlockRunner(update_step)
