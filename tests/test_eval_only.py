@@ -62,6 +62,9 @@ def test_eval_only_reproduces_the_runs_last_deterministic_success(finished_run, 
     mode = sources["actor_mode"]["metrics"]
     assert mode["success_rate"] == last["evaluation_mode/success_rate"]
     assert mode["avg_episode_len"] == last["evaluation_mode/avg_episode_len"]
+    # The critic calibration too: the same checkpoint's critic on the same episodes.
+    for key in ("critic_q_start", "discounted_return", "critic_q_error"):
+        assert mode[key] == pytest.approx(last[f"evaluation_mode/{key}"], abs=1e-4), key
     # The base policy with the loop's own noise generators: the run's step-0 baselines.
     for key, prefix in (("base_iid", "evaluation_base_iid"), ("base_warmup", "evaluation_base_warmup")):  # fmt: skip
         assert sources[key]["metrics"]["success_rate"] == first[f"{prefix}/success_rate"]
