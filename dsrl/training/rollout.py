@@ -237,12 +237,11 @@ class _Tally:
         self.transitions: list[list[dict[str, Any]]] = [[] for _ in range(n)]
         self.frames: list[list[np.ndarray]] = [[] for _ in range(n)]
         self.returns = np.zeros(n)
-        self.agent_returns = np.zeros(n)
         self.max_rewards = np.full(n, -np.inf)
         self.successes = np.zeros(n, dtype=bool)
         self.lengths = np.zeros(n, dtype=np.int64)
-        self.queries = np.zeros(n, dtype=np.int64)
         self.discarded = np.zeros(n, dtype=bool)
+        # Per query (so the episode's query count and agent return are derived from them).
         self.agent_rewards: list[list[float]] = [[] for _ in range(n)]
         self.query_steps: list[list[int]] = [[] for _ in range(n)]
 
@@ -259,7 +258,6 @@ class _Tally:
         env_rewards = np.asarray(res.rewards, dtype=np.float64).reshape(-1)
         success = bool(res.success)
         self.lengths[i] += steps
-        self.queries[i] += 1
         self.returns[i] += float(env_rewards.sum())
         if env_rewards.size:
             self.max_rewards[i] = max(self.max_rewards[i], float(env_rewards.max()))
@@ -271,7 +269,6 @@ class _Tally:
             reward = float(env_rewards.sum())
         else:
             reward = rules.penalty + (1.0 if success else 0.0)
-        self.agent_returns[i] += reward
         self.agent_rewards[i].append(reward)
         self.query_steps[i].append(steps)
         if rules.store:
@@ -291,8 +288,8 @@ class _Tally:
             max_reward=float(self.max_rewards[i]) if np.isfinite(self.max_rewards[i]) else 0.0,
             success=bool(self.successes[i]) and not self.discarded[i],
             length=int(self.lengths[i]),
-            num_queries=int(self.queries[i]),
-            agent_return=float(self.agent_returns[i]),
+            num_queries=len(self.query_steps[i]),
+            agent_return=float(sum(self.agent_rewards[i])),
             frames=np.stack(frames).astype(np.uint8) if self.record_frames and frames else None,
             discarded=bool(self.discarded[i]),
             task_id=None if task_id is None else int(task_id),
