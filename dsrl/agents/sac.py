@@ -89,21 +89,21 @@ def soft_td_target(
 
 def critic_step(
     critic: TrainState,
-    q_fn: Callable[[Any], jax.Array],
+    q_fn: Callable[[Any], Any],
     target: jax.Array,
-    penalty_fn: Callable[[Any], jax.Array] | None = None,
+    penalized: bool = False,
 ) -> tuple[TrainState, Metrics]:
-    """One gradient step of the critic: q_fn(params) -> (num_qs, B) regresses on `target` (B,),
-    plus `penalty_fn(params)` (a scalar, e.g. the conservative term) when given."""
+    """One gradient step of the critic: q_fn(params) -> (num_qs, B) regresses on `target` (B,).
+    With `penalized`, q_fn(params) -> (qs, penalty) and the scalar penalty (e.g. the
+    conservative term, computed from the same forward pass) is added to the loss."""
 
     def loss_fn(params):
-        qs = q_fn(params)
-        penalty = penalty_fn(params) if penalty_fn is not None else jnp.zeros(())
+        qs, penalty = q_fn(params) if penalized else (q_fn(params), jnp.zeros(()))
         return critic_loss(qs, target) + penalty, (qs, penalty)
 
     (loss, (qs, penalty)), grads = jax.value_and_grad(loss_fn, has_aux=True)(critic.params)
     metrics = {"critic_loss": loss, "q": qs.mean(), "critic_grad_norm": optax.global_norm(grads)}
-    if penalty_fn is not None:
+    if penalized:
         metrics["critic_penalty"] = penalty
     return critic.apply_gradients(grads=grads), metrics
 

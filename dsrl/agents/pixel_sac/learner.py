@@ -104,14 +104,20 @@ def update_step(learner: PixelSACLearner, batch: dict[str, Any]):
     )
     target_q = sac.soft_td_target(cfg, batch, next_qs, next_log_probs, temperature, k_redq)
 
-    def penalty_fn(p):
-        return cfg.cql_alpha * conservative_penalty(learner, p, obs, batch[spec.LATENTS], k_cql)
+    def q_fn(p):
+        return head({"params": p}, obs, batch[spec.LATENTS], True, rngs={"dropout": k_drop})
 
+    def q_and_penalty_fn(p):  # one encoder pass serves the TD term and the conservative term
+        features = head({"params": p}, obs, method="encode")
+        qs = head(
+            {"params": p}, features, batch[spec.LATENTS], True, rngs={"dropout": k_drop},
+            method="head",
+        )  # fmt: skip
+        return qs, cfg.cql_alpha * conservative_penalty(learner, p, obs, features, qs, k_cql)
+
+    penalized = cfg.cql_alpha > 0
     critic, critic_metrics = sac.critic_step(
-        learner.critic,
-        lambda p: head({"params": p}, obs, batch[spec.LATENTS], True, rngs={"dropout": k_drop}),
-        target_q,
-        penalty_fn if cfg.cql_alpha > 0 else None,
+        learner.critic, q_and_penalty_fn if penalized else q_fn, target_q, penalized
     )
     target_params = sac.target_update(critic.params, learner.target_critic_params, cfg.tau)
 
@@ -144,23 +150,24 @@ def update_step(learner: PixelSACLearner, batch: dict[str, Any]):
     return new, metrics
 
 
-def conservative_penalty(learner: PixelSACLearner, params, obs, data_latents, key) -> jax.Array:
+def conservative_penalty(
+    learner: PixelSACLearner, params, obs, features, data_qs, key
+) -> jax.Array:
     """CQL's term without its alpha (see PixelSACConfig): logsumexp of the critic over M
-    uniform and M actor latents, less log(2M), less its value at the data's latents; a scalar,
-    mean over heads and batch, differentiable in the critic's `params`."""
+    uniform and M actor latents, less log(2M), less `data_qs` (N, B), its value at the data's
+    latents; a scalar, mean over heads and batch, differentiable in the critic's `params`
+    (`features`: the critic encoder's output on `obs` under those params)."""
     m = learner.config.cql_samples
     head = learner.critic_def.apply
-    features = head({"params": params}, obs, method="encode")
-    b, bound = data_latents.shape[0], learner.action_magnitude
+    b, bound = data_qs.shape[1], learner.action_magnitude
     k_uniform, k_actor = jax.random.split(key)
     uniform = jax.random.uniform(k_uniform, (m, b, learner.latent_dim), minval=-bound, maxval=bound)
     dist = learner.actor_distribution(learner.actor.params, obs, jax.lax.stop_gradient(features))
     drawn = jax.lax.stop_gradient(jax.vmap(dist.sample)(jax.random.split(k_actor, m)))
     latents = jnp.concatenate([uniform, drawn])  # (2M, B, L)
     sampled = jax.vmap(lambda z: head({"params": params}, features, z, method="head"))(latents)
-    data = head({"params": params}, features, data_latents, method="head")  # (N, B)
     soft_max = jax.nn.logsumexp(sampled, axis=0) - jnp.log(2.0 * m)  # (N, B)
-    return jnp.mean(soft_max - data)
+    return jnp.mean(soft_max - data_qs)
 
 
 UPDATE = BlockRunner(update_step)
