@@ -58,6 +58,21 @@ def test_scripted_demonstrator_places_the_can_or_misses_it_by_grasp_height():
         env.close()
 
 
+def test_scripted_demonstrator_misses_the_can_by_a_lateral_offset():
+    """The lateral two-mode demos behind the shipped policy: the same body-height grasp places the
+    can when centred and misses it 4 cm off the can's axis, across the fingers."""
+    from dsrl.envs.robomimic import RobomimicEnv
+
+    env = RobomimicEnv("can", max_episode_steps=200, end_on_success=True)
+    try:
+        success, terminated, steps = _scripted_episode(env, 5, 0.01, grasp_offset=(0.0, 0.0))
+        assert success and terminated and steps < 200
+        success, terminated, steps = _scripted_episode(env, 5, 0.01, grasp_offset=(0.0, 0.04))
+        assert not success and not terminated and steps == 200
+    finally:
+        env.close()
+
+
 def test_scripted_demonstrator_lifts_the_cube_or_misses_it_by_grasp_height():
     """Its lift-only path on robosuite's Lift: grasping the cube's centre lifts it (in < 80 steps),
     closing 5 cm above it grasps air."""

@@ -20,7 +20,9 @@ Phases, each ended by a position tolerance or a step count:
 `grasp_height` is what makes the demos two-mode: at 0 the fingers close on the can's body; a few
 centimetres above its top they close on air and the rest of the episode carries nothing (a
 failure). A cloned policy then chooses, at the height where some demos closed, between closing
-and descending further, and its noise makes that choice.
+and descending further, and its noise makes that choice. `grasp_offset` moves the grasp off the
+object's axis instead (approach and descent both aim there): across the fingers (y) the can is
+placed from a centred grasp and missed from 3.5 cm off, where the fingers close on its edge.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class ScriptedPickPlace:
     """Stateful: call `act(state)` once per env step from reset; a new instance per episode."""
 
     grasp_height: float = 0.0  # above the object's centre (m); > ~0.08 closes on air for the can
+    grasp_offset: tuple[float, float] = (0.0, 0.0)  # xy from the object's centre (m)
     hover: float = 0.15  # approach height above the object's centre
     carry_height: float = 1.02  # absolute z of the carry (bins at 0.8)
     place_xy: tuple[float, float] | None = CAN_PLACE_XY  # None: lift only (the Lift task)
@@ -59,12 +62,13 @@ class ScriptedPickPlace:
         state = np.asarray(state, np.float64)
         eef, obj = state[EEF_POS], state[OBJECT_POS]
         target, gripper = eef, -1.0
+        dx, dy = self.grasp_offset
         if self.phase == "above":
-            target = np.array([obj[0], obj[1], obj[2] + self.hover])
+            target = np.array([obj[0] + dx, obj[1] + dy, obj[2] + self.hover])
             self._advance_if(np.linalg.norm(target - eef) < 2 * self.tolerance, "down")
         elif self.phase == "down":
             # The xy of the object keeps the fingers around it while they descend.
-            target = np.array([obj[0], obj[1], obj[2] + self.grasp_height])
+            target = np.array([obj[0] + dx, obj[1] + dy, obj[2] + self.grasp_height])
             self._advance_if(abs(target[2] - eef[2]) < self.tolerance, "close")
         elif self.phase == "close":
             target, gripper = eef, 1.0
