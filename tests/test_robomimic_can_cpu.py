@@ -59,8 +59,8 @@ def test_scripted_demonstrator_places_the_can_or_misses_it_by_grasp_height():
 
 
 def test_scripted_demonstrator_misses_the_can_by_a_lateral_offset():
-    """The lateral two-mode demos behind the shipped policy: the same body-height grasp places the
-    can when centred and misses it 4 cm off the can's axis, across the fingers."""
+    """The lateral two-mode demos of `make_diffusion_can.py --miss_offset`: the same body-height
+    grasp places the can when centred and misses it 4 cm off the can's axis, across the fingers."""
     from dsrl.envs.robomimic import RobomimicEnv
 
     env = RobomimicEnv("can", max_episode_steps=200, end_on_success=True)

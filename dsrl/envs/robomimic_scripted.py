@@ -67,7 +67,7 @@ class ScriptedPickPlace:
             target = np.array([obj[0] + dx, obj[1] + dy, obj[2] + self.hover])
             self._advance_if(np.linalg.norm(target - eef) < 2 * self.tolerance, "down")
         elif self.phase == "down":
-            # The xy of the object keeps the fingers around it while they descend.
+            # Tracking the object's xy (plus the offset) keeps the fingers placed while they descend.
             target = np.array([obj[0] + dx, obj[1] + dy, obj[2] + self.grasp_height])
             self._advance_if(abs(target[2] - eef[2]) < self.tolerance, "close")
         elif self.phase == "close":
