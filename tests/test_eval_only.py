@@ -2,7 +2,8 @@
 
 One short demo run is trained through the sim launcher; the evaluation of its final checkpoint
 must reproduce the run's last deterministic success (and its base-policy baseline) on the same
-seeds, change nothing in the run directory but add its eval folder, and honour explicit seeds."""
+seeds, change nothing in the run directory but add its eval folder, and honour explicit seeds.
+The run's best evaluated actor (best/) must be the logged argmax and score as logged."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from dsrl.utils.logging import read_metrics
 
 TRAIN = [
     "--env", "demo", "--max_steps", "32", "--start_online_updates", "20", "--batch_size", "16",
-    "--multi_grad_step", "1", "--update_block", "16", "--eval_interval", "1000",
+    "--multi_grad_step", "1", "--update_block", "16", "--eval_interval", "16",
     "--eval_episodes", "6", "--num_envs", "3", "--checkpoint_interval", "16",
     "--hidden_dims", "16", "--no_progress",
 ]  # fmt: skip
@@ -106,6 +107,8 @@ def test_base_policy_alone_without_a_run(tmp_path):
         (["--eval_only"], "--eval_only needs a run directory"),
         (["--checkpoint_step", "3"], "only apply to --eval_only runs"),
         (["--eval_only", "--base_policy_only", "--eval_seeds", "a,b"], "--eval_seeds 'a,b'"),
+        (["--best"], "only apply to --eval_only runs"),
+        (["--eval_only", "--base_policy_only", "--best"], "--best evaluates a run's best actor"),
     ],
 )
 def test_eval_only_bad_input_is_one_clear_line(capsys, argv, message):
@@ -128,3 +131,44 @@ def test_a_read_only_checkpointer_reads_and_refuses_to_write(finished_run, tmp_p
     with pytest.raises(FileNotFoundError, match="no checkpoints/"):
         RunCheckpointer(tmp_path, read_only=True)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_best_evaluated_actor_is_the_logged_argmax_and_scores_as_logged(finished_run, capsys):
+    rows = [r for r in read_metrics(finished_run) if "evaluation_mode/success_rate" in r]
+    assert [r["step"] for r in rows] == [0, 16, 32]
+    values = [r["evaluation_mode/success_rate"] for r in rows]
+    chosen = rows[values.index(max(values))]  # ties keep the earlier actor
+    record = json.loads((finished_run / "best" / "best.json").read_text())
+    assert record == {
+        "metric": "success_rate",
+        "value": max(values),
+        "step": chosen["step"],
+        "env_steps": chosen["env_steps"],
+        "episodes": 6,
+    }
+    # Each evaluation logs the best so far.
+    for i, row in enumerate(rows):
+        assert row["evaluation_mode/best_success_rate"] == max(values[: i + 1])
+    steps = [p.name for p in (finished_run / "best" / "checkpoints").iterdir()]
+    assert steps == [str(chosen["step"])]  # one agent kept, no replay buffer
+
+    capsys.readouterr()
+    assert main_sim(["--eval_only", str(finished_run), "--best", "--no_progress"]) == 0
+    assert "the best evaluated actor, step" in capsys.readouterr().out
+    (out,) = [p for p in finished_run.iterdir() if p.name.startswith("eval_best_")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"] is True and summary["checkpoint_step"] == chosen["step"]
+    mode = summary["sources"]["actor_mode"]["metrics"]
+    assert mode["success_rate"] == max(values)
+    assert mode["avg_episode_len"] == chosen["evaluation_mode/avg_episode_len"]
+
+
+def test_eval_only_best_of_a_run_that_kept_none_names_the_fix(finished_run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / finished_run.name
+    shutil.copytree(finished_run, copy, ignore=shutil.ignore_patterns("best"))
+    with pytest.raises(SystemExit) as exit_info:
+        main_sim(["--eval_only", str(copy), "--best", "--no_progress"])
+    assert exit_info.value.code == 2
+    assert "has no best actor" in capsys.readouterr().err

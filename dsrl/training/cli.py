@@ -19,7 +19,7 @@ from typing import Any
 from dsrl import presets
 from dsrl.agents.config import ONE_VALUE_LAYERS
 from dsrl.steering import MODES as NOISE_MODES
-from dsrl.training import eval_only, failures
+from dsrl.training import best, eval_only, failures
 from dsrl.training.build import build_run
 from dsrl.training.config import ALGORITHMS, ENV_MODES, WANDB_MODES, RunConfig
 from dsrl.training.config_io import load_config
@@ -211,9 +211,27 @@ def demo_summary(result: Any, run_dir: Path, metric: str = "success_rate") -> st
     lines += [
         f"after {int(last['env_steps'])} env steps, {int(last['step'])} gradient steps, "
         f"{result.time['time/total_s']:.0f} s",
-        f"plot: {png}",
     ]
+    lines += _best_lines(run_dir, fmt)
+    lines.append(f"plot: {png}")
     return "\n".join(lines)
+
+
+def _best_lines(run_dir: Path, fmt: str) -> list[str]:
+    """Where the run's best evaluated actor is, and how to score it on seeds it was not chosen
+    on (dsrl.training.best); nothing if the run kept none."""
+    try:
+        record = best.read_record(run_dir)
+    except best.BestRecordError as err:
+        return [f"best actor: not readable ({err})"]
+    if record is None:
+        return []
+    return [
+        f"best evaluated actor (mode): {record['value']:{fmt}} at {record['step']} gradient "
+        f"steps, {record['env_steps']} env steps, in {best.best_dir(run_dir)}",
+        "  (chosen on these evaluation seeds; score it on new ones: --eval_only "
+        f"{run_dir} --best --eval_seeds 1000)",
+    ]
 
 
 def main_sim(argv: Sequence[str] | None = None) -> int:

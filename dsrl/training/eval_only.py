@@ -24,6 +24,10 @@ the checkpoint an evaluation was logged at is reproduced exactly. `--eval_seeds 
 env reset seeds themselves (one episode each); a single number is a base seed in place of the
 run's `--seed`.
 
+`--best` evaluates the run's best evaluated actor (`<run_dir>/best/`, dsrl.training.best) in
+place of a checkpoint, into `eval_best_<step>_<time>/`. It was chosen on the run's own seeds, so
+give it others (`--eval_seeds 1000`) for a score that is not biased upwards.
+
 `--base_policy_only` evaluates the base policy alone (no agent, no checkpoint needed): with a run
 directory on its config, else on a preset (`--env`), writing `<logdir>/<prefix>_eval_base_<time>/`.
 """
@@ -39,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dsrl.training import build, loop
+from dsrl.training import best, build, loop
 from dsrl.training.evaluation import (
     ACTOR_MODE,
     ACTOR_SAMPLED,
@@ -81,6 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --eval_only: the checkpoint step to evaluate (default: the newest intact)",
     )
     parser.add_argument(
+        "--best",
+        action="store_true",
+        help="with --eval_only: the run's best evaluated actor (RUN_DIR/best/) instead of a "
+        "checkpoint; pass new --eval_seeds, as it was chosen on the run's own",
+    )
+    parser.add_argument(
         "--eval_seeds",
         default=None,
         help="with --eval_only: env reset seeds '0,1,2' (one episode each), or one base seed "
@@ -102,8 +112,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         for name in ("checkpoint_step", "eval_seeds")
         if getattr(args, name, None) is not None
     ]
-    if getattr(args, "base_policy_only", False):
-        given.append("--base_policy_only")
+    for flag in ("base_policy_only", "best"):
+        if getattr(args, flag, False):
+            given.append(f"--{flag}")
     if not eval_only:
         if given:
             raise ValueError(f"{', '.join(given)} only apply to --eval_only runs; add --eval_only")
@@ -118,6 +129,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(
             "--eval_only needs a run directory (--eval_only RUN_DIR or --resume RUN_DIR), or "
             "--base_policy_only to evaluate the base policy alone on a preset"
+        )
+    if args.best and (args.base_policy_only or args.checkpoint_step is not None):
+        raise ValueError(
+            "--best evaluates a run's best actor: pass it without --base_policy_only and "
+            "without --checkpoint_step (one agent per evaluation)"
         )
     if args.checkpoint_step is not None and (args.base_policy_only or args.checkpoint_step < 0):
         raise ValueError(
@@ -209,6 +225,8 @@ def format_table(summary: dict[str, Any]) -> str:
             )
     lines += _task_lines(summary)
     where = f"checkpoint step {summary['checkpoint_step']}"
+    if summary.get("best"):
+        where = f"the best evaluated actor, step {summary['checkpoint_step']}"
     if summary["checkpoint_step"] is None:
         where = "base policy alone"
     lines.append(
@@ -252,7 +270,7 @@ def run(
         if not args.base_policy_only:
             agent, state = _restore_agent(config, args, run_dir, vec_env, steering, resources)
             step = state.grad_steps
-        out_dir = _out_dir(config, run_dir, step)
+        out_dir = _out_dir(config, run_dir, step, best=args.best)
         logger = RunLogger(out_dir, config.to_tree(), project="", wandb_mode="disabled")
         resources.callback(logger.close)
         log(f"[dsrl] evaluating {'the base policy' if agent is None else f'step {step}'} of "
@@ -263,6 +281,7 @@ def run(
             "run_dir": str(run_dir) if run_dir else None,
             "env": config.env.name,
             "checkpoint_step": step,
+            "best": bool(args.best),
             "env_steps": state.env_steps,
             "episodes": len(seeds),
             "seeds": [int(s) for s in seeds],
@@ -288,9 +307,18 @@ def run(
 
 
 def _restore_agent(config, args, run_dir, vec_env, steering, resources) -> tuple[Any, Any]:
-    """(agent, loop counters) of the run's newest intact checkpoint or of --checkpoint_step,
-    read without changing anything in the run directory."""
+    """(agent, loop counters) of the run's newest intact checkpoint, of --checkpoint_step or
+    (--best) of its best evaluated actor, read without changing anything in the run directory."""
     template = build.make_agent(config, vec_env.spec.observation_spec, steering)
+    if args.best:
+        record = best.read_record(run_dir)  # a damaged best.json: BestRecordError names it
+        if record is None or not (best.best_dir(run_dir) / "checkpoints").is_dir():
+            raise FileNotFoundError(
+                f"{run_dir} has no best actor ({best.best_dir(run_dir)}): it is written at the "
+                "run's evaluations when it has a checkpointer and --keep_best is on; evaluate a "
+                "checkpoint instead (drop --best)"
+            )
+        run_dir = best.best_dir(run_dir)
     checkpointer = RunCheckpointer(run_dir, read_only=True)
     resources.callback(checkpointer.close)
     restored = checkpointer.restore(
@@ -305,12 +333,14 @@ def _restore_agent(config, args, run_dir, vec_env, steering, resources) -> tuple
     return tree["agent"], loop.LoopState.from_tree(tree["counters"])
 
 
-def _out_dir(config: Any, run_dir: Path | None, step: int | None) -> Path:
+def _out_dir(config: Any, run_dir: Path | None, step: int | None, best: bool = False) -> Path:
     """A new folder for this evaluation: in the run directory, or for the base policy alone on
     a preset, under the log directory."""
     stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
     if run_dir is not None:
         name = f"eval_{step}_{stamp}" if step is not None else f"eval_base_{stamp}"
+        if best:
+            name = f"eval_best_{step}_{stamp}"
         out_dir = run_dir / name
     else:
         out_dir = Path(config.log.logdir) / f"{config.log.prefix}_eval_base_{stamp}"

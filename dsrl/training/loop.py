@@ -37,6 +37,7 @@ import numpy as np
 from dsrl.agents.spec import TransitionSpec
 from dsrl.envs.vector import VectorEnvError
 from dsrl.steering import Steering
+from dsrl.training.best import BestActor
 from dsrl.training.buffer_layout import (  # noqa: F401 - re-exported: loop.<name> is the API
     canonical_agent,
     check_buffer_capacity,
@@ -123,6 +124,11 @@ class _Trainer:
         self.stop: StopSignals | None = None
         self._eval_bar = None
         self._videos: list[np.ndarray] = []
+        self.best: BestActor | None = None
+        if checkpointer is not None and config.keep_best and config.eval_episodes > 0:
+            has_success = getattr(getattr(self.eval_env, "spec", None), "has_success", True)
+            metric = "success_rate" if has_success else "avg_return"
+            self.best = BestActor(checkpointer.directory.parent, metric)
 
     def stop_requested(self) -> bool:
         return self.stop is not None and self.stop.requested
@@ -180,6 +186,11 @@ class _Trainer:
             self._eval_bar.close()
             self._eval_bar = None
         row |= self._counters(state)
+        if self.best is not None:
+            with self.watch.section("io"):
+                state_tree = {"agent": self.agent, "counters": state.to_tree()}
+                self.best.offer(step, state.env_steps, len(self.eval_seeds), row, state_tree)
+            row |= self.best.metrics()
         self._log(row, step)
         if self.logger is not None:
             with self.watch.section("io"):

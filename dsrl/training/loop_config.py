@@ -47,6 +47,9 @@ class LoopConfig:
     log_interval: int = 500
     checkpoint_interval: int = -1  # -1: only at the end (when a checkpointer is given)
     final_eval: bool = True  # evaluate once more at the end unless the last step was evaluated
+    # Keep the best evaluated actor (its mode's success, or return) in <run_dir>/best/
+    # (dsrl.training.best); needs a checkpointer and evaluations.
+    keep_best: bool = True
     progress: bool = True
 
     def __post_init__(self):

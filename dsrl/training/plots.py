@@ -79,6 +79,7 @@ def plot_success(
     for key, label, style in BASELINES:
         if (key := _metric_key(key, metric)) in curves:
             ax.axhline(curves[key][1][0], linestyle=style, color="grey", label=label)
+    _mark_best(ax, run_dir, metric)
     ax.set_xlabel("env steps")
     if metric == "success_rate":
         ax.set_ylabel("success rate")
@@ -93,6 +94,22 @@ def plot_success(
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def _mark_best(ax: Any, run_dir: Path, metric: str) -> None:
+    """A star at the run's best evaluated actor (dsrl.training.best), when it kept one by this
+    metric; a missing or unreadable best.json draws nothing."""
+    from dsrl.training.best import BestRecordError, read_record
+
+    try:
+        record = read_record(run_dir)
+    except BestRecordError:
+        return
+    if record is not None and record["metric"] == metric:
+        ax.plot(
+            [record["env_steps"]], [record["value"]], "*", color="black", markersize=11,
+            label=f"best actor (mode), step {record['step']}",
+        )  # fmt: skip
 
 
 class PlotOnEvaluation:
