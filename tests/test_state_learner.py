@@ -86,6 +86,25 @@ def test_state_sac_learner_is_mlp_only_and_learns(sharing):
     assert many.shape == (5, 12)
 
 
+def test_actor_mean_reg_holds_the_actors_pre_tanh_mean_back():
+    obs = {"state": np.random.default_rng(2).standard_normal((64, STATE_DIM)).astype(np.float32)}
+    norms = {}
+    for reg in (0.0, 1.0):
+        config = state_config(actor_mean_reg=reg, actor_lr=3e-3, critic_lr=3e-3)
+        learner = PixelSACLearner.create(0, SPEC, 12, config)
+        rng = np.random.default_rng(0)  # the same batches for both
+        for _ in range(6):
+            data = batches(rng, 10, 32, 12)
+            data["rewards"] = data["latents"].sum(-1)  # the critic learns: larger latents pay
+            learner, metrics = learner.update(data)
+        assert np.isfinite(metrics["actor_loss"])
+        norms[reg] = float(np.linalg.norm(np.asarray(learner.policy(obs).loc), axis=-1).mean())
+    # Same seed and data: only the regularizer differs, and it pulls the mean towards 0.
+    assert norms[1.0] < 0.75 * norms[0.0], norms
+    with pytest.raises(ValueError, match="actor_mean_reg must be a finite number >= 0"):
+        state_config(actor_mean_reg=-1.0)
+
+
 def test_activation_option_changes_the_networks_function():
     obs = {"state": np.random.default_rng(1).standard_normal((4, STATE_DIM)).astype(np.float32)}
     tanh = PixelSACLearner.create(0, SPEC, 6, state_config())

@@ -238,6 +238,7 @@ class Learner(flax.struct.PyTreeNode):
             temperature,
             self.config.critic_reduction,
             key,
+            mean_reg=float(self.config.actor_mean_reg),
         )
         temp, temp_metrics = sac.temperature_step(self.temp, log_probs, self.target_entropy)
         metrics = {**actor_metrics, **temp_metrics}

@@ -75,6 +75,9 @@ class SACConfig:
     # Critic-only updates for the first N gradient steps of the run (RLinf's `train_actor_steps`
     # idea, counted in gradient steps here): the actor and temperature start at step N. 0: off.
     train_actor_steps: int = 0
+    # The original SAC's policy mean regularizer: this times the mean squared norm of the actor's
+    # pre-tanh mean is added to the actor loss. 0: off (the reference).
+    actor_mean_reg: float = 0.0
 
     def __post_init__(self):
         def need(cond: bool, msg: str):
@@ -138,6 +141,10 @@ class SACConfig:
         )
         need(0 <= self.dropout_rate < 1, f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         need(int(self.crop_padding) >= 0, f"crop_padding must be >= 0, got {self.crop_padding}")
+        need(
+            math.isfinite(float(self.actor_mean_reg)) and float(self.actor_mean_reg) >= 0,
+            f"actor_mean_reg must be a finite number >= 0 (0: off), got {self.actor_mean_reg}",
+        )
         need(
             int(self.train_actor_steps) >= 0,
             f"train_actor_steps must be >= 0 (0: the actor updates from the first step), got "

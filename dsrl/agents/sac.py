@@ -120,8 +120,11 @@ def actor_step(
     temperature: jax.Array,
     reduction: str,
     key: jax.Array,
+    mean_reg: float = 0.0,
 ) -> tuple[TrainState, jax.Array, Metrics]:
-    """One reparameterised actor step: mean(alpha * log pi(z|s) - reduce(Q(s, z))).
+    """One reparameterised actor step: mean(alpha * log pi(z|s) - reduce(Q(s, z))), plus
+    `mean_reg` times the mean squared norm of the pre-tanh mean when it is > 0 (the original
+    SAC's policy mean regularizer; it pulls a saturated actor back from the box's corners).
 
     dist_fn(params) -> the tanh-Gaussian over latents; q_fn(latents) -> critic heads (N, B).
     Returns the new actor, the sampled log-probs (for the temperature step) and the metrics."""
@@ -130,7 +133,10 @@ def actor_step(
         dist = dist_fn(params)
         latents, log_probs = dist.sample_and_log_prob(key)
         q = reduce_ensemble(q_fn(latents), reduction)
-        return actor_loss(temperature, log_probs, q), (dist, log_probs, q, latents)
+        loss = actor_loss(temperature, log_probs, q)
+        if mean_reg > 0:  # static: 0 leaves the step as it always was
+            loss = loss + mean_reg * jnp.mean(jnp.sum(jnp.square(dist.loc), axis=-1))
+        return loss, (dist, log_probs, q, latents)
 
     (loss, (dist, log_probs, q, latents)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         actor.params
