@@ -315,8 +315,8 @@ def _restore_agent(config, args, run_dir, vec_env, steering, resources) -> tuple
         if record is None or not (best.best_dir(run_dir) / "checkpoints").is_dir():
             raise FileNotFoundError(
                 f"{run_dir} has no best actor ({best.best_dir(run_dir)}): it is written at the "
-                "run's evaluations when it has a checkpointer and --keep_best is on; evaluate a "
-                "checkpoint instead (drop --best)"
+                "run's evaluations when --keep_best is on (runs made before dsrl kept one have "
+                "none); evaluate a checkpoint instead (drop --best)"
             )
         run_dir = best.best_dir(run_dir)
     checkpointer = RunCheckpointer(run_dir, read_only=True)
