@@ -23,7 +23,13 @@ from dsrl.training import best, eval_only, failures
 from dsrl.training.build import build_run
 from dsrl.training.config import ALGORITHMS, ENV_MODES, WANDB_MODES, RunConfig
 from dsrl.training.config_io import load_config
-from dsrl.training.evaluation import ACTOR_MODE, ACTOR_SAMPLED, BASE_IID, BASE_WARMUP
+from dsrl.training.evaluation import (
+    ACTOR_MODE,
+    ACTOR_SAMPLED,
+    BASE_IID,
+    BASE_WARMUP,
+    headline_metric,
+)
 from dsrl.training.flags import FLAGS, IGNORED_FLAGS, LIST_FLAGS, REAL_FLAGS, ConfigError
 from dsrl.training.smoke import smoke_overrides
 
@@ -245,8 +251,7 @@ def main_sim(argv: Sequence[str] | None = None) -> int:
         result = run.train()
     print(f"[dsrl] done in {time.perf_counter() - begin:.0f} s; metrics: {run.run_dir}")
     if result.evaluations:
-        has_success = getattr(run.vec_env.spec, "has_success", True)
-        print(demo_summary(result, run.run_dir, "success_rate" if has_success else "avg_return"))
+        print(demo_summary(result, run.run_dir, headline_metric(run.vec_env.spec)))
     return 0
 
 

@@ -193,6 +193,12 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
     }
 
 
+def headline_metric(env_spec: Any) -> str:
+    """What a run is judged by (its closing table, its best actor): the success rate, or the
+    average return for an env whose spec says it has no success (e.g. Gym locomotion)."""
+    return "success_rate" if getattr(env_spec, "has_success", True) else "avg_return"
+
+
 def summarize(episodes: Sequence[Episode], max_reward: float) -> dict[str, float]:
     """Success rate, mean env return, mean length, and the reference's `Reward >= r` fractions."""
     if not episodes:

@@ -56,6 +56,7 @@ from dsrl.training.evaluation import (
     episode_metrics,
     eval_seeds,
     evaluate,
+    headline_metric,
     iid_episode_noise,
     mode_episode_noise,
     sampled_episode_noise,
@@ -126,8 +127,7 @@ class _Trainer:
         self._videos: list[np.ndarray] = []
         self.best: BestActor | None = None
         if checkpointer is not None and config.keep_best and config.eval_episodes > 0:
-            has_success = getattr(getattr(self.eval_env, "spec", None), "has_success", True)
-            metric = "success_rate" if has_success else "avg_return"
+            metric = headline_metric(getattr(self.eval_env, "spec", None))
             self.best = BestActor(checkpointer.directory.parent, metric)
 
     def stop_requested(self) -> bool:
