@@ -105,6 +105,44 @@ def test_actor_mean_reg_holds_the_actors_pre_tanh_mean_back():
         state_config(actor_mean_reg=-1.0)
 
 
+def test_advantage_weighted_actor_moves_towards_better_tried_latents_not_past_them():
+    """The critic pays for larger latents (Q = 2 * sum(z)), but every latent tried lies in
+    [-0.5, 0.5]. SAC's actor climbs the critic's extrapolation to the box's corner; the
+    advantage-weighted one moves towards the better tried latents and stays among them."""
+    obs = {"state": np.random.default_rng(2).standard_normal((64, STATE_DIM)).astype(np.float32)}
+    modes = {}
+    for beta in (0.0, 0.3):
+        config = state_config(
+            actor_awr_beta=beta,
+            actor_awr_std=0.4,
+            actor_lr=3e-3,
+            critic_lr=3e-3,
+            init_temperature=0.01,
+        )
+        learner = PixelSACLearner.create(0, SPEC, 4, config)
+        rng = np.random.default_rng(0)  # the same batches for both
+        for _ in range(20):
+            data = batches(rng, 10, 64, 4)
+            data["latents"] = (0.5 * data["latents"]).astype(np.float32)
+            data["rewards"] = 2.0 * data["latents"].sum(-1)
+            data["masks"][:] = 0.0
+            learner, metrics = learner.update(data)
+        assert np.isfinite(metrics["actor_loss"])
+        modes[beta] = learner.mode_latents(obs)
+        if beta:  # its exploration is the configured spread, not a learnt one
+            np.testing.assert_allclose(np.asarray(learner.policy(obs).scale), 0.4)
+    assert modes[0.0].mean() > 0.8, modes[0.0].mean()  # SAC: near the +1 corner, never tried
+    assert modes[0.3].mean() > 0.05, modes[0.3].mean()  # towards the better tried latents
+    assert np.abs(modes[0.3]).max() < 0.6, np.abs(modes[0.3]).max()  # and among them
+    assert float(np.max(metrics["awr_weight_max"])) <= 100.0 * (1 + 1e-5)  # the cap
+    with pytest.raises(ValueError, match="actor_awr_beta must be a finite number >= 0"):
+        state_config(actor_awr_beta=-1.0)
+    with pytest.raises(ValueError, match="actor_awr_std must be a finite number > 0"):
+        state_config(actor_awr_beta=1.0, actor_awr_std=0.0)
+    with pytest.raises(ValueError, match="use it with --algorithm dsrl_sac"):
+        state_config(NoiseAliasingConfig, actor_awr_beta=1.0)
+
+
 def test_activation_option_changes_the_networks_function():
     obs = {"state": np.random.default_rng(1).standard_normal((4, STATE_DIM)).astype(np.float32)}
     tanh = PixelSACLearner.create(0, SPEC, 6, state_config())

@@ -11,6 +11,7 @@ from typing import Any
 import flax.linen as nn
 import flax.struct
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -221,16 +222,23 @@ class Learner(flax.struct.PyTreeNode):
         """pi(.|s): from the actor's own encoder ("separate"), or from critic `features`
         computed by the caller ("shared")."""
         if self.config.encoder_sharing == "separate":
-            return self.actor_def.apply({"params": actor_params}, observations)
-        return self.actor_def.apply({"params": actor_params}, features)
+            dist = self.actor_def.apply({"params": actor_params}, observations)
+        else:
+            dist = self.actor_def.apply({"params": actor_params}, features)
+        if self.config.actor_awr_beta > 0:  # static: the advantage-weighted actor's fixed spread
+            dist = dist.replace(scale=jnp.full_like(dist.scale, self.config.actor_awr_std))
+        return dist
 
-    def actor_temperature_step(self, observations, features, q_fn, temperature, key, step):
+    def actor_temperature_step(
+        self, observations, features, q_fn, temperature, key, step, data_latents=None
+    ):
         """SAC's actor step against `q_fn` (latents -> critic heads (N, B)) on `observations`
         (with critic `features` for a "shared" actor), then the temperature step on its
         log-probs. `step`: the gradient steps run before this one (the critic's counter); with
         `config.train_actor_steps` = N > 0 the actor and temperature keep their state for the
         first N steps (critic-only updates; the metrics show what the step would have done).
-        Returns (actor, temp, metrics)."""
+        `data_latents`: the batch's latents (B, latent_dim), which the advantage-weighted actor
+        (`config.actor_awr_beta` > 0) fits. Returns (actor, temp, metrics)."""
         actor, log_probs, actor_metrics = sac.actor_step(
             self.actor,
             lambda p: self.actor_distribution(p, observations, features),
@@ -239,6 +247,8 @@ class Learner(flax.struct.PyTreeNode):
             self.config.critic_reduction,
             key,
             mean_reg=float(self.config.actor_mean_reg),
+            data_latents=data_latents,
+            awr_beta=float(self.config.actor_awr_beta),
         )
         temp, temp_metrics = sac.temperature_step(self.temp, log_probs, self.target_entropy)
         metrics = {**actor_metrics, **temp_metrics}

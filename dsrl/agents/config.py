@@ -78,6 +78,15 @@ class SACConfig:
     # The original SAC's policy mean regularizer: this times the mean squared norm of the actor's
     # pre-tanh mean is added to the actor loss. 0: off (the reference).
     actor_mean_reg: float = 0.0
+    # The advantage-weighted actor (AWAC): > 0 replaces SAC's reparameterised actor step by a
+    # weighted fit to the replay batch's own latents, weights exp(advantage / this), the
+    # advantage in the critic's units (its value at the batch's latent less its value at the
+    # actor's sample). The actor then moves only towards latents that were tried, never to
+    # where the critic extrapolates. 0: off (SAC's step, the reference). DSRL-SAC only.
+    actor_awr_beta: float = 0.0
+    # The advantage-weighted actor's exploration: its pre-tanh std, held fixed (1.0: before the
+    # tanh, the base policy's own N(0, I) spread). Unused when actor_awr_beta is 0.
+    actor_awr_std: float = 1.0
 
     def __post_init__(self):
         def need(cond: bool, msg: str):
@@ -144,6 +153,16 @@ class SACConfig:
         need(
             math.isfinite(float(self.actor_mean_reg)) and float(self.actor_mean_reg) >= 0,
             f"actor_mean_reg must be a finite number >= 0 (0: off), got {self.actor_mean_reg}",
+        )
+        need(
+            math.isfinite(float(self.actor_awr_beta)) and float(self.actor_awr_beta) >= 0,
+            f"actor_awr_beta must be a finite number >= 0 (0: SAC's actor step), got "
+            f"{self.actor_awr_beta}",
+        )
+        need(
+            math.isfinite(float(self.actor_awr_std)) and float(self.actor_awr_std) > 0,
+            f"actor_awr_std must be a finite number > 0 (the pre-tanh std), got "
+            f"{self.actor_awr_std}",
         )
         need(
             int(self.train_actor_steps) >= 0,

@@ -121,24 +121,58 @@ def actor_step(
     reduction: str,
     key: jax.Array,
     mean_reg: float = 0.0,
+    data_latents: jax.Array | None = None,
+    awr_beta: float = 0.0,
 ) -> tuple[TrainState, jax.Array, Metrics]:
-    """One reparameterised actor step: mean(alpha * log pi(z|s) - reduce(Q(s, z))), plus
-    `mean_reg` times the mean squared norm of the pre-tanh mean when it is > 0 (the original
-    SAC's policy mean regularizer; it pulls a saturated actor back from the box's corners).
+    """One actor step. `awr_beta` = 0: SAC's reparameterised step, mean(alpha * log pi(z|s) -
+    reduce(Q(s, z))). `awr_beta` > 0: the mode moves only towards latents that were tried, by
+    advantage-weighted regression (AWR / AWAC's weights) on the batch's own latents z_d (B, A):
+    mean(w * |mu(s) - clip(atanh(z_d / bound), +-AWR_PRE_TANH_CLIP)|^2) for the pre-tanh mean
+    mu, w = exp(min(A / awr_beta, log(AWR_MAX_WEIGHT))), A = reduce(Q(s, z_d)) - reduce(Q(s,
+    z)), z the actor's sample. No critic gradient reaches
+    the actor, so it never goes to where the critic extrapolates. Its spread is not learnt: the
+    learner holds it fixed (SACConfig.actor_awr_std), and `temperature` is unused. Variants
+    that failed on Can, and why the spread is fixed: a weighted likelihood of z_d feeds back
+    (near-bound latents widen the fitted spread, which draws more of them); SAC's loss on the
+    spread let the critic's optimism at far latents widen it to near-uniform sampling (pre-tanh
+    std 1.5); the squashed entropy held at its target went to its wide solution (std 2.4, every
+    sample near a corner); the pre-tanh entropy at -A/2 (std 0.15) explored too little to leave
+    the zero noise. Either way plus `mean_reg` times the mean squared norm of the
+    pre-tanh mean when it is > 0 (the original SAC's policy mean regularizer).
 
     dist_fn(params) -> the tanh-Gaussian over latents; q_fn(latents) -> critic heads (N, B).
     Returns the new actor, the sampled log-probs (for the temperature step) and the metrics."""
+    weighted = awr_beta > 0  # static
+    if weighted and data_latents is None:
+        raise ValueError("actor_step: awr_beta > 0 needs the batch's latents (data_latents)")
 
     def loss_fn(params):
         dist = dist_fn(params)
         latents, log_probs = dist.sample_and_log_prob(key)
-        q = reduce_ensemble(q_fn(latents), reduction)
-        loss = actor_loss(temperature, log_probs, q)
+        if weighted:
+            q = reduce_ensemble(q_fn(jax.lax.stop_gradient(latents)), reduction)
+            q_data = reduce_ensemble(q_fn(data_latents), reduction)
+            weights = advantage_weights(q_data - q, awr_beta)
+            # The pre-tanh mean regresses on the tried latents' pre-tanh values, the better
+            # ones weighing more. (In the bounded space the tanh would shrink the fit towards 0:
+            # E[tanh(u + noise)] is nearer 0 than tanh(u).) Clipped: the warm-up's N(0, I)
+            # draws clipped to the bound have no pre-tanh value.
+            target = jnp.clip(dist.pre_tanh(data_latents), -AWR_PRE_TANH_CLIP, AWR_PRE_TANH_CLIP)
+            loss = fit = jnp.mean(weights * jnp.sum(jnp.square(dist.loc - target), axis=-1))
+            extra = {
+                "awr_fit": fit,
+                "awr_weight_mean": weights.mean(),
+                "awr_weight_max": weights.max(),
+            }
+        else:
+            q = reduce_ensemble(q_fn(latents), reduction)
+            loss = actor_loss(temperature, log_probs, q)
+            extra = {}
         if mean_reg > 0:  # static: 0 leaves the step as it always was
             loss = loss + mean_reg * jnp.mean(jnp.sum(jnp.square(dist.loc), axis=-1))
-        return loss, (dist, log_probs, q, latents)
+        return loss, (dist, log_probs, q, latents, extra)
 
-    (loss, (dist, log_probs, q, latents)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (dist, log_probs, q, latents, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         actor.params
     )
     metrics = {
@@ -146,9 +180,22 @@ def actor_step(
         "q_pi_in_actor": q.mean(),
         "latents_abs_max": jnp.abs(latents).max(),
         "actor_grad_norm": optax.global_norm(grads),
+        **extra,
         **policy_metrics(dist),
     }
     return actor.apply_gradients(grads=grads), log_probs, metrics
+
+
+# AWAC / CRR cap the exponentiated advantage so one overvalued sample cannot take the batch.
+AWR_MAX_WEIGHT = 100.0
+# The pre-tanh regression target's bound: tanh(3) = 0.995 of the latents' bound.
+AWR_PRE_TANH_CLIP = 3.0
+
+
+def advantage_weights(advantages: jax.Array, beta: float) -> jax.Array:
+    """exp(A / beta), capped at AWR_MAX_WEIGHT, with no gradient; advantages (B,)."""
+    scaled = jnp.minimum(advantages / beta, math.log(AWR_MAX_WEIGHT))
+    return jax.lax.stop_gradient(jnp.exp(scaled))
 
 
 def temperature_step(

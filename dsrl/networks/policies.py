@@ -45,10 +45,15 @@ class TanhGaussian(flax.struct.PyTreeNode):
     def sample(self, key: jax.Array) -> jax.Array:
         return self.sample_and_log_prob(key)[0]
 
+    def pre_tanh(self, action: jax.Array) -> jax.Array:
+        """atanh(action / action_magnitude): a bounded action's pre-tanh value (B, A); actions
+        on the bound are nudged inside (|value| <= 7.25)."""
+        y = jnp.clip(action / self.action_magnitude, -1.0 + 1e-6, 1.0 - 1e-6)
+        return jnp.arctanh(y)
+
     def log_prob(self, action: jax.Array) -> jax.Array:
         """Log-density of a bounded action (B, A); actions on the bound are nudged inside."""
-        y = jnp.clip(action / self.action_magnitude, -1.0 + 1e-6, 1.0 - 1e-6)
-        return self._log_prob_pre_tanh(jnp.arctanh(y))
+        return self._log_prob_pre_tanh(self.pre_tanh(action))
 
     def mode(self) -> jax.Array:
         """action_magnitude * tanh(loc), the reference's eval action."""

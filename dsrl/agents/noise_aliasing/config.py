@@ -73,6 +73,12 @@ class NoiseAliasingConfig(SACConfig):
                 raise ValueError(f"NoiseAliasingConfig: {msg}")
 
         need(
+            float(self.actor_awr_beta) == 0,
+            f"actor_awr_beta={self.actor_awr_beta}: the advantage-weighted actor fits the latents "
+            "the replay buffer stores, and DSRL-NA stores the executed action chunks instead; "
+            "use it with --algorithm dsrl_sac, or leave actor_awr_beta at 0",
+        )
+        need(
             float(self.noise_critic_lr) > 0,
             f"noise_critic_lr must be > 0, got {self.noise_critic_lr}",
         )

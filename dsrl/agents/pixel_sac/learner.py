@@ -130,6 +130,7 @@ def update_step(learner: PixelSACLearner, batch: dict[str, Any]):
         temperature,
         k_pi,
         learner.critic.step,
+        data_latents=batch[spec.LATENTS],
     )
 
     metrics = {
