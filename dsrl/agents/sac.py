@@ -124,21 +124,17 @@ def actor_step(
     data_latents: jax.Array | None = None,
     awr_beta: float = 0.0,
 ) -> tuple[TrainState, jax.Array, Metrics]:
-    """One actor step. `awr_beta` = 0: SAC's reparameterised step, mean(alpha * log pi(z|s) -
-    reduce(Q(s, z))). `awr_beta` > 0: the mode moves only towards latents that were tried, by
-    advantage-weighted regression (AWR / AWAC's weights) on the batch's own latents z_d (B, A):
-    mean(w * |mu(s) - clip(atanh(z_d / bound), +-AWR_PRE_TANH_CLIP)|^2) for the pre-tanh mean
-    mu, w = exp(min(A / awr_beta, log(AWR_MAX_WEIGHT))), A = reduce(Q(s, z_d)) - reduce(Q(s,
-    z)), z the actor's sample. No critic gradient reaches
-    the actor, so it never goes to where the critic extrapolates. Its spread is not learnt: the
-    learner holds it fixed (SACConfig.actor_awr_std), and `temperature` is unused. Variants
-    that failed on Can, and why the spread is fixed: a weighted likelihood of z_d feeds back
-    (near-bound latents widen the fitted spread, which draws more of them); SAC's loss on the
-    spread let the critic's optimism at far latents widen it to near-uniform sampling (pre-tanh
-    std 1.5); the squashed entropy held at its target went to its wide solution (std 2.4, every
-    sample near a corner); the pre-tanh entropy at -A/2 (std 0.15) explored too little to leave
-    the zero noise. Either way plus `mean_reg` times the mean squared norm of the
-    pre-tanh mean when it is > 0 (the original SAC's policy mean regularizer).
+    """One actor step, plus `mean_reg` times the mean squared norm of the pre-tanh mean when it
+    is > 0 (the original SAC's policy mean regularizer).
+
+    `awr_beta` = 0: SAC's reparameterised step, mean(alpha * log pi(z|s) - reduce(Q(s, z))).
+    `awr_beta` > 0: advantage-weighted regression (AWR / AWAC's weights) of the pre-tanh mean mu
+    on the batch's own latents z_d (B, A), mean(w * |mu(s) - clip(atanh(z_d / bound),
+    +-AWR_PRE_TANH_CLIP)|^2), w = exp(min(A / awr_beta, log(AWR_MAX_WEIGHT))), A =
+    reduce(Q(s, z_d)) - reduce(Q(s, z)) with z the actor's sample. No critic gradient reaches
+    the actor, so it moves only towards latents that were tried. Its spread is held fixed by the
+    learner (SACConfig.actor_awr_std) and `temperature` is unused; docs/training.md ("The
+    advantage-weighted actor") lists the learnt spreads that failed on Can.
 
     dist_fn(params) -> the tanh-Gaussian over latents; q_fn(latents) -> critic heads (N, B).
     Returns the new actor, the sampled log-probs (for the temperature step) and the metrics."""
