@@ -83,3 +83,33 @@ def test_damaged_missing_or_extra_files_are_refused_before_loading(made, tmp_pat
     (copy / shipped.SUMS_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="make_pi0_libero.py"):
         shipped.load(copy, action_dim=16)
+
+
+def test_a_run_takes_a_made_directory_as_its_checkpoint_alone(tmp_path):
+    """`base_policy.checkpoint=<make_pi0_libero.py --out>` needs no robot or variant: the run
+    reads them from its config.json, checks its SHA256SUMS, and refuses a damaged file."""
+    from dsrl.training.build import _make_local_base_policy
+    from dsrl.training.config import BasePolicySection
+
+    config = Pi0Config.tiny(shared_noise=True)  # the variant's own shapes: no overrides
+    stats = ns.compute_norm_stats(
+        [{"state": np.ones((4, 14)), "actions": np.linspace(0, 1, 28).reshape(4, 7)}]
+    )
+    checkpoint.save_openpi_checkpoint(
+        model_lib.init_params(config, 0), tmp_path, norm_stats=stats, asset_id="libero_cpu"
+    )
+    (tmp_path / "tokenizer.model").write_bytes(
+        train_sentencepiece_model([PROMPT] * 40, vocab_size=40)
+    )
+    meta = {"variant": "tiny", "robot": "libero_no_delta", "asset_id": "libero_cpu"}
+    (tmp_path / "config.json").write_text(json.dumps(meta | {"num_steps": 3, "shared_noise": True}))
+    shipped.write_sha256sums(tmp_path)
+    assert shipped.is_made(tmp_path)
+    policy = _make_local_base_policy(BasePolicySection(kind="pi0", checkpoint=str(tmp_path)))
+    assert policy.robot.name == "libero_no_delta" and policy.config.shared_noise
+    assert policy.num_steps == 3
+    chunk = policy.sample_actions(_observation(1), np.zeros((1, *policy.noise_shape), np.float32))
+    assert chunk.shape == (1, config.action_horizon, 7) and np.all(np.isfinite(chunk))
+    (tmp_path / "tokenizer.model").write_bytes(b"damaged")
+    with pytest.raises(ValueError, match="tokenizer.model does not match its sha256"):
+        _make_local_base_policy(BasePolicySection(kind="pi0", checkpoint=str(tmp_path)))

@@ -90,10 +90,12 @@ def _make_local_base_policy(bp: BasePolicySection) -> Any:
         from dsrl.base_policies.diffusion import DiffusionMLPPolicy
 
         return DiffusionMLPPolicy.load(bp.checkpoint)
-    if bp.checkpoint == "libero_cpu":
-        from dsrl.base_policies.pi0 import shipped
+    from dsrl.base_policies.pi0 import shipped
 
+    if bp.checkpoint == "libero_cpu":
         return shipped.load(num_steps=bp.num_steps or None)
+    if bp.checkpoint and shipped.is_made(bp.checkpoint):  # e.g. make_pi0_libero.py --out runs/pi0_small
+        return shipped.load(bp.checkpoint, num_steps=bp.num_steps or None)
     from dsrl.base_policies.pi0 import Pi0Policy
 
     kwargs = {"robot": bp.robot, "variant": bp.variant, "dtype": bp.dtype}

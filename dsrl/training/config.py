@@ -125,7 +125,8 @@ class BasePolicySection:
     # flow_mlp: "" the shipped demo policy, "libero" the shipped LIBERO CPU policy, or a directory
     # diffusion_mlp: a directory written by DiffusionMLPPolicy.save
     # pi0: an openpi checkpoint (directory, name or URL), "random", or "libero_cpu" the shipped
-    #   small Pi0 (dsrl/assets/pi0_libero_cpu; variant, robot and tokenizer come with it)
+    #   small Pi0 (dsrl/assets/pi0_libero_cpu; variant, robot and tokenizer come with it), or a
+    #   directory scripts/make_pi0_libero.py wrote (read the same way, its SHA256SUMS checked)
     checkpoint: str = ""
     variant: str = "full"
     dtype: str = "bfloat16"

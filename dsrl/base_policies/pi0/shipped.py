@@ -69,6 +69,14 @@ def verify_sha256sums(directory: str | pathlib.Path) -> None:
         raise ValueError(f"{directory} holds files not in {sums}: {extra}; remove them.")
 
 
+def is_made(directory: str | pathlib.Path) -> bool:
+    """Whether `directory` is one that make_pi0_libero.py wrote (its `config.json` and
+    `SHA256SUMS` beside the openpi checkpoint), so `load` knows how to read it: a run's
+    `base_policy.checkpoint=<that directory>` needs no robot or variant."""
+    directory = pathlib.Path(directory)
+    return (directory / "config.json").is_file() and (directory / SUMS_FILE).is_file()
+
+
 def read_config(directory: str | pathlib.Path) -> dict[str, Any]:
     return json.loads((pathlib.Path(directory) / "config.json").read_text())
 
