@@ -94,7 +94,9 @@ def _make_local_base_policy(bp: BasePolicySection) -> Any:
 
     if bp.checkpoint == "libero_cpu":
         return shipped.load(num_steps=bp.num_steps or None)
-    if bp.checkpoint and shipped.is_made(bp.checkpoint):  # e.g. make_pi0_libero.py --out runs/pi0_small
+    # A directory make_pi0_libero.py wrote (e.g. its --out runs/pi0_small) carries its own
+    # variant, robot and tokenizer.
+    if bp.checkpoint and shipped.is_made(bp.checkpoint):
         return shipped.load(bp.checkpoint, num_steps=bp.num_steps or None)
     from dsrl.base_policies.pi0 import Pi0Policy
 
