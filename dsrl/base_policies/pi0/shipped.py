@@ -1,7 +1,7 @@
 """The small Pi0 directory that scripts/make_pi0_libero.py writes, and the hash check of its files.
 
-It is meant to ship as dsrl/assets/pi0_libero_cpu once a made policy reaches the LIBERO proof's
-band; none does yet (docs/finetune_pi0.md, "A small Pi0 made here"), so nothing is shipped.
+It ships as dsrl/assets/pi0_libero_cpu (docs/finetune_pi0.md, "A small Pi0 made here"), and a
+run reads any such directory given as `base_policy.checkpoint` (`is_made`).
 
 `scripts/make_pi0_libero.py` makes it: scripted demonstrations of libero_object task 8 recorded in
 LeRobot's layout, fine-tuned into a `mini` Pi0 (`Pi0Config.mini`) by `scripts/finetune_pi0.py`.
