@@ -18,10 +18,8 @@ from dsrl.base_policies.pi0.training import norm_stats as ns
 PROMPT = "pick up the chocolate pudding and place it in the basket"
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pi0_small")
-    config = Pi0Config.tiny(action_dim=16, shared_noise=True)
+def _write_made(out, config: Pi0Config):
+    """A directory as make_pi0_libero.py writes it, holding a `tiny` Pi0 of `config`'s shapes."""
     rng = np.random.default_rng(0)
     stats = ns.compute_norm_stats(
         [{"state": rng.normal(size=(40, 14)), "actions": rng.normal(size=(40, 7))}]
@@ -33,9 +31,15 @@ def made(tmp_path_factory):
     meta = {"variant": "tiny", "robot": "libero_no_delta", "asset_id": "libero_cpu"}
     meta |= {"num_steps": 3, "shared_noise": True}
     (out / "config.json").write_text(json.dumps(meta))
-    # The tiny variant's other fields are overrides here; make_pi0_libero writes `mini`.
     shipped.write_sha256sums(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    # The tiny variant's other fields are overrides here; make_pi0_libero writes `mini`.
+    config = Pi0Config.tiny(action_dim=16, shared_noise=True)
+    return _write_made(tmp_path_factory.mktemp("pi0_small"), config)
 
 
 def _observation(batch: int) -> dict:
@@ -92,18 +96,7 @@ def test_a_run_takes_a_made_directory_as_its_checkpoint_alone(tmp_path):
     from dsrl.training.config import BasePolicySection
 
     config = Pi0Config.tiny(shared_noise=True)  # the variant's own shapes: no overrides
-    stats = ns.compute_norm_stats(
-        [{"state": np.ones((4, 14)), "actions": np.linspace(0, 1, 28).reshape(4, 7)}]
-    )
-    checkpoint.save_openpi_checkpoint(
-        model_lib.init_params(config, 0), tmp_path, norm_stats=stats, asset_id="libero_cpu"
-    )
-    (tmp_path / "tokenizer.model").write_bytes(
-        train_sentencepiece_model([PROMPT] * 40, vocab_size=40)
-    )
-    meta = {"variant": "tiny", "robot": "libero_no_delta", "asset_id": "libero_cpu"}
-    (tmp_path / "config.json").write_text(json.dumps(meta | {"num_steps": 3, "shared_noise": True}))
-    shipped.write_sha256sums(tmp_path)
+    _write_made(tmp_path, config)
     assert shipped.is_made(tmp_path)
     policy = _make_local_base_policy(BasePolicySection(kind="pi0", checkpoint=str(tmp_path)))
     assert policy.robot.name == "libero_no_delta" and policy.config.shared_noise
