@@ -164,3 +164,24 @@ def test_dsrl_lifts_the_shipped_policy_on_real_libero(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"DSRL, deterministic (actor mode)     {steered:.2f}" in out
     assert (run_dir / "success_vs_env_steps.png").stat().st_size > 1000
+
+
+def test_linger_steps_ends_a_failed_demo_soon_after_its_release():
+    """`record_demo(linger_steps=N)` (make_pi0_libero.py --linger_steps): a demonstration whose
+    grasp slips ends N steps after the demonstrator opens over the basket, where it would
+    otherwise stand still to the step limit; everything before the cut is the same episode."""
+    from dsrl.envs.libero_scripted import LiberoPickPlaceEnv, record_demo
+
+    env = LiberoPickPlaceEnv(init_state="sampler", pi0_state=True, max_episode_steps=180)
+    keys = {"state": "observation/state"}
+    try:
+        demo = dict(offset_x=(0.0, 0.0), offset_y=(0.05, 0.06), action_noise=0.1, keys=keys)
+        _, full, full_ok, _ = record_demo(env, 5, **demo, render=False)
+        frames, cut, cut_ok, _ = record_demo(env, 5, **demo, render=False, linger_steps=3)
+    finally:
+        env.close()
+    assert not full_ok and not cut_ok and len(full) == 180
+    assert 100 < len(cut) < 170 and len(frames["state"]) == len(cut)
+    np.testing.assert_array_equal(cut, full[: len(cut)])
+    assert (cut[-3:, 6] == -1).all() and (cut[:, 6] == 1).any()  # closed once, open at the end
+    assert (full[len(cut) :, 6] == -1).all()  # what was cut only held the gripper open

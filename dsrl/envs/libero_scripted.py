@@ -228,21 +228,28 @@ def record_demo(
     keys: Mapping[str, str],
     render: bool,
     scripted: Mapping[str, Any] | None = None,
+    linger_steps: int | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, bool, tuple[float, float]]:
     """One scripted demonstration from layout `seed`: the grasp offset (`draw_grasp_offset`) and
     Gaussian noise of std `action_noise` on the motion actions, both from the seed's generator.
     Returns ({name: observation[key] at each step for name, key in keys}, the executed actions
     float32 (T, 7), success, the grasp offset); the episode ends at success or at the env's
     step limit. `render`: render the cameras on every step (only when `keys` read images).
-    `scripted`: other `ScriptedPickPlace` fields (e.g. dwell_steps, close_steps)."""
+    `scripted`: other `ScriptedPickPlace` fields (e.g. dwell_steps, close_steps).
+    `linger_steps`: end the episode this many steps after the demonstrator opens over the target
+    (phase 6) if it has not succeeded by then; None runs to the step limit. A failed demo then
+    stops soon after its release instead of recording the arm standing still."""
     rng = np.random.default_rng(seed)
     offset = draw_grasp_offset(rng, offset_x, offset_y)
     demonstrator = ScriptedPickPlace(grasp_offset=offset, **(scripted or {}))
     obs = env.reset(seed=seed)
     frames: dict[str, list] = {name: [] for name in keys}
-    actions, success = [], False
+    actions, success, released = [], False, 0
     for _ in range(env.spec.max_episode_steps):
         action = demonstrator.act(obs["policy_state"])
+        released += demonstrator.phase == 6
+        if linger_steps is not None and released > linger_steps:
+            break
         action[:3] = np.clip(action[:3] + action_noise * rng.standard_normal(3), -1, 1)
         for name, key in keys.items():
             frames[name].append(obs[key])
