@@ -6,8 +6,9 @@
 #   bash scripts/run_libero_pi0_cpu.sh --seed 1
 #   bash scripts/run_libero_pi0_cpu.sh --algorithm dsrl_na
 # Status: the base succeeds 0.80 (i.i.d. noise) and 0.34 (zero latent) on the preset's layouts;
-# DSRL-SAC lifted the actor's mode from 0.38 / 0.34 to 1.00 by 4000 gradient steps on seeds 0
-# and 1 (~35 minutes each, two at once): docs/finetune_pi0.md, "Steering it".
+# DSRL-SAC lifted the actor's mode from 0.34-0.44 to 1.00 on seeds 0-2 by 1024-4000 gradient
+# steps (~12-35 minutes each, two at once), and DSRL-NA to 0.98-1.00 by 1024-4000:
+# docs/finetune_pi0.md, "Steering it".
 # Expects an installed environment (bash scripts/setup_env.sh or `source .venv/bin/activate`).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/sim_env.sh"
