@@ -307,6 +307,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.fixed_latents and not args.eval_only:
         p.error("--fixed_latents goes with --eval_only")
+    if args.linger_steps < -1:
+        p.error(f"--linger_steps takes N >= 0, or -1 for none, got {args.linger_steps}")
     if len(args.offset_y) < 2 or len(args.offset_y) % 2:
         p.error(f"--offset_y takes pairs LO HI (intervals), got {args.offset_y}")
     if not args.reuse and not args.eval_only and pathlib.Path(args.work).exists():
