@@ -239,7 +239,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # noise does (0.34 against 0.80 success; docs/finetune_pi0.md, "The shipped recipe").
     # One in four centred and three 5-6 cm off (with --linger_steps 15) put the i.i.d. rate in
     # the band (0.54) but sent the zero latent to the centred grasp (0.98; docs/finetune_pi0.md,
-    # run mk3).
+    # run mk3). Two in three 4-5 cm off on the far side (-0.05 -0.04) gave 0.16 / 0.00 (run mk4).
     p.add_argument(
         "--offset_y", type=float, nargs="+", default=(-0.005, 0.005, 0.04, 0.05, 0.04, 0.05)
     )
