@@ -20,8 +20,9 @@ episodes the rest; docs/finetune_pi0.md, "The shipped recipe").
    --train_steps at batch 32 and lr 1e-3 from random weights, optionally --polish_steps from
    that checkpoint at batch 64 and lr 3e-4 (0 by default), then the action expert alone on the
    cached prefix (`--trainable expert --cache_prefix`) for --expert_steps at batch 128. The
-   demonstrator holds still at grasp height (--dwell_steps) and closes longer (--close_steps) than the flow MLP's: with those, the clone
-   no longer closes on air (docs/finetune_pi0.md, run i). The `mini` Pi0
+   demonstrator holds still at grasp height (--dwell_steps) and closes longer (--close_steps)
+   than the flow MLP's: with those, the clone no longer closes on air (docs/finetune_pi0.md,
+   run i). The `mini` Pi0
    (`Pi0Config.mini`: both images and the prompt through SigLIP and the Gemma prefix, the state
    token and the action expert as in Pi0) from random weights, openpi's loss, AdamW + warm-up +
    cosine decay, EMA; LIBERO's transforms without pi0_libero's extra DeltaActions

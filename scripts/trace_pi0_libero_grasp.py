@@ -12,7 +12,6 @@ gripper, and success. It shows which grasp a latent picks, e.g. why the all-zero
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import pathlib
@@ -27,32 +26,35 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import numpy as np  # noqa: E402
 
-KEYS = ("agentview_image", "wrist_image", "observation/state")
 OBJECT = slice(5, 8)  # the object relative to the gripper in the 11-d pi0_state
+QUERY_FREQ = 8  # actions executed per query, as in the preset and the maker
+
+
+class _Recorder:
+    """`policy` for make_pi0_libero.evaluate: samples as it does and keeps, per query, the
+    gripper's offset from the object (cm) and whether the executed actions close the gripper."""
+
+    def __init__(self, policy, query_freq: int):
+        self.policy, self.query_freq, self.queries = policy, query_freq, []
+
+    def sample_actions(self, batch, noise):
+        chunk = self.policy.sample_actions(batch, noise)
+        offset = -100 * batch["observation/state"][0, OBJECT]
+        self.queries.append((offset, chunk[0, : self.query_freq, 6] > 0))
+        return chunk
 
 
 def trace(policy, noise_fn, layout: int, task_id: int, max_steps: int) -> dict:
-    from make_pi0_libero import _env
+    from make_pi0_libero import evaluate
 
-    from dsrl.envs.vector import run_seeded_episodes
-
-    queries = []
-
-    def act(obs):
-        batch = {k: np.stack([o[k] for o in obs]) for k in KEYS}
-        batch["prompt"] = obs[0]["prompt"]
-        chunk = policy.sample_actions(batch, noise_fn())
-        queries.append((-100 * obs[0]["observation/state"][OBJECT], chunk[0, :8, 6] > 0))
-        return chunk
-
-    env_fn = functools.partial(_env, task_id, max_steps)
-    (success,) = run_seeded_episodes(act, env_fn, [layout], workers=1, query_freq=8)
-    closes = [offset for offset, closing in queries if closing.any()]
+    recorder = _Recorder(policy, QUERY_FREQ)
+    (success,) = evaluate(recorder, task_id, [layout], QUERY_FREQ, noise_fn, 1, max_steps)
+    closes = [offset for offset, closing in recorder.queries if closing.any()]
     return {
         "layout": layout,
         "success": success,
         "closes_at_cm": None if not closes else [round(float(v), 1) for v in closes[0]],
-        "y_by_query_cm": [round(float(offset[1]), 1) for offset, _ in queries],
+        "y_by_query_cm": [round(float(offset[1]), 1) for offset, _ in recorder.queries],
     }
 
 
@@ -68,11 +70,11 @@ def main(argv=None) -> None:
     p.add_argument("--max_episode_steps", type=int, default=180)
     args = p.parse_args(argv)
     policy = shipped.load(pathlib.Path(args.policy))
-    shape, rng = (1, *policy.noise_shape), np.random.default_rng(args.seed)
+    shape, rng = policy.noise_shape, np.random.default_rng(args.seed)
     if args.noise == "zero":
-        noise_fn = lambda: np.zeros(shape, np.float32)  # noqa: E731
+        noise_fn = lambda n: np.zeros((n, *shape), np.float32)  # noqa: E731
     else:
-        noise_fn = lambda: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+        noise_fn = lambda n: rng.standard_normal((n, *shape)).astype(np.float32)  # noqa: E731
     rows = [
         trace(policy, noise_fn, k, DEFAULT_TASK["task_id"], args.max_episode_steps)
         for k in range(args.layouts)

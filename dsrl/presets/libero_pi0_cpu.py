@@ -14,9 +14,9 @@ docs/finetune_pi0.md). Base success over the maker's 50 layouts (the preset's ev
 layouts): 0.80 with i.i.d. noise, 0.34 with the all-zero noise, where the untrained actor's mode
 starts (its demonstrations hold still before closing, so episodes run to 180 steps). DSRL-SAC
 lifted the mode to 1.00 on seeds 0-2, and DSRL-NA (`--algorithm dsrl_na`) to 0.98-1.00
-(docs/finetune_pi0.md, "Steering it"). The agent sees what
-it sees in the LIBERO preset: the 64x64 agent view and the 8-d state. One 16-d noise vector is repeated over the 16-step chunk ('repeat', the
-reference's Pi0 mapping); 8 steps of each chunk are executed per query.
+(docs/finetune_pi0.md, "Steering it"). The agent sees what it sees in the LIBERO preset: the
+64x64 agent view and the 8-d state. One 16-d noise vector is repeated over the 16-step chunk
+('repeat', the reference's Pi0 mapping); 8 steps of each chunk are executed per query.
 """
 
 from __future__ import annotations
