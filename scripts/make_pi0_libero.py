@@ -1,10 +1,11 @@
 """Make a small Pi0 for the LIBERO CPU proof, end to end (status: docs/finetune_pi0.md).
 
-  python scripts/make_pi0_libero.py --out runs/pi0_small   # ~33 minutes on 2 CPU cores
+  python scripts/make_pi0_libero.py --out runs/pi0_small   # ~32 minutes on 2 CPU cores
 
-The shipped dsrl/assets/pi0_libero_cpu was made by this script with its defaults (1962 s on the
-2-core machine with nothing else running: demos 724 s, fine-tuning 984 s, the 100 evaluation
-episodes the rest; docs/finetune_pi0.md, "The shipped recipe").
+The shipped dsrl/assets/pi0_libero_cpu_band was made by this script with its defaults (run mk7,
+1887 s on the 2-core machine with nothing else running: demos 631 s, fine-tuning 1002 s, the 100
+evaluation episodes the rest; docs/finetune_pi0.md, "The shipped recipe"); the preset's
+dsrl/assets/pi0_libero_cpu by the earlier defaults (its config.json's made_by).
 
 1. Demonstrations: the scripted demonstrator (`dsrl.envs.libero_scripted`) on libero_object
    task 8, layouts from robosuite's placement sampler (seeds disjoint from the evaluation's), both
@@ -12,9 +13,10 @@ episodes the rest; docs/finetune_pi0.md, "The shipped recipe").
    "image", "wrist_image", "state", "actions", the task's prompt). The state is the gripper's
    position and finger joints plus the object and the basket relative to the gripper (11-d,
    `LiberoPickPlaceEnv(pi0_state=True)`, see below). Each
-   demonstration keeps one grasp offset: one in three grasps centred, two in three 4-5 cm off
-   across the fingers, where the grasp slips (`draw_grasp_offset`), so the cloned policy has two
-   modes and its noise picks one. Failed demonstrations are kept.
+   demonstration keeps one grasp offset: four in nine grasps centred, five in nine 4-5 cm off
+   across the fingers on the far side, where the grasp slips (`draw_grasp_offset`), so the cloned
+   policy has two modes and its noise picks one. Failed demonstrations are kept, cut 15 steps
+   after their release (--linger_steps).
 2. A SentencePiece tokenizer trained on the prompt (the PaliGemma one cannot be downloaded here).
 3. Fine-tuning with `scripts/finetune_pi0.py` (subprocesses, the command a user runs):
    --train_steps at batch 32 and lr 1e-3 from random weights, optionally --polish_steps from
@@ -235,22 +237,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_demos", type=int, default=72)
     p.add_argument("--offset_x", type=float, nargs=2, default=(-0.03, 0.03))
-    # One demo in three grasps centred, two in three 4-5 cm off across the fingers, where the grasp
-    # slips: the clone's all-zero latent lands in the failing grasp far more often than i.i.d.
-    # noise does (0.34 against 0.80 success; docs/finetune_pi0.md, "The shipped recipe").
-    # One in four centred and three 5-6 cm off (with --linger_steps 15) put the i.i.d. rate in
-    # the band (0.54) but sent the zero latent to the centred grasp (0.98; docs/finetune_pi0.md,
-    # run mk3). Two in three 4-5 cm off on the far side (-0.05 -0.04) gave 0.16 / 0.00 (run mk4).
+    # Four intervals centred and five 4-5 cm off on the far side (y < 0; the arm comes from +24
+    # cm), across the fingers, where the grasp slips: 5 in 9 demos fail. The clone succeeds 0.34
+    # with i.i.d. noise and 0.02 with the all-zero latent (run mk7, the shipped band asset). The
+    # zero latent takes the majority mode and the step is sharp: 1 in 2 failing gave 0.56 / 0.86
+    # (mk5), 2 in 3 gave 0.16 / 0.00 (mk4); docs/finetune_pi0.md, "The shipped recipe".
+    centred, far = (-0.005, 0.005), (-0.05, -0.04)
     p.add_argument(
-        "--offset_y", type=float, nargs="+", default=(-0.005, 0.005, 0.04, 0.05, 0.04, 0.05)
+        "--offset_y",
+        type=float,
+        nargs="+",
+        default=(*centred, *far) * 4 + far,
+        help="grasp offsets across the fingers (m): intervals LO HI, one drawn per demo with "
+        "equal probability",
     )
     p.add_argument(
         "--linger_steps",
         type=int,
-        default=-1,
+        default=15,
         help="end a demo that has not succeeded this many steps after the release, where the "
-        "arm only stands still (-1: run to --max_episode_steps, as the shipped asset's demos "
-        "did). 15 cut the demos from 724 s to 607 s in run mk3.",
+        "arm only stands still (-1: run to --max_episode_steps). 15 cut the demos from 724 s to "
+        "607 s in run mk3.",
     )
     p.add_argument("--action_noise", type=float, default=0.1)
     p.add_argument(

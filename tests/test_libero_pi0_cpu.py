@@ -37,12 +37,14 @@ def _observation(batch: int) -> dict:
     }
 
 
-def test_shipped_pi0_loads_and_damaged_or_extra_files_are_refused(tmp_path):
-    config = shipped.read_config(shipped.LIBERO_CPU_DIR)
+@pytest.mark.parametrize("name", sorted(shipped.SHIPPED))
+def test_shipped_pi0_loads_and_damaged_or_extra_files_are_refused(tmp_path, name):
+    directory = shipped.SHIPPED[name]  # the preset's base, and the one in the proof's band
+    config = shipped.read_config(directory)
     assert config["variant"] == "mini" and config["robot"] == "libero_no_delta"
-    size = sum(p.stat().st_size for p in shipped.LIBERO_CPU_DIR.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
     assert size <= 20 * 2**20
-    policy = shipped.load()
+    policy = shipped.load(directory)
     assert policy.noise_shape == (16, 16) and policy.robot.action_dim == 7
     # Its norm stats cover exactly the state LiberoPickPlaceEnv(pi0_state=True) returns.
     assert len(policy.norm_stats["state"].mean) == PI0_STATE_DIM
@@ -55,18 +57,34 @@ def test_shipped_pi0_loads_and_damaged_or_extra_files_are_refused(tmp_path):
     assert not np.allclose(policy.sample_actions(other, noise), chunk)
 
     damaged = tmp_path / "pi0"
-    shutil.copytree(shipped.LIBERO_CPU_DIR, damaged)
+    shutil.copytree(directory, damaged)
     norm = damaged / "assets" / "libero_cpu" / "norm_stats.json"
     stats = json.loads(norm.read_text())
     stats["norm_stats"]["state"]["mean"][0] += 1.0
     norm.write_text(json.dumps(stats))
     with pytest.raises(ValueError, match="norm_stats.json does not match its sha256"):
         shipped.load(damaged)
-    shutil.copy(shipped.LIBERO_CPU_DIR / "assets" / "libero_cpu" / "norm_stats.json", norm)
+    shutil.copy(directory / "assets" / "libero_cpu" / "norm_stats.json", norm)
     shipped.verify_sha256sums(damaged)  # restored
     (damaged / "params" / "stray.bin").write_bytes(b"x")
     with pytest.raises(ValueError, match="not in .*SHA256SUMS"):
         shipped.load(damaged)
+
+
+def test_a_run_names_either_shipped_pi0():
+    """`base_policy.checkpoint=libero_cpu` is the preset's base and `libero_cpu_band` the one
+    whose rates are in the proof's band: each name loads its own directory, and they differ."""
+    from dsrl.training.build import _make_local_base_policy
+    from dsrl.training.config import BasePolicySection
+
+    noise = np.zeros((2, 16, 16), np.float32)
+    chunks = {}
+    for name, directory in shipped.SHIPPED.items():
+        policy = _make_local_base_policy(BasePolicySection(kind="pi0", checkpoint=name))
+        chunks[name] = policy.sample_actions(_observation(2), noise)
+        expected = shipped.load(directory).sample_actions(_observation(2), noise)
+        np.testing.assert_allclose(chunks[name], expected, atol=1e-6)
+    assert not np.allclose(chunks["libero_cpu"], chunks["libero_cpu_band"], atol=1e-3)
 
 
 @pytest.mark.slow

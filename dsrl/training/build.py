@@ -92,8 +92,8 @@ def _make_local_base_policy(bp: BasePolicySection) -> Any:
         return DiffusionMLPPolicy.load(bp.checkpoint)
     from dsrl.base_policies.pi0 import shipped
 
-    if bp.checkpoint == "libero_cpu":
-        return shipped.load(num_steps=bp.num_steps or None)
+    if bp.checkpoint in shipped.SHIPPED:
+        return shipped.load(shipped.SHIPPED[bp.checkpoint], num_steps=bp.num_steps or None)
     # A directory make_pi0_libero.py wrote (e.g. its --out runs/pi0_small) carries its own
     # variant, robot and tokenizer.
     if bp.checkpoint and shipped.is_made(bp.checkpoint):

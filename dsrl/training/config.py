@@ -124,9 +124,10 @@ class BasePolicySection:
     kind: str = "flow_mlp"  # flow_mlp (the demo's) | pi0 | diffusion_mlp (docs/diffusion.md)
     # flow_mlp: "" the shipped demo policy, "libero" the shipped LIBERO CPU policy, or a directory
     # diffusion_mlp: a directory written by DiffusionMLPPolicy.save
-    # pi0: an openpi checkpoint (directory, name or URL), "random", or "libero_cpu" the shipped
-    #   small Pi0 (dsrl/assets/pi0_libero_cpu; variant, robot and tokenizer come with it), or a
-    #   directory scripts/make_pi0_libero.py wrote (read the same way, its SHA256SUMS checked)
+    # pi0: an openpi checkpoint (directory, name or URL), "random", "libero_cpu" / "libero_cpu_band"
+    #   the shipped small Pi0s (dsrl/assets/pi0_libero_cpu[_band]; variant, robot and tokenizer
+    #   come with them), or a directory scripts/make_pi0_libero.py wrote (read the same way, its
+    #   SHA256SUMS checked)
     checkpoint: str = ""
     variant: str = "full"
     dtype: str = "bfloat16"

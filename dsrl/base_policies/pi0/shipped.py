@@ -1,7 +1,9 @@
 """The small Pi0 directory that scripts/make_pi0_libero.py writes, and the hash check of its files.
 
-It ships as dsrl/assets/pi0_libero_cpu (docs/finetune_pi0.md, "A small Pi0 made here"), and a
-run reads any such directory given as `base_policy.checkpoint` (`is_made`).
+Two ship (docs/finetune_pi0.md, "A small Pi0 made here"): dsrl/assets/pi0_libero_cpu, the
+`libero_pi0_cpu` preset's base, and dsrl/assets/pi0_libero_cpu_band, whose base rates are in the
+proof's band; a run names them "libero_cpu" / "libero_cpu_band" (`SHIPPED`) and reads any other
+such directory given as `base_policy.checkpoint` (`is_made`).
 
 `scripts/make_pi0_libero.py` makes it: scripted demonstrations of libero_object task 8 recorded in
 LeRobot's layout, fine-tuned into a `mini` Pi0 (`Pi0Config.mini`) by `scripts/finetune_pi0.py`.
@@ -17,7 +19,13 @@ import json
 import pathlib
 from typing import Any
 
-LIBERO_CPU_DIR = pathlib.Path(__file__).resolve().parents[2] / "assets" / "pi0_libero_cpu"
+_ASSETS = pathlib.Path(__file__).resolve().parents[2] / "assets"
+# The preset's base: 0.80 with i.i.d. noise, 0.34 with the zero latent (run mk2).
+LIBERO_CPU_DIR = _ASSETS / "pi0_libero_cpu"
+# The make inside the proof's band: 0.34 / 0.02 (run mk7, the maker's defaults).
+LIBERO_CPU_BAND_DIR = _ASSETS / "pi0_libero_cpu_band"
+# The names a run's `base_policy.checkpoint` takes for them.
+SHIPPED = {"libero_cpu": LIBERO_CPU_DIR, "libero_cpu_band": LIBERO_CPU_BAND_DIR}
 SUMS_FILE = "SHA256SUMS"
 
 
