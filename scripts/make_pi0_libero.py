@@ -312,9 +312,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         "uniformly from the steering box [-1, 1]^action_dim, the same at every query) and print "
         "the layouts each one and any one of them solves",
     )
+    p.add_argument(
+        "--warmup_latents",
+        type=float,
+        nargs="*",
+        default=None,
+        metavar="BOUND",
+        help="with --eval_only: also evaluate the DSRL agent's warm-up draws, one N(0, I) "
+        "action_dim-vector per query repeated over the chunk (the 'repeat' noise mode) and "
+        "clipped to +-BOUND (the steering box's action_magnitude; 0: unclipped), once per BOUND "
+        "given (none given: 1.0)",
+    )
     args = p.parse_args(argv)
-    if args.fixed_latents and not args.eval_only:
-        p.error("--fixed_latents goes with --eval_only")
+    if args.warmup_latents is not None and not args.warmup_latents:
+        args.warmup_latents = [1.0]
+    if (args.fixed_latents or args.warmup_latents) and not args.eval_only:
+        p.error("--fixed_latents and --warmup_latents go with --eval_only")
+    if any(b < 0 for b in args.warmup_latents or ()):
+        p.error(f"--warmup_latents takes bounds >= 0 (0: unclipped), got {args.warmup_latents}")
     if args.linger_steps < -1:
         p.error(f"--linger_steps takes N >= 0, or -1 for none, got {args.linger_steps}")
     if len(args.offset_y) < 2 or len(args.offset_y) % 2:
@@ -336,6 +351,8 @@ def main(argv=None) -> None:
                           "eval_episodes": args.eval_episodes}))  # fmt: skip
         if args.fixed_latents:
             print(json.dumps(evaluate_fixed_latents(args, policy, zero)))
+        for bound in args.warmup_latents or ():
+            print(json.dumps(evaluate_warmup_latents(args, policy, bound)))
         return
     start = time.perf_counter()
     work = pathlib.Path(args.work)
@@ -418,6 +435,30 @@ def evaluate_base(args, policy) -> tuple[list[bool], list[bool]]:
     iid = evaluate_with(lambda n: rng.standard_normal((n, *shape)).astype(np.float32))
     zero = evaluate_with(lambda n: np.zeros((n, *shape), np.float32))
     return iid, zero
+
+
+def warmup_noise(rng: np.random.Generator, n: int, shape: tuple, bound: float) -> np.ndarray:
+    """(n, *shape) float32 noise: per row one z ~ N(0, I_shape[-1]) clipped to [-bound, bound]
+    (bound 0: not clipped), repeated over shape[0] (the chunk), as the agent's warm-up draws."""
+    horizon, dim = shape
+    z = rng.standard_normal((n, 1, dim)).astype(np.float32)
+    z = np.clip(z, -bound, bound) if bound > 0 else z
+    return np.broadcast_to(z, (n, horizon, dim)).copy()
+
+
+def evaluate_warmup_latents(args, policy, bound: float) -> dict:
+    """Per-layout success of `policy` under the DSRL agent's warm-up latents on layouts
+    0..eval_episodes-1: at each query one z ~ N(0, I_action_dim) (generator seeded by --seed),
+    clipped to [-bound, bound] (bound 0: not clipped) and repeated over the chunk, as the
+    'repeat' noise mode maps the agent's action. What the critic's first data look like, and
+    whether the steering box cuts off what i.i.d. noise reaches."""
+    rng = np.random.default_rng(args.seed)
+    solved = _evaluator(args, policy)(lambda n: warmup_noise(rng, n, policy.noise_shape, bound))
+    return {
+        "warmup_latents_bound": bound,
+        "success": float(np.mean(solved)),
+        "per_layout": [int(x) for x in solved],
+    }
 
 
 def evaluate_fixed_latents(args, policy, zero: list[bool]) -> dict:

@@ -116,3 +116,39 @@ def test_dsrl_lifts_the_shipped_pi0_on_real_libero(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"DSRL, deterministic (actor mode)     {steered:.2f}" in out
     assert (run_dir / "success_vs_env_steps.png").stat().st_size > 1000
+
+
+def _maker():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "scripts" / "make_pi0_libero.py"
+    spec = importlib.util.spec_from_file_location("make_pi0_libero", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_maker_warmup_latents_are_the_agents_clipped_repeated_draws():
+    """`make_pi0_libero.py --eval_only --warmup_latents B`: each row is one N(0, I) vector per
+    query, repeated over the chunk (the 'repeat' noise mode) and clipped to the steering box
+    +-B, or not clipped for B = 0; bad bounds and a make with it are refused."""
+    maker = _maker()
+    rng = np.random.default_rng(0)
+    clipped = maker.warmup_noise(np.random.default_rng(3), 64, (16, 7), 1.0)
+    free = maker.warmup_noise(np.random.default_rng(3), 64, (16, 7), 0.0)
+    assert clipped.shape == (64, 16, 7) and clipped.dtype == np.float32
+    np.testing.assert_array_equal(clipped, np.broadcast_to(clipped[:, :1], clipped.shape))
+    assert np.abs(clipped).max() == 1.0 and np.abs(free).max() > 2.0
+    inside = np.abs(free) < 1.0
+    np.testing.assert_array_equal(clipped[inside], free[inside])  # same draws, then clipped
+    assert not np.array_equal(maker.warmup_noise(rng, 64, (16, 7), 1.0), clipped)
+    args = maker.parse_args(["--eval_only", "--warmup_latents"])
+    assert args.warmup_latents == [1.0]
+    assert maker.parse_args(["--eval_only", "--warmup_latents", "0", "2.5"]).warmup_latents == [
+        0.0,
+        2.5,
+    ]
+    for bad in (["--warmup_latents", "1"], ["--eval_only", "--warmup_latents", "-1"]):
+        with pytest.raises(SystemExit):
+            maker.parse_args(bad)
