@@ -438,12 +438,17 @@ def evaluate_base(args, policy) -> tuple[list[bool], list[bool]]:
 
 
 def warmup_noise(rng: np.random.Generator, n: int, shape: tuple, bound: float) -> np.ndarray:
-    """(n, *shape) float32 noise: per row one z ~ N(0, I_shape[-1]) clipped to [-bound, bound]
-    (bound 0: not clipped), repeated over shape[0] (the chunk), as the agent's warm-up draws."""
-    horizon, dim = shape
-    z = rng.standard_normal((n, 1, dim)).astype(np.float32)
-    z = np.clip(z, -bound, bound) if bound > 0 else z
-    return np.broadcast_to(z, (n, horizon, dim)).copy()
+    """(n, *shape) float32 noise: the agent's warm-up latents under the 'repeat' noise mode
+    (`NoiseParam.sample_warmup`, N(0, I) clipped to +-bound; bound 0: not clipped), mapped to the
+    base policy's noise by `NoiseParam.to_noise` (one vector repeated over the chunk)."""
+    from dsrl.steering import make_noise_param
+
+    param = make_noise_param("repeat", tuple(shape), bound if bound > 0 else 1.0)
+    if bound > 0:
+        latents = param.sample_warmup(rng, n)
+    else:
+        latents = rng.standard_normal((n, param.latent_dim)).astype(np.float32)
+    return param.to_noise(latents)
 
 
 def evaluate_warmup_latents(args, policy, bound: float) -> dict:

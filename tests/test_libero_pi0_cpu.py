@@ -13,6 +13,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from run_parts import load_script  # noqa: E402
 
 from dsrl.base_policies.pi0 import shipped  # noqa: E402
 from dsrl.envs.libero_scripted import PI0_STATE_DIM  # noqa: E402
@@ -118,22 +119,11 @@ def test_dsrl_lifts_the_shipped_pi0_on_real_libero(tmp_path, capsys):
     assert (run_dir / "success_vs_env_steps.png").stat().st_size > 1000
 
 
-def _maker():
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).parents[1] / "scripts" / "make_pi0_libero.py"
-    spec = importlib.util.spec_from_file_location("make_pi0_libero", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_maker_warmup_latents_are_the_agents_clipped_repeated_draws():
     """`make_pi0_libero.py --eval_only --warmup_latents B`: each row is one N(0, I) vector per
     query, repeated over the chunk (the 'repeat' noise mode) and clipped to the steering box
     +-B, or not clipped for B = 0; bad bounds and a make with it are refused."""
-    maker = _maker()
+    maker = load_script("scripts/make_pi0_libero.py", "make_pi0_libero_under_test")
     rng = np.random.default_rng(0)
     clipped = maker.warmup_noise(np.random.default_rng(3), 64, (16, 7), 1.0)
     free = maker.warmup_noise(np.random.default_rng(3), 64, (16, 7), 0.0)
