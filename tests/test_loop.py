@@ -28,7 +28,7 @@ from dsrl.training.build import make_agent, make_steering
 from dsrl.training.config_io import load_config
 from dsrl.training.evaluation import discounted_return
 from dsrl.training.returns import n_step_transitions
-from dsrl.training.rollout import run_episodes
+from dsrl.training.rollout import agent_observation, run_episodes, stack_observations
 from dsrl.utils.checkpoints import RunCheckpointer
 from dsrl.utils.logging import RunLogger, read_metrics
 
@@ -478,3 +478,54 @@ def test_loop_with_n_step_stores_summed_rewards(tmp_path, base_policy):
     assert result.state.grad_steps == 4
     rewards = buffer.get(np.arange(len(buffer)))["rewards"]
     assert rewards.min() < -3.0 and set(np.unique(rewards)) - {-1.0, 0.0}
+
+
+def _latent_spread(buffer, bounds) -> tuple[float, float]:
+    """(mean within-trajectory std of the stored latents, std of the trajectories' means)."""
+    latents = [np.asarray(buffer.get(np.arange(a, b))["latents"]) for a, b in bounds]
+    within = float(np.mean([z.std(axis=0).mean() for z in latents]))
+    across = float(np.stack([z.mean(axis=0) for z in latents]).std(axis=0).mean())
+    return within, across
+
+
+@pytest.mark.parametrize("hold", [False, True])
+def test_hold_exploration_keeps_one_draw_per_training_episode(tmp_path, base_policy, hold):
+    """loop.hold_exploration: a warm-up episode holds one latent for all its queries, and an
+    episode of the actor's holds one standard-normal draw (latent = am * tanh(mean + std * eps)),
+    so its latents vary only as far as the actor's mean and std move with the state; draws still
+    differ between episodes. Off (the reference), every query draws afresh."""
+    vec, steering, agent, buffer, logger, _ = _components(tmp_path, base_policy)
+    cfg = _loop_config(max_steps=48, eval_interval=1000, hold_exploration=hold)
+    loop.train(env=vec, steering=steering, agent=agent, buffer=buffer, config=cfg, logger=logger)
+    logger.close()
+    vec.close()
+    bounds = [(a, b) for a, b in buffer.trajectory_bounds if b - a >= 3]
+    warm = [(a, b) for a, b in bounds if b <= cfg.start_online_updates + 1]
+    acting = [(a, b) for a, b in bounds if a > cfg.start_online_updates + 1]
+    assert len(warm) >= 2 and len(acting) >= 2
+    warm_within, warm_across = _latent_spread(buffer, warm)
+    act_within, act_across = _latent_spread(buffer, acting)
+    assert warm_across > 0.2 and act_across > 0.2  # episodes explore different directions
+    if hold:
+        assert warm_within < 1e-6
+        assert act_within < 0.25 * act_across
+    else:
+        assert warm_within > 0.3 and act_within > 0.3
+
+
+def test_latents_from_noise_is_the_policys_own_sample(base_policy):
+    """latents_from_noise(obs, eps) is the sample the actor makes from the standard-normal eps:
+    eps = 0 gives its mode, and the draw sample_latents uses gives sample_latents' latents."""
+    vec = _vec(2)
+    steering = _steering(base_policy)
+    agent = small_learner(vec.spec, steering, 0)
+    obs = stack_observations([agent_observation(o) for o in vec.reset([0, 1])])
+    vec.close()
+    zeros = np.zeros((2, steering.latent_dim), np.float32)
+    np.testing.assert_allclose(agent.latents_from_noise(obs, zeros), agent.mode_latents(obs), atol=1e-6)
+    sampled, _ = agent.sample_latents(obs)
+    _, key = jax.random.split(agent.rng)
+    eps = np.asarray(jax.random.normal(key, (2, steering.latent_dim)))
+    np.testing.assert_allclose(agent.latents_from_noise(obs, eps), sampled, atol=1e-5)
+    with pytest.raises(ValueError, match="eps must be"):
+        agent.latents_from_noise(obs, zeros[:1])

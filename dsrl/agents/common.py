@@ -273,6 +273,20 @@ class Learner(flax.struct.PyTreeNode):
         latents = np.asarray(latents)
         return (latents[0] if unbatched else latents), self.replace(rng=rng)
 
+    def latents_from_noise(self, observations: Mapping[str, Any], eps: Any) -> np.ndarray:
+        """Latents (B, latent_dim) the policy makes from the standard-normal draws eps (B,
+        latent_dim): `TanhGaussian.from_standard_normal`. The loop holds eps over an episode
+        for `LoopConfig.hold_exploration`. Batched observations only."""
+        obs, unbatched = self._batched_observations(observations)
+        eps = np.asarray(eps, np.float32)
+        batch = len(next(iter(obs.values())))
+        if unbatched or eps.shape != (batch, self.latent_dim):
+            raise ValueError(
+                f"latents_from_noise: eps must be ({batch}, {self.latent_dim}) for a batch of "
+                f"{batch} observations, got {eps.shape}"
+            )
+        return np.asarray(_from_noise_jit(self, obs, eps))
+
     def mode_latents(self, observations: Mapping[str, Any]) -> np.ndarray:
         """Distribution mode action_magnitude * tanh(mean): (B, latent_dim), or unbatched."""
         obs, unbatched = self._batched_observations(observations)
@@ -380,6 +394,11 @@ def _sample_jit(learner: Learner, observations):
 
 
 @jit
+def _from_noise_jit(learner: Learner, observations, eps):
+    return learner.policy(observations).from_standard_normal(eps)
+
+
+@jit
 def _mode_jit(learner: Learner, observations):
     return learner.policy(observations).mode()
 
@@ -393,4 +412,6 @@ def _latent_q_jit(learner: Learner, observations, latents):
 
 def acting_compile_count() -> int:
     """Compiled variants of the acting functions (sample and mode) in this process."""
-    return int(_sample_jit._cache_size() + _mode_jit._cache_size())
+    return int(
+        _sample_jit._cache_size() + _mode_jit._cache_size() + _from_noise_jit._cache_size()
+    )

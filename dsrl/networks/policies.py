@@ -45,6 +45,12 @@ class TanhGaussian(flax.struct.PyTreeNode):
     def sample(self, key: jax.Array) -> jax.Array:
         return self.sample_and_log_prob(key)[0]
 
+    def from_standard_normal(self, eps: jax.Array) -> jax.Array:
+        """The sample a given standard-normal draw eps (B, A) makes: action_magnitude *
+        tanh(loc + scale * eps). A caller that keeps eps fixed over an episode explores along
+        one direction of the distribution for the whole episode."""
+        return self.action_magnitude * jnp.tanh(self.loc + self.scale * eps)
+
     def pre_tanh(self, action: jax.Array) -> jax.Array:
         """atanh(action / action_magnitude): a bounded action's pre-tanh value (B, A); actions
         on the bound are nudged inside (|value| <= 7.25)."""

@@ -33,6 +33,10 @@ class LoopConfig:
     n_step: int = 1
     # Reward per query: -1, 0 on success (True, the reference); 0, +1 on success (False).
     use_step_penalty: bool = True
+    # Explore one direction per training episode: the actor's standard-normal draw eps is drawn
+    # once per episode and held (latent = am * tanh(mean(s) + std(s) * eps)), and each warm-up
+    # episode holds one latent. False (the reference): a fresh draw at every query.
+    hold_exploration: bool = False
     eval_interval: int = 10_000
     eval_episodes: int = 10  # 0: no control evaluation (e.g. a real robot)
     eval_base_every_eval: bool = False  # also evaluate the base policy at every eval
