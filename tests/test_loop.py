@@ -522,7 +522,9 @@ def test_latents_from_noise_is_the_policys_own_sample(base_policy):
     obs = stack_observations([agent_observation(o) for o in vec.reset([0, 1])])
     vec.close()
     zeros = np.zeros((2, steering.latent_dim), np.float32)
-    np.testing.assert_allclose(agent.latents_from_noise(obs, zeros), agent.mode_latents(obs), atol=1e-6)
+    np.testing.assert_allclose(
+        agent.latents_from_noise(obs, zeros), agent.mode_latents(obs), atol=1e-6
+    )
     sampled, _ = agent.sample_latents(obs)
     _, key = jax.random.split(agent.rng)
     eps = np.asarray(jax.random.normal(key, (2, steering.latent_dim)))
