@@ -128,6 +128,38 @@ def test_agent_obs_policy_state_gives_the_agent_the_policy_state_and_no_pixels()
         env.close()
 
 
+def test_agent_obs_robot_state_gives_the_agent_the_robot_state_alone():
+    """`agent_obs="robot_state"`: the agent's spec and observation hold only the 8-d robot
+    "state" (no pixels, nothing about the layout), identical at reset across layouts up to the
+    arm's start, while the base policy still reads its own state and both cameras."""
+    from dsrl.envs.libero_scripted import LiberoPickPlaceEnv
+
+    env = LiberoPickPlaceEnv(
+        init_state="sampler",
+        camera_size=64,
+        policy_image_size=64,
+        render_wrist=True,
+        pi0_state=True,
+        agent_obs="robot_state",
+        max_episode_steps=20,
+    )
+    try:
+        assert env.spec.observation_spec == {"state": ((8,), np.float32)}
+        first = env.reset(seed=3)
+        assert "pixels" not in first and first["state"].shape == (8,)
+        assert first["observation/state"].shape == (POLICY_STATE_DIM,)  # the base's own state
+        assert first["agentview_image"].std() > 0 and first["wrist_image"].std() > 0
+        other = env.reset(seed=4)
+        # Another layout: the policy's state (object poses) differs, the robot's barely does.
+        assert np.abs(other["observation/state"] - first["observation/state"]).max() > 1e-3
+        np.testing.assert_allclose(other["state"], first["state"], atol=0.01)
+        for _ in range(3):
+            obs, *_ = env.step(np.array([0, 0, 1, 0, 0, 0, -1], np.float32), render=False)
+        assert obs["state"][2] > other["state"][2] + 0.005  # it follows the arm up
+    finally:
+        env.close()
+
+
 def test_linger_steps_ends_a_failed_demo_soon_after_its_release():
     """`record_demo(linger_steps=N)` (make_pi0_libero.py --linger_steps): a demonstration whose
     grasp slips ends N steps after the demonstrator opens over the basket, where it would

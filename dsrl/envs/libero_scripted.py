@@ -39,7 +39,7 @@ POLICY_STATE_DIM = 11
 # physics' jitter alone would move the state by standard deviations (docs/finetune_pi0.md).
 PI0_STATE_DIM = POLICY_STATE_DIM
 # What the DSRL agent may see (`agent_obs`): see LiberoPickPlaceEnv.
-AGENT_OBS = ("pixels_state", "policy_state")
+AGENT_OBS = ("pixels_state", "policy_state", "robot_state")
 # libero_object tasks: the object to pick and the receptacle, as named in the raw observation.
 DEFAULT_TASK = {"suite": "libero_object", "task_id": 8}
 DEFAULT_OBJECTS = {
@@ -76,8 +76,11 @@ class LiberoPickPlaceEnv(LiberoEnv):
         LiberoEnv's 8-d robot "state". "policy_state": no pixels, and "state" is the base
         policy's own "policy_state" (POLICY_STATE_DIM: eef position, gripper, object and target
         relative to the gripper), so the agent reads exactly what the base policy reads about
-        the scene and the learner builds state-only networks. The cameras the base policy needs
-        are rendered either way.
+        the scene and the learner builds state-only networks. "robot_state": no pixels, only
+        LiberoEnv's 8-d robot "state" (eef pose, gripper): the agent sees nothing of the layout
+        but what the arm's own motion reveals, so its critic cannot tell the episodes' layouts
+        apart at the first query and has to score the latents themselves. The cameras the base
+        policy needs are rendered either way.
     """
 
     def __init__(
@@ -95,13 +98,16 @@ class LiberoPickPlaceEnv(LiberoEnv):
             raise ValueError(
                 f"LiberoPickPlaceEnv: agent_obs={agent_obs!r} is not one of {AGENT_OBS} "
                 "('pixels_state': agent view + robot state; 'policy_state': the base policy's "
-                "state vector alone)."
+                "state vector alone; 'robot_state': the 8-d robot state alone)."
             )
         super().__init__(suite=suite, task_id=task_id, **kwargs)
         self.agent_obs = agent_obs
-        if agent_obs == "policy_state":
+        if agent_obs != "pixels_state":
+            state_shape = self.spec.observation_spec["state"][0]
+            if agent_obs == "policy_state":
+                state_shape = (POLICY_STATE_DIM,)
             self.spec = dataclasses.replace(
-                self.spec, observation_spec={"state": ((POLICY_STATE_DIM,), np.float32)}
+                self.spec, observation_spec={"state": (tuple(state_shape), np.float32)}
             )
         if object_name is None or target_name is None:
             if (suite, task_id) not in DEFAULT_OBJECTS:
@@ -127,12 +133,13 @@ class LiberoPickPlaceEnv(LiberoEnv):
         obs["policy_state"] = pick_place_state(raw, self.object_name, self.target_name)
         if self._pi0_state:
             obs["observation/state"] = obs["policy_state"]
-        if self.agent_obs == "policy_state":
+        if self.agent_obs != "pixels_state":
             # The base policy keeps reading the state it read before (Pi0's LIBERO transforms
             # take "observation/state" first): the agent's view changes, the policy's does not.
             obs.setdefault("observation/state", obs["state"])
             obs.pop("pixels", None)
-            obs["state"] = obs["policy_state"]
+            if self.agent_obs == "policy_state":
+                obs["state"] = obs["policy_state"]
         return obs
 
 
