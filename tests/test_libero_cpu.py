@@ -79,6 +79,21 @@ def test_scripted_dwell_holds_open_at_grasp_height_before_closing():
         assert np.abs(actions[: dwell + 4, :3]).max() < 1e-9  # no motion while holding
 
 
+def _agent_obs_env(agent_obs: str):
+    """The Pi0 preset's env (both cameras, Pi0's state), 20-step episodes, with this agent_obs."""
+    from dsrl.envs.libero_scripted import LiberoPickPlaceEnv
+
+    return LiberoPickPlaceEnv(
+        init_state="sampler",
+        camera_size=64,
+        policy_image_size=64,
+        render_wrist=True,
+        pi0_state=True,
+        agent_obs=agent_obs,
+        max_episode_steps=20,
+    )
+
+
 def test_agent_obs_policy_state_gives_the_agent_the_policy_state_and_no_pixels():
     """`agent_obs="policy_state"`: the agent's spec and observation hold only "state", which is
     the base policy's own 11-d vector (object and basket relative to the gripper), while the
@@ -88,15 +103,7 @@ def test_agent_obs_policy_state_gives_the_agent_the_policy_state_and_no_pixels()
 
     with pytest.raises(ValueError, match="agent_obs='pixels' is not one of"):
         LiberoPickPlaceEnv(agent_obs="pixels")
-    env = LiberoPickPlaceEnv(
-        init_state="sampler",
-        camera_size=64,
-        policy_image_size=64,
-        render_wrist=True,
-        pi0_state=True,
-        agent_obs="policy_state",
-        max_episode_steps=20,
-    )
+    env = _agent_obs_env("policy_state")
     try:
         assert env.spec.observation_spec == {"state": ((POLICY_STATE_DIM,), np.float32)}
         obs = env.reset(seed=3)
@@ -132,17 +139,8 @@ def test_agent_obs_robot_state_gives_the_agent_the_robot_state_alone():
     """`agent_obs="robot_state"`: the agent's spec and observation hold only the 8-d robot
     "state" (no pixels, nothing about the layout), identical at reset across layouts up to the
     arm's start, while the base policy still reads its own state and both cameras."""
-    from dsrl.envs.libero_scripted import LiberoPickPlaceEnv
 
-    env = LiberoPickPlaceEnv(
-        init_state="sampler",
-        camera_size=64,
-        policy_image_size=64,
-        render_wrist=True,
-        pi0_state=True,
-        agent_obs="robot_state",
-        max_episode_steps=20,
-    )
+    env = _agent_obs_env("robot_state")
     try:
         assert env.spec.observation_spec == {"state": ((8,), np.float32)}
         first = env.reset(seed=3)
