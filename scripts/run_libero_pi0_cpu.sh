@@ -9,6 +9,9 @@
 # DSRL-SAC lifted the actor's mode from 0.34-0.44 to 1.00 on seeds 0-2 by 1024-4000 gradient
 # steps (~12-35 minutes each, two at once), and DSRL-NA to 0.98-1.00 by 1024-4000:
 # docs/finetune_pi0.md, "Steering it".
+# The base inside the proof's band, with the settings that lifted it on seeds 0, 2 and 3 (not 1):
+#   bash scripts/run_libero_pi0_cpu.sh --env libero_pi0_cpu_band --seed 3
+# (docs/finetune_pi0.md, "Held exploration, the robot state and whole-episode returns").
 # Expects an installed environment (bash scripts/setup_env.sh or `source .venv/bin/activate`).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/sim_env.sh"

@@ -41,6 +41,25 @@ def test_libero_preset_has_the_reference_values():
     assert config.base_policy.checkpoint == "gs://openpi-assets/checkpoints/pi0_libero"
 
 
+def test_band_pi0_preset_is_the_pi0_preset_with_the_four_changes_that_lifted_it():
+    """`--env libero_pi0_cpu_band` differs from `libero_pi0_cpu` in the base policy, the agent's
+    observation, whole chunks, held exploration, 16-query returns, the evaluation interval and
+    the step budget, and in nothing else (docs/finetune_pi0.md, "Held exploration, ...")."""
+    band, _ = cli.parse_sim(["--env", "libero_pi0_cpu_band"])
+    pi0, _ = cli.parse_sim(["--env", "libero_pi0_cpu"])
+    assert band.base_policy.checkpoint == "libero_cpu_band"
+    assert band.env.kwargs["agent_obs"] == "robot_state" and "agent_obs" not in pi0.env.kwargs
+    assert band.env.kwargs == {**pi0.env.kwargs, "agent_obs": "robot_state"}
+    assert (band.steering.query_freq, pi0.steering.query_freq) == (16, 8)
+    assert band.loop.hold_exploration and not pi0.loop.hold_exploration
+    assert (band.loop.n_step, band.loop.eval_interval, band.loop.max_steps) == (16, 2_000, 8_000)
+    changed = {"hold_exploration", "n_step", "eval_interval", "max_steps"}
+    for field in dataclasses.fields(band.loop):
+        if field.name not in changed:
+            assert getattr(band.loop, field.name) == getattr(pi0.loop, field.name), field.name
+    assert band.learner_config() == pi0.learner_config()
+
+
 def test_aloha_preset_has_the_reference_values():
     config, _ = cli.parse_sim(["--env", "aloha_cube"])
     loop = config.loop

@@ -1,7 +1,7 @@
 """The LIBERO CPU proof: the pick-and-place env, its scripted demonstrator and the shipped flow
 MLP base policy (README, "DSRL on real LIBERO, on a CPU"). The learning test on this env steers
 the shipped small Pi0 through the same launcher, loop and learner:
-tests/test_libero_pi0_cpu.py::test_dsrl_lifts_the_shipped_pi0_on_real_libero."""
+tests/test_libero_pi0_cpu.py::test_dsrl_lifts_the_band_pi0_on_real_libero."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ PRESETS = {
     "libero": "libero",
     "libero_cpu": "libero_cpu",
     "libero_pi0_cpu": "libero_pi0_cpu",  # the same proof, steering the shipped small Pi0
+    "libero_pi0_cpu_band": "libero_pi0_cpu_band",  # ... the small Pi0 whose base is in the band
     "libero_spatial": "libero_spatial",  # all 10 tasks of the suite in one run
     "aloha": "aloha",
     "aloha_cube": "aloha",
