@@ -138,3 +138,4 @@ def test_dsrl_lifts_the_band_pi0_on_real_libero(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert f"DSRL, deterministic (actor mode)     {steered:.2f}" in out
+    assert (run_dir / "success_vs_env_steps.png").stat().st_size > 1000

@@ -411,5 +411,5 @@ def _latent_q_jit(learner: Learner, observations, latents):
 
 
 def acting_compile_count() -> int:
-    """Compiled variants of the acting functions (sample and mode) in this process."""
+    """Compiled variants of the acting functions (sample, from-noise and mode) in this process."""
     return int(_sample_jit._cache_size() + _mode_jit._cache_size() + _from_noise_jit._cache_size())

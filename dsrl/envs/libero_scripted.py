@@ -102,13 +102,11 @@ class LiberoPickPlaceEnv(LiberoEnv):
             )
         super().__init__(suite=suite, task_id=task_id, **kwargs)
         self.agent_obs = agent_obs
-        if agent_obs != "pixels_state":
-            state_shape = self.spec.observation_spec["state"][0]
+        if agent_obs != "pixels_state":  # the agent sees "state" alone
+            state = self.spec.observation_spec["state"]  # robot_state: LiberoEnv's own
             if agent_obs == "policy_state":
-                state_shape = (POLICY_STATE_DIM,)
-            self.spec = dataclasses.replace(
-                self.spec, observation_spec={"state": (tuple(state_shape), np.float32)}
-            )
+                state = ((POLICY_STATE_DIM,), np.float32)
+            self.spec = dataclasses.replace(self.spec, observation_spec={"state": state})
         if object_name is None or target_name is None:
             if (suite, task_id) not in DEFAULT_OBJECTS:
                 raise ValueError(

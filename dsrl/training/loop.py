@@ -241,21 +241,24 @@ class _Trainer:
         seeds = train_seeds(cfg.seed, state.num_online_trajs, num_envs)
         warming_up = not self.updates_ready(state)
         if not warming_up:
-            source = self.steering.agent_source(self._sampled_act)
+            act = self._sampled_act
             if cfg.hold_exploration:
                 # One draw per env for this episode (run_episodes runs one per env), from its
                 # own stream so a resumed run draws the same.
                 eps_rng = np.random.default_rng([cfg.seed, 6, state.num_online_trajs])
                 eps = eps_rng.standard_normal((num_envs, self.steering.latent_dim))
-                source = self.steering.agent_source(
-                    lambda obs: self.agent.latents_from_noise(obs, eps)
-                )
+
+                def act(obs):
+                    return self.agent.latents_from_noise(obs, eps)
+
+            source = self.steering.agent_source(act)
         else:
             rng = np.random.default_rng([cfg.seed, 2, state.num_online_trajs])
-            source = self.steering.warmup_source(rng)
-            if cfg.hold_exploration:
+            if cfg.hold_exploration:  # one warm-up latent per env, held for its episode
                 held = self.steering.noise_param.sample_warmup(rng, num_envs)
                 source = self.steering.agent_source(lambda obs: held)
+            else:
+                source = self.steering.warmup_source(rng)
             self.progress.warmup(cfg.start_online_updates + 1, len(self.buffer), state.env_steps)
         counts = {"env_steps": state.env_steps, "queries": len(self.buffer)}
 
