@@ -100,7 +100,7 @@ def test_stored_alias_distillation_equals_the_in_update_distillation(encoder):
     }
     new_stored, m_stored = na_learner.DISTILL_STORED.step_jit(stored, inputs)
     new_inside, m_inside = na_learner.DISTILL.step_jit(
-        inside, {**obs, "policy_state": policy_state}, inside.base_policy.params
+        inside, {"observations": {**obs, "policy_state": policy_state}}, inside.base_policy.params
     )
     for key in ("noise_critic_loss", "distill_target_q", "noise_q", "noise_critic_grad_norm"):
         np.testing.assert_allclose(float(m_stored[key]), float(m_inside[key]), rtol=1e-5)

@@ -3,8 +3,12 @@ end-to-end run on the demo task through the real loop, env, base policy and repl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -172,7 +176,7 @@ def test_distillation_fits_the_online_action_critic(distill_target):
     qa_before = learner.action_critic.params
     first = None
     for _ in range(300):
-        learner, metrics = na_learner.DISTILL.step_jit(learner, obs, params)
+        learner, metrics = na_learner.DISTILL.step_jit(learner, {"observations": obs}, params)
         first = first if first is not None else float(metrics["noise_critic_loss"])
     assert float(metrics["noise_critic_loss"]) < 0.2 * first
     chex_equal = jax.tree.map(np.array_equal, qa_before, learner.action_critic.params)
@@ -213,13 +217,86 @@ def test_distillation_with_several_noises_per_state_pairs_each_state_with_its_no
     assert qa.shape == qw.shape == (learner.config.num_qs, b * m)
     want = float(np.mean((np.asarray(qw) - np.asarray(qa)) ** 2))
 
-    new, metrics = na_learner.DISTILL.step_jit(learner, obs, learner.base_policy.params)
+    new, metrics = na_learner.DISTILL.step_jit(
+        learner, {"observations": obs}, learner.base_policy.params
+    )
     np.testing.assert_allclose(float(metrics["noise_critic_loss"]), want, rtol=1e-4)
     assert not np.array_equal(  # Q^W did take a step
         jax.tree.leaves(new.noise_critic.params)[0], jax.tree.leaves(learner.noise_critic.params)[0]
     )
     with pytest.raises(ValueError, match="distill_noises_per_state must be >= 1"):
         small_config(distill_noises_per_state=0)
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_distill_taken_adds_each_states_own_transition_as_one_more_pair(stored):
+    """distill_taken: besides its M fresh noises (or K stored aliases), each state's own
+    (latent, executed chunk) from the buffer is a pair of the regression. The step is the same
+    step as one with that pair as an extra stored alias, and without the option the taken pair
+    plays no part."""
+    m, b = 3, 5
+    batch = make_batch(np.random.default_rng(4), (1, b))
+    if stored:
+        learner = make_learner(num_aliases=m, distill_taken=True)
+        rng = np.random.default_rng(5)
+        alias_z = rng.standard_normal((b, m, learner.latent_dim)).astype(np.float32)
+        alias_chunks = rng.standard_normal((b, m, QUERY_FREQ, ROBOT_DIM)).astype(np.float32)
+        batch |= {"alias_latents": alias_z[None], "alias_chunks": alias_chunks[None]}
+    else:
+        learner = make_learner(distill_noises_per_state=m, distill_taken=True)
+        # The fresh noises the step draws (its own key split) and their chunks.
+        _, _, k_w = jax.random.split(learner.rng, 3)
+        alias_z = np.asarray(jax.random.normal(k_w, (b * m, learner.latent_dim)))
+        obs0 = jax.tree.map(lambda x: x[0], learner.prepare_batches(batch)["observations"])
+        tiled = np.repeat(obs0["policy_state"], m, axis=0)
+        chunks = learner.chunks_from_latents(
+            learner.base_policy.params, {"policy_state": tiled}, jnp.asarray(alias_z)
+        )
+        alias_z = alias_z.reshape(b, m, -1)
+        alias_chunks = np.asarray(chunks).reshape(b, m, QUERY_FREQ, ROBOT_DIM)
+    prepared = jax.tree.map(lambda x: x[0], learner.prepare_batches(batch))
+    taken = {"latents": prepared["latents"], "action_chunks": prepared["action_chunks"]}
+    inputs = {"observations": prepared["observations"], **taken}
+
+    if stored:
+        inputs |= {k: prepared[k] for k in ("alias_latents", "alias_chunks")}
+        new, metrics = na_learner.DISTILL_STORED.step_jit(learner, inputs)
+    else:
+        new, metrics = na_learner.DISTILL.step_jit(learner, inputs, learner.base_policy.params)
+
+    # The same step on m + 1 stored aliases, the last one the taken pair, without the option.
+    plain = make_learner(num_aliases=m + 1)
+    plain = plain.replace(
+        noise_critic=learner.noise_critic, action_critic=learner.action_critic, rng=learner.rng
+    )
+    extended = {
+        "observations": prepared["observations"],
+        "alias_latents": np.concatenate([alias_z, np.asarray(taken["latents"])[:, None]], 1),
+        "alias_chunks": np.concatenate(
+            [alias_chunks, np.asarray(taken["action_chunks"])[:, None]], 1
+        ),
+    }
+    want_new, want = na_learner.DISTILL_STORED.step_jit(plain, extended)
+    for key in ("noise_critic_loss", "distill_target_q", "noise_q"):
+        np.testing.assert_allclose(float(metrics[key]), float(want[key]), rtol=1e-5)
+    for a, w in zip(
+        jax.tree.leaves(new.noise_critic.params),
+        jax.tree.leaves(want_new.noise_critic.params),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, w, rtol=1e-5, atol=1e-6)
+
+    # Without distill_taken the buffer's latents and chunks are not part of the regression.
+    off = learner.replace(config=dataclasses.replace(learner.config, distill_taken=False))
+    moved = {**inputs, "latents": inputs["latents"] + 1.0}
+    if stored:
+        _, m_a = na_learner.DISTILL_STORED.step_jit(off, inputs)
+        _, m_b = na_learner.DISTILL_STORED.step_jit(off, moved)
+    else:
+        _, m_a = na_learner.DISTILL.step_jit(off, inputs, learner.base_policy.params)
+        _, m_b = na_learner.DISTILL.step_jit(off, moved, learner.base_policy.params)
+    assert float(m_a["noise_critic_loss"]) == float(m_b["noise_critic_loss"])
+    assert abs(float(m_a["noise_critic_loss"]) - float(metrics["noise_critic_loss"])) > 1e-6
 
 
 # ----------------------------------------------------------------------------- learner
@@ -341,3 +418,29 @@ def test_short_demo_run_through_the_launcher(tmp_path):
     training = [r for r in rows if "training/noise_critic_loss" in r]
     assert training and np.isfinite(training[-1]["training/critic_loss"])
     assert any("evaluation_mode/success_rate" in r for r in rows)
+
+    # scripts/critic_ranking.py reads the run's final checkpoint (learner and buffer, in a fresh
+    # process) and scores each finished episode's first latent with the critics it saved.
+    script = Path(__file__).resolve().parents[1] / "scripts" / "critic_ranking.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(run.run_dir)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranking = json.loads(proc.stdout.strip().splitlines()[-1])
+    bounds = run.buffer.trajectory_bounds
+    lengths = np.array([end - start for start, end in bounds])
+    assert ranking["algorithm"] == "dsrl_na" and ranking["episodes"] == len(bounds)
+    assert ranking["successes"] == int((lengths < lengths.max()).sum())
+    first = run.buffer.get(np.array([start for start, _ in bounds]))
+    q = result.agent.latent_q(first["observations"], first["latents"])
+    success = lengths < lengths.max()
+    if success.any() and not success.all():
+        want = float((q[success][:, None] > q[~success][None, :]).mean())
+        assert abs(ranking["auc_latent_critic"] - want) < 1e-6
+    for key in ("auc_action_critic", "corr_latent_action_critic_on_tried"):
+        assert key in ranking
+    assert "corr_latent_action_critic_on_aliases" not in ranking  # the demo stores no aliases
+    bad = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert bad.returncode == 2 and "not a run directory" in bad.stderr

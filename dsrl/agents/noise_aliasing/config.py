@@ -47,6 +47,13 @@ class NoiseAliasingConfig(SACConfig):
     # Clip the fresh distillation noise w ~ N(0, I) to +-action_magnitude, the actor's range. The
     # official code does not clip (Q^W then also sees noise the actor can never emit).
     distill_noise_clip: bool = False
+    # Also regress Q^W on each state's own transition: Q^W(s, z_taken) <- Q^A(s, a_taken), the
+    # latent the loop executed and the chunk it produced (both in the buffer), beside the M fresh
+    # noises or K stored aliases. Q^A is fitted on exactly those chunks, so this is the one pair
+    # per state where its value is in-sample rather than extrapolated; when the actor's latents
+    # are few and far from N(0, I) (held exploration) Q^W otherwise learns only Q^A's
+    # extrapolation (docs/dsrl_na.md, "In-sample distillation"). Not in the official code.
+    distill_taken: bool = False
     # "separate": Q^W has its own encoder, trained by the distillation loss (official: separate
     # networks). "shared": Q^W reads Q^A's encoder features under stop_gradient (cheaper).
     noise_critic_encoder: str = "separate"

@@ -194,6 +194,8 @@ class NoiseAliasingLearner(Learner):
 
     def batch_fields(self) -> dict[str, tuple[int, ...]]:
         fields = {spec.ACTION_CHUNKS: self.chunk_shape}
+        if self.config.distill_taken:  # the executed latent, paired with its chunk
+            fields[spec.LATENTS] = (self.latent_dim,)
         if self.num_aliases:
             fields[spec.ALIAS_LATENTS] = (self.num_aliases, self.latent_dim)
             fields[spec.ALIAS_CHUNKS] = (self.num_aliases, *self.chunk_shape)
@@ -218,13 +220,15 @@ class NoiseAliasingLearner(Learner):
         learner, metrics = CRITIC_ACTOR(self, batches, self.execution, bp_params)
         num_steps = batches[spec.REWARDS].shape[0]
         index = np.arange(self.config.num_distill_steps(num_steps)) % num_steps
+        taken = (spec.LATENTS, spec.ACTION_CHUNKS) if self.config.distill_taken else ()
         if self.num_aliases:
-            keys = (spec.OBSERVATIONS, spec.ALIAS_LATENTS, spec.ALIAS_CHUNKS)
+            keys = (spec.OBSERVATIONS, spec.ALIAS_LATENTS, spec.ALIAS_CHUNKS, *taken)
             inputs = jax.tree.map(lambda x: x[index], {k: batches[k] for k in keys})
             learner, distill_metrics = DISTILL_STORED(learner, inputs, self.execution)
         else:
-            distill_obs = jax.tree.map(lambda x: x[index], batches[spec.OBSERVATIONS])
-            learner, distill_metrics = DISTILL(learner, distill_obs, self.execution, bp_params)
+            keys = (spec.OBSERVATIONS, *taken)
+            inputs = jax.tree.map(lambda x: x[index], {k: batches[k] for k in keys})
+            learner, distill_metrics = DISTILL(learner, inputs, self.execution, bp_params)
         return learner, {**metrics, **distill_metrics}
 
     def td_targets(self, batch: Mapping[str, Any]) -> np.ndarray:
@@ -332,11 +336,13 @@ def critic_actor_step(learner: NoiseAliasingLearner, batch: dict[str, Any], bp_p
     return new, metrics
 
 
-def distill_step(learner: NoiseAliasingLearner, observations: dict[str, Any], bp_params):
+def distill_step(learner: NoiseAliasingLearner, inputs: dict[str, Any], bp_params):
     """One Q^W step on B states x M fresh noises (M = `distill_noises_per_state`):
     z ~ N(0, I), Q^W(s, z) <- online Q^A(s, pi_dp(s, noise(z))). Each encoder runs once per
-    state; the base policy and the critic heads run on the B * M (state, latent) pairs."""
+    state; the base policy and the critic heads run on the B * M (state, latent) pairs. With
+    `distill_taken`, each state's own (latent, executed chunk) is an (M + 1)-th pair."""
     cfg = learner.config
+    observations = inputs[spec.OBSERVATIONS]
     rng, k_aug, k_z = jax.random.split(learner.rng, 3)
     m = int(cfg.distill_noises_per_state)
     z = jax.random.normal(k_z, (observations[STATE].shape[0] * m, learner.latent_dim))
@@ -344,6 +350,8 @@ def distill_step(learner: NoiseAliasingLearner, observations: dict[str, Any], bp
         z = jnp.clip(z, -learner.action_magnitude, learner.action_magnitude)
     tiled = jax.tree.map(lambda x: jnp.repeat(x, m, axis=0), observations)
     chunks = learner.chunks_from_latents(bp_params, tiled, z)
+    b = observations[STATE].shape[0]
+    z, chunks, m = with_taken_pair(cfg, inputs, z.reshape(b, m, -1), chunks.reshape(b, m, -1))
     return fit_noise_critic(learner.replace(rng=rng), observations, k_aug, z, chunks, m)
 
 
@@ -355,11 +363,28 @@ def distill_stored_step(learner: NoiseAliasingLearner, inputs: dict[str, Any]):
     rng, k_aug, _ = jax.random.split(learner.rng, 3)
     latents, chunks = inputs[spec.ALIAS_LATENTS], inputs[spec.ALIAS_CHUNKS]
     b, k = latents.shape[:2]
-    z = latents.reshape(b * k, latents.shape[-1])
-    flat_chunks = jax.lax.stop_gradient(chunks.reshape(b * k, -1))
+    z, flat_chunks, k = with_taken_pair(
+        learner.config, inputs, latents, jax.lax.stop_gradient(chunks.reshape(b, k, -1))
+    )
     return fit_noise_critic(
         learner.replace(rng=rng), inputs[spec.OBSERVATIONS], k_aug, z, flat_chunks, k
     )
+
+
+def with_taken_pair(cfg: NoiseAliasingConfig, inputs, z, chunks):
+    """(B, m, d) latents and (B, m, qf * A) chunks -> flat (B * m', ...) pairs, each state's
+    adjacent, and m'. With `cfg.distill_taken` the state's own transition (the latent the loop
+    executed, the chunk it produced) is appended as its (m + 1)-th pair: m' = m + 1."""
+    b = z.shape[0]
+    if cfg.distill_taken:
+        taken_z = inputs[spec.LATENTS][:, None]
+        taken_chunks = inputs[spec.ACTION_CHUNKS].reshape(b, 1, -1)
+        z = jnp.concatenate([z.astype(jnp.float32), taken_z.astype(jnp.float32)], axis=1)
+        chunks = jnp.concatenate(
+            [chunks.astype(jnp.float32), taken_chunks.astype(jnp.float32)], axis=1
+        )
+    m = z.shape[1]
+    return z.reshape(b * m, -1), chunks.reshape(b * m, -1), m
 
 
 def fit_noise_critic(learner: NoiseAliasingLearner, observations, k_aug, z, chunks, m: int):
