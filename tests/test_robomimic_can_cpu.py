@@ -87,3 +87,38 @@ def test_scripted_demonstrator_lifts_the_cube_or_misses_it_by_grasp_height():
         assert not success and steps == 80
     finally:
         env.close()
+
+
+def test_agent_obs_robot_state_gives_the_agent_the_robot_alone():
+    """agent_obs="robot_state": the agent's "state" is the robot's 9 entries of the base policy's
+    vector (eef position, quaternion, fingers) on every step, so two placements look alike to the
+    agent at reset while the base policy still sees where the can is."""
+    from dsrl.envs.robomimic import ROBOT_DIM, RobomimicEnv
+
+    env = RobomimicEnv(task="can", max_episode_steps=5, agent_obs="robot_state")
+    full = RobomimicEnv(task="can", max_episode_steps=5)
+    try:
+        assert env.spec.observation_spec["state"][0] == (ROBOT_DIM,)
+        assert env.spec.observation_spec["policy_state"][0] == (23,)
+        starts = []
+        for seed in (0, 1):
+            obs, ref = env.reset(seed=seed), full.reset(seed=seed)
+            np.testing.assert_array_equal(obs["policy_state"], ref["state"])
+            np.testing.assert_array_equal(obs["state"], obs["policy_state"][:ROBOT_DIM])
+            starts.append(obs)
+        action = np.zeros(7, np.float32)
+        action[0] = 0.5
+        obs, *_ = env.step(action)
+        assert obs["state"].shape == (ROBOT_DIM,)
+        np.testing.assert_array_equal(obs["state"], obs["policy_state"][:ROBOT_DIM])
+        # The can's pose differs between the placements; the robot's state at reset barely does.
+        can_gap = np.abs(
+            starts[0]["policy_state"][ROBOT_DIM:] - starts[1]["policy_state"][ROBOT_DIM:]
+        )
+        robot_gap = np.abs(starts[0]["state"] - starts[1]["state"])
+        assert can_gap.max() > 10 * robot_gap.max()
+    finally:
+        env.close()
+        full.close()
+    with pytest.raises(ValueError, match="agent_obs='pixels'.*robot_state"):
+        RobomimicEnv(task="can", agent_obs="pixels")

@@ -17,6 +17,10 @@ at the first solved step instead (terminated, mask 0): the release's remaining s
 
 Observation: {"state": float32 (d,), "policy_state": the same vector for the base policy};
 `normalization_path` (DPPO's normalization.npz) maps it to [-1, 1] and actions from [-1, 1].
+`agent_obs="robot_state"` gives the DSRL agent the robot's 9 entries alone (end-effector
+position and quaternion, gripper fingers, normalized as above): nothing of the object, so at
+the first query every placement looks the same to its critic, which then has to score the latent
+(the LIBERO band preset's `agent_obs`); the base policy still reads the whole vector.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ ROBOMIMIC_TASKS = {
     "square": ("NutAssemblySquare", 400),
 }
 LOW_DIM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
+ROBOT_DIM = 9  # the first three keys: 3 + 4 + 2
+AGENT_OBS = ("full", "robot_state")
 # robomimic's "object" is robosuite's "object-state" observable.
 _ROBOSUITE_KEYS = {"object": "object-state"}
 ACTION_DIM = 7
@@ -56,7 +62,14 @@ class RobomimicEnv(Env):
         reward_offset: float = 1.0,
         seed: int | None = None,
         end_on_success: bool = False,
+        agent_obs: str = "full",
     ):
+        if agent_obs not in AGENT_OBS:
+            raise ValueError(
+                f"RobomimicEnv: agent_obs={agent_obs!r} is not one of {AGENT_OBS} ('full': the "
+                "whole low-dim state; 'robot_state': the robot's 9 entries alone)"
+            )
+        self._agent_dim = ROBOT_DIM if agent_obs == "robot_state" else None
         if task not in ROBOMIMIC_TASKS:
             raise ValueError(
                 f"unknown Robomimic task {task!r}; choose one of {sorted(ROBOMIMIC_TASKS)}"
@@ -89,7 +102,7 @@ class RobomimicEnv(Env):
         self.spec = EnvSpec(
             name=f"robomimic_{task}",
             observation_spec={
-                "state": ((obs_dim,), np.float32),
+                "state": ((self._agent_dim or obs_dim,), np.float32),
                 POLICY_STATE: ((obs_dim,), np.float32),
             },
             action_dim=ACTION_DIM,
@@ -109,7 +122,7 @@ class RobomimicEnv(Env):
             np.random.seed(int(seed))  # noqa: NPY002 - the generator robosuite reads
         raw = self._env.reset()
         self._steps, self._over = 0, False
-        return state_observation(self._norm.observation(low_dim_state(raw)))
+        return self._observation(raw)
 
     def step(
         self, action: np.ndarray, render: bool = True
@@ -123,8 +136,14 @@ class RobomimicEnv(Env):
         terminated = success and self._end_on_success
         truncated = not terminated and self._steps >= self.spec.max_episode_steps
         self._over = terminated or truncated
-        obs = state_observation(self._norm.observation(low_dim_state(raw)))
+        obs = self._observation(raw)
         return obs, reward, terminated, truncated, {"success": success}
+
+    def _observation(self, raw: dict[str, np.ndarray]) -> Observation:
+        obs = state_observation(self._norm.observation(low_dim_state(raw)))
+        if self._agent_dim is not None:
+            obs["state"] = obs["state"][: self._agent_dim].copy()
+        return obs
 
     def check_success(self) -> bool:
         return bool(self._env._check_success())

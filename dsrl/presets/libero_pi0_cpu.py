@@ -2,7 +2,8 @@
 
 The same task, layouts, agent and loop as `libero_cpu` (libero_object task 8, "pick up the
 chocolate pudding and place it in the basket"; 50 fixed evaluation layouts from robosuite's
-placement sampler, disjoint from the demonstrations'), but the frozen base policy is a Pi0: the
+placement sampler, disjoint from the demonstrations' and drawn from the run's seed, so each seed
+evaluates its own 50), but the frozen base policy is a Pi0: the
 shipped `dsrl/assets/pi0_libero_cpu` (`Pi0Config.mini`, made by scripts/make_pi0_libero.py from
 scripted demonstrations in LeRobot's layout). Both cameras (64x64) and the prompt go through SigLIP
 and the Gemma prefix, the latent is the action expert's initial noise, and the actions come back
@@ -10,8 +11,8 @@ through LIBERO's transforms (norm stats; `libero_no_delta`: the actions are LIBE
 they are). Its state is "policy_state" (11-d: gripper position and fingers, object and basket
 relative to the gripper; "observation/state", `pi0_state=True`): with pixels alone a model this
 size does not learn the grasp in the time a CPU allows (see docs/finetune_pi0.md). Base success
-over the maker's 50 layouts (the preset's evaluation layouts): 0.80 with i.i.d. noise, 0.34 with
-the all-zero noise, where the untrained actor's mode starts (its demonstrations hold still before
+over the maker's layouts 0-49: 0.80 with i.i.d. noise, 0.34 with the all-zero noise, where the
+untrained actor's mode starts (its demonstrations hold still before
 closing, so episodes run to 180 steps). DSRL-SAC lifted the mode to 1.00 on seeds 0-2, and DSRL-NA
 (`--algorithm dsrl_na`) to 0.98-1.00 (docs/finetune_pi0.md, "Steering it"). A base inside the
 proof's band (0.34 i.i.d., 0.02 zero latent) ships beside it:

@@ -1,8 +1,9 @@
 """LIBERO on a CPU with the small Pi0 whose base rates are in the proof's band.
 
 `libero_pi0_cpu` with its base swapped for `dsrl/assets/pi0_libero_cpu_band` (0.34 with i.i.d.
-noise and 0.02 with the all-zero noise over the preset's 50 layouts at 8 actions a query; 0.28
-and 0.08 at 16) and the four changes that lifted it (docs/finetune_pi0.md, "Held exploration, the
+noise and 0.02 with the all-zero noise over the maker's layouts 0-49 at 8 actions a query; 0.28
+and 0.08 at 16; 0.14-0.22 with i.i.d. noise on the 50 layouts seeds 0-3 evaluate, which are drawn
+from the run's seed) and the four changes that lifted it (docs/finetune_pi0.md, "Held exploration, the
 robot state and whole-episode returns"):
 
 - whole 16-step chunks per query (`steering.query_freq` 16: at most 12 queries an episode);
@@ -17,6 +18,12 @@ robot state and whole-episode returns"):
 Seeds 0, 2 and 3 reached 0.9 on the 50 layouts (at 8000, 6000 and 4000 gradient steps); seed 1
 did not (the docs give every run). Evaluations every 2000 gradient steps: each costs minutes of
 rendering.
+
+DSRL-NA: `--algorithm dsrl_na --config.agent.distill_taken=true` (its noise critic also distilled
+on each transition's own latent and chunk; without it NA's noise critic ranks the tried latents
+at chance here and the mode does not rise: docs/dsrl_na.md, "In-sample distillation"). It reached
+0.9 on seeds 0, 2 and 3 in 0.57-0.74 of DSRL-SAC's env steps (docs/finetune_pi0.md, "DSRL-NA on
+the band asset").
 """
 
 from __future__ import annotations
