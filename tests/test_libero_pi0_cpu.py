@@ -112,11 +112,13 @@ def test_maker_warmup_latents_are_the_agents_clipped_repeated_draws():
 # 2016; docs/finetune_pi0.md, "Held exploration, ..."); seeds 0 and 2 needed 8000 and 6000.
 # DSRL-NA with in-sample distillation (the same, `--algorithm dsrl_na
 # --config.agent.distill_taken=true`) reached 0.98 at 2016 on seed 3 ("DSRL-NA on the band
-# asset"); seeds 0 and 2 needed 4000.
+# asset"); seeds 0, 1 and 2 needed 4000, 2016 and 4000. Each entry: the extra flags, the gradient
+# steps, and the most its untrained actor's mode may succeed on the 20 layouts (NA's actor is
+# another random network: its mode starts at 3 of these 20, 0.08 on the run's 50).
 BAND_SEED = 3
 BAND_RUNS = {
-    "dsrl_sac": ([], 4000),
-    "dsrl_na": (["--algorithm", "dsrl_na", "--config.agent.distill_taken=true"], 2000),
+    "dsrl_sac": ([], 4000, 0.1),
+    "dsrl_na": (["--algorithm", "dsrl_na", "--config.agent.distill_taken=true"], 2000, 0.15),
 }
 
 
@@ -126,7 +128,7 @@ def test_dsrl_lifts_the_band_pi0_on_real_libero(tmp_path, capsys, algorithm):
     """The band preset through the launcher, cut to its algorithm's gradient steps: the base in
     the proof's band (on these 20 layouts the untrained actor's mode and the base with i.i.d.
     noise both fail most of them) is steered to succeed on at least 19 of the 20."""
-    extra, grad_steps = BAND_RUNS[algorithm]
+    extra, grad_steps, untrained_max = BAND_RUNS[algorithm]
     argv = [
         "--env", "libero_pi0_cpu_band", "--logdir", str(tmp_path), "--no_progress",
         "--wandb_mode", "disabled", "--seed", str(BAND_SEED), "--max_steps", str(grad_steps),
@@ -140,7 +142,9 @@ def test_dsrl_lifts_the_band_pi0_on_real_libero(tmp_path, capsys, algorithm):
     base = evals[0]["evaluation_base_iid/success_rate"]
     untrained = evals[0]["evaluation_mode/success_rate"]
     steered = evals[-1]["evaluation_mode/success_rate"]
-    assert untrained <= 0.1 and base <= 0.6, f"not a base in the band: {untrained}, {base}"
+    assert untrained <= untrained_max and base <= 0.6, (
+        f"not a start in the band: {untrained}, {base}"
+    )
     assert steered >= 0.95, (
         f"{algorithm} did not lift the band Pi0: base {base:.2f}, untrained {untrained:.2f}, steered "
         f"{steered:.2f} after {evals[-1]['env_steps']:.0f} env steps"
