@@ -35,6 +35,7 @@ from dsrl.data.replay_buffer import ReplayBuffer  # noqa: E402
 from dsrl.networks import reduce_ensemble  # noqa: E402
 from dsrl.training import build, config_io  # noqa: E402
 from dsrl.training.buffer_layout import checkpoint_template  # noqa: E402
+from dsrl.training.loop_config import LoopState  # noqa: E402
 from dsrl.utils.checkpoints import RunCheckpointer  # noqa: E402
 
 
@@ -57,7 +58,7 @@ def first_transitions(buffer: ReplayBuffer) -> tuple[dict, np.ndarray]:
         )
     lengths = np.array([end - start for start, end in bounds])
     success = lengths < lengths.max()
-    starts = np.array([start for start, _ in bounds]) % buffer.capacity
+    starts = np.array([start for start, _ in bounds])  # ring slots already
     return buffer.get(starts), success
 
 
@@ -86,10 +87,10 @@ def rank(run_dir: Path, step: int | None = None) -> dict:
     obs = select_observations(first[spec.OBSERVATIONS], "observations", pixels=agent.has_pixels)
     latents = np.asarray(first[spec.LATENTS], np.float32)
     q_latent = agent.latent_q(obs, latents)
-    mode = agent.latents_from_noise(obs, np.zeros_like(latents))
+    mode = agent.mode_latents(obs)
     out = {
         "run_dir": str(run_dir),
-        "step": int(tree["counters"]["step"]) if "step" in tree["counters"] else step,
+        "step": LoopState.from_tree(tree["counters"]).grad_steps,
         "algorithm": config.agent.algorithm,
         "episodes": int(len(success)),
         "successes": int(success.sum()),

@@ -430,6 +430,7 @@ def test_short_demo_run_through_the_launcher(tmp_path):
     bounds = run.buffer.trajectory_bounds
     lengths = np.array([end - start for start, end in bounds])
     assert ranking["algorithm"] == "dsrl_na" and ranking["episodes"] == len(bounds)
+    assert ranking["step"] == result.state.grad_steps  # the newest checkpoint's, read from it
     assert ranking["successes"] == int((lengths < lengths.max()).sum())
     first = run.buffer.get(np.array([start for start, _ in bounds]))
     q = result.agent.latent_q(first["observations"], first["latents"])
